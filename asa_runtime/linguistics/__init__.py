@@ -1,0 +1,1 @@
+"""Linguistics: causal analyzer (segmentation, UPOS tagger, lexicon) -> bonding rules -> AttentionPlan."""
