@@ -1,0 +1,116 @@
+"""Checkpoint folder: exact round trips (single file, shards, half precision) and one-line errors."""
+import json
+
+import pytest
+import torch
+
+from asa_runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
+from asa_runtime.model import Transformer
+from asa_runtime.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(["the cat sat on the mat, and the dog ran."] * 10, vocab_size=300)
+
+
+@pytest.fixture()
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**PRESETS["test"], "plan": PlanConfig(mode="pos_only", k=32)})
+    return Transformer(cfg)
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_roundtrip_exact(tmp_path, model, tok):
+    save_checkpoint(tmp_path / "m", model, tok, card="# test model", meta={"step": 7})
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
+    ck = load_checkpoint(tmp_path / "m")
+    assert _same(ck.model, model)
+    assert ck.config == model.cfg and ck.config.plan.mode == "pos_only" and ck.config.plan.k == 32
+    assert ck.meta == {"step": 7}
+    assert ck.tokenizer.encode("the cat") == tok.encode("the cat")
+    # tied embeddings stored once, and still tied after loading
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert "output.weight" not in f.keys()
+    assert ck.model.output.weight is ck.model.tok_embeddings.weight
+    x = torch.randint(0, 300, (1, 9))
+    assert torch.equal(ck.model(x), model.eval()(x))
+
+
+def test_sharded_roundtrip(tmp_path, model, tok):
+    save_checkpoint(tmp_path / "m", model, tok, shard_bytes=40_000)
+    shards = sorted(p.name for p in (tmp_path / "m").glob("model-*.safetensors"))
+    assert len(shards) > 2 and shards[0].endswith(f"-of-{len(shards):05d}.safetensors")
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+    assert _same(load_checkpoint(tmp_path / "m").model, model)
+
+
+def test_bf16_storage_loads_fp32(tmp_path, model, tok):
+    save_checkpoint(tmp_path / "m", model, tok, dtype=torch.bfloat16)
+    ck = load_checkpoint(tmp_path / "m")
+    w = ck.model.layers[0].attention.wq.weight
+    assert w.dtype == torch.float32
+    assert torch.equal(w, model.layers[0].attention.wq.weight.to(torch.bfloat16).float())
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def _err(path) -> str:
+    with pytest.raises(CheckpointError) as ei:
+        load_checkpoint(path)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_errors(tmp_path, model, tok):
+    assert "no such model folder" in _err(tmp_path / "nope")
+    d = save_checkpoint(tmp_path / "m", model, tok)
+    w = d / "model.safetensors"
+    blob = w.read_bytes()
+
+    w.write_bytes(blob[: len(blob) // 2])                      # truncated
+    assert "truncated or corrupted" in _err(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("files")                                           # no checksums: the library's own check
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert "unreadable safetensors" in _err(d)
+    w.write_bytes(b"\x00\x01garbage")
+    assert "unreadable safetensors" in _err(d)
+
+    w.write_bytes(blob)
+    (d / "config.json").write_text("{not json")
+    assert "cannot parse config" in _err(d)
+    (d / "config.json").unlink()
+    assert "missing config.json" in _err(d)
+
+
+def test_mismatched_tensors(tmp_path, model, tok):
+    from safetensors.torch import save_file
+    d = save_checkpoint(tmp_path / "m", model, tok)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("files")
+    (d / "config.json").write_text(json.dumps(cfg))
+    from asa_runtime.checkpoint import model_state
+    sd = model_state(model)
+
+    save_file({k: v for k, v in sd.items() if k != "norm.weight"}, str(d / "model.safetensors"))
+    assert "missing tensor norm.weight" in _err(d)
+    save_file({**sd, "bogus": torch.zeros(2)}, str(d / "model.safetensors"))
+    assert "unexpected tensor bogus" in _err(d)
+    save_file({**sd, "norm.weight": torch.zeros(3)}, str(d / "model.safetensors"))
+    assert "norm.weight has shape" in _err(d)
+    (d / "model.safetensors").unlink()
+    assert "missing weights" in _err(d)
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "tokenizer.json").unlink()
+    assert "missing tokenizer.json" in _err(d)
