@@ -1,0 +1,261 @@
+"""AttentionPlan construction: bonding rules + selection policy over the causal analyzer.
+
+    planner = Planner(PlanConfig(mode="full", k=64))
+    keys = planner.plan(pieces)          # int32 (N, K) token positions; None in mode "none" (dense)
+    inc = planner.incremental()          # decode: one row per new token, equal to the batch build
+    row = inc.extend(piece)              # int32 (K,)
+
+Cost: each row inspects at most `lookback_words` earlier words of its sentence, a bounded antecedent
+memory and O(K) policy terms, so building N rows is O(N * (L + K)) time and O(N * K) memory; nothing
+N x N is ever allocated. The batch build is the incremental build run over the pieces, so
+plan(x[:i+1]) == plan(x)[:i+1] holds by construction, at token granularity.
+
+Selection policy (each term switchable in PlanConfig), in priority order until K keys are taken:
+  1. the token itself and the earlier tokens of its own word (subword pieces of one word);
+  2. sink tokens: the first `sinks` positions of the sequence;
+  3. the local window: the `window` tokens before it;
+  4. bonded words of its sentence, most recent first (all their tokens), within `lookback_words` words;
+  5. for pronouns (`cross_sentence`): agreeing nominal antecedents from earlier sentences, most recent first;
+  6. strided global keys: every `stride`-th position before the window, most recent first.
+The kept keys are then sorted ascending and padded with -1.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from ..config import PlanConfig
+from .analyzer import Analyzer, AnalyzerState
+from .features import AGR_BIT
+from .rules import NOMINAL_MASK, POS_COMPAT, PRON, feature_block
+from .segment import SPACE, Segmenter
+
+ANTECEDENT_MEMORY = 32           # nominal words remembered for cross-sentence pronoun antecedents
+_PERSONS = AGR_BIT["PERS1"] | AGR_BIT["PERS2"] | AGR_BIT["PERS3"]
+
+
+class Planner:
+    def __init__(self, cfg: PlanConfig, analyzer: Analyzer | None = None):
+        self.cfg = cfg
+        self._analyzer = analyzer
+
+    @property
+    def analyzer(self) -> Analyzer:
+        if self._analyzer is None:
+            self._analyzer = Analyzer.default()
+        return self._analyzer
+
+    def plan(self, pieces) -> np.ndarray | None:
+        """Batch build for a whole sequence: int32 (N, K), or None for the dense baseline."""
+        if self.cfg.dense:
+            return None
+        return self.incremental().extend_many(pieces)
+
+    def incremental(self) -> "IncrementalPlan":
+        return IncrementalPlan(self)
+
+    def incremental_from_state(self, state: dict) -> "IncrementalPlan":
+        inc = IncrementalPlan(self)
+        inc.load_state(state)
+        return inc
+
+
+class IncrementalPlan:
+    """Causal plan state: `extend(piece)` appends the row of one new token in time independent of N."""
+
+    def __init__(self, planner: Planner):
+        self.cfg = cfg = planner.cfg
+        self.st: AnalyzerState = planner.analyzer.start()
+        mode = "full" if cfg.mode == "random" else cfg.mode
+        self._use_pos = mode in ("full", "pos_only")
+        self._use_feat = mode in ("full", "features_only")
+        self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
+        self._done_word = -1          # last word index known to be complete
+        self._cache_key = None        # (word, upos, sem, agr, subj, obj): the bonded list depends on nothing else
+        self._cache_bonded: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.st)
+
+    # ------------------------------------------------------------------------------------------
+    def extend(self, piece: str) -> np.ndarray | None:
+        if self.cfg.dense:
+            self.st.push(piece)
+            return None
+        row = np.full(self.cfg.k, -1, dtype=np.int32)
+        keys = self._row(piece)
+        row[: len(keys)] = keys
+        return row
+
+    def extend_many(self, pieces) -> np.ndarray | None:
+        pieces = list(pieces)
+        if self.cfg.dense:
+            for p in pieces:
+                self.st.push(p)
+            return None
+        out = np.full((len(pieces), self.cfg.k), -1, dtype=np.int32)
+        for t, p in enumerate(pieces):
+            keys = self._row(p)
+            out[t, : len(keys)] = keys
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _row(self, piece: str) -> list[int]:
+        st, cfg = self.st, self.cfg
+        w = st.push(piece)
+        i = len(st.tok_word) - 1
+        # words before w are complete now: remember nominal ones as possible antecedents
+        for j in range(self._done_word + 1, w):
+            if NOMINAL_MASK >> st.w_upos[j] & 1:
+                self._antecedents.append(j)
+        self._done_word = w - 1
+
+        K = cfg.k
+        out = [i]
+        seen = {i}
+
+        def take(positions):
+            for p in positions:
+                if p not in seen:
+                    seen.add(p)
+                    out.append(p)
+                    if len(out) == K:
+                        return True
+            return False
+
+        ws = st.w_start[w]
+        if (take(range(i - 1, ws - 1, -1))
+                or (cfg.sinks and take(range(min(cfg.sinks, i))))
+                or (cfg.window and take(range(i - 1, max(-1, i - 1 - cfg.window), -1)))
+                or take(self._bonded(w))
+                or (cfg.cross_sentence and take(self._antecedent_tokens(w)))
+                or (cfg.stride and take(self._strided(i)))):
+            pass
+        if cfg.mode == "random":
+            out = self._random_row(i, len(out))
+        out.sort()
+        return out
+
+    def _bonded(self, w: int) -> list[int]:
+        """Tokens of the earlier words of w's sentence that w bonds with, most recent first."""
+        st = self.st
+        key = (w, st.w_upos[w], st.w_sem[w], st.w_agr[w], st.w_subj[w], st.w_obj[w])
+        if key == self._cache_key:
+            return self._cache_bonded
+        uq, sq, aq, rq, oq, cl = key[1], key[2], key[3], key[4], key[5], st.w_clause[w]
+        qtext = st.w_text[w]
+        q_has = sq | aq | rq | oq
+        cq = POS_COMPAT[uq]
+        use_pos, use_feat = self._use_pos, self._use_feat
+        w_upos, w_kind, w_start = st.w_upos, st.w_kind, st.w_start
+        w_sem, w_agr, w_subj, w_obj, w_clause = st.w_sem, st.w_agr, st.w_subj, st.w_obj, st.w_clause
+        lo = max(st.w_sent_first[w], w - self.cfg.lookback_words)
+        toks: list[int] = []
+        if w_kind[w] != SPACE:
+            for j in range(w - 1, lo - 1, -1):
+                uk = w_upos[j]
+                if use_pos and not cq >> uk & 1:
+                    continue
+                if w_kind[j] == SPACE:
+                    continue
+                if use_feat and q_has:
+                    sk, ak, rk, ok = w_sem[j], w_agr[j], w_subj[j], w_obj[j]
+                    if (sk | ak | rk | ok) and feature_block(uq, sq, aq, rq, oq, qtext, uk, sk, ak, rk, ok,
+                                                             w_clause[j] == cl, use_pos):
+                        continue
+                toks.extend(range(w_start[j + 1] - 1, w_start[j] - 1, -1))
+        self._cache_key, self._cache_bonded = key, toks
+        return toks
+
+    def _antecedent_tokens(self, w: int):
+        """Pronoun query: agreeing nominal antecedents in earlier sentences, most recent first."""
+        st = self.st
+        uq, aq = st.w_upos[w], st.w_agr[w]
+        is_pron = (uq == PRON) if self._use_pos else bool(aq & _PERSONS)
+        if not is_pron or aq & AGR_BIT["REFLEXIVE"]:
+            return ()
+        sent, sq = st.w_sent[w], st.w_sem[w]
+        toks = []
+        for j in reversed(self._antecedents):
+            if st.w_sent[j] == sent:
+                continue                     # same sentence: the bonded scan decides
+            if self._use_feat and feature_block(uq, sq, aq, 0, 0, st.w_text[w], st.w_upos[j], st.w_sem[j],
+                                                st.w_agr[j], 0, 0, False, self._use_pos):
+                continue
+            toks.extend(range(st.w_start[j + 1] - 1, st.w_start[j] - 1, -1))
+        return toks
+
+    def _strided(self, i: int):
+        s = self.cfg.stride
+        top = i - 1 - self.cfg.window            # strided keys lie before the window
+        first = top - (top + 1) % s              # largest p <= top with (p + 1) % s == 0
+        return range(first, -1, -s)
+
+    def _random_row(self, i: int, count: int) -> list[int]:
+        """Control: the same number of keys, drawn uniformly from the earlier positions (seeded per row)."""
+        if count <= 1 or i == 0:
+            return [i]
+        need = min(count - 1, i)
+        rng = np.random.default_rng((self.cfg.seed, i))
+        if need == i:
+            return list(range(i + 1))
+        picked: dict[int, None] = {}
+        while len(picked) < need:
+            for p in rng.integers(0, i, size=2 * need).tolist():
+                picked.setdefault(p)
+                if len(picked) == need:
+                    break
+        return list(picked) + [i]
+
+    # ------------------------------------------------------------------------------------------
+    def reachable(self) -> np.ndarray:
+        """Sorted positions that any FUTURE row may still select (for KV-cache eviction). Everything else
+        can be dropped from the cache without changing any later row."""
+        st, cfg = self.st, self.cfg
+        n = len(st.tok_word)
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if cfg.mode == "random":
+            return np.arange(n, dtype=np.int64)          # the control may pick anything
+        keep = set(range(min(cfg.sinks, n)))
+        keep.update(range(max(0, n - cfg.window), n))
+        w = st.tok_word[-1]
+        lo = max(st.w_sent_first[w], w - cfg.lookback_words)
+        keep.update(range(st.w_start[lo], n))            # words a later query of this sentence may bond
+        if cfg.cross_sentence:
+            for j in self._antecedents:
+                keep.update(range(st.w_start[j], st.w_start[j + 1]))
+            if NOMINAL_MASK >> st.w_upos[w] & 1:
+                keep.update(range(st.w_start[w], n))     # the current word may become an antecedent
+        if cfg.stride:
+            keep.update(range(cfg.stride - 1, n, cfg.stride))
+        return np.fromiter(sorted(keep), dtype=np.int64)
+
+    # --- prompt cache ---------------------------------------------------------------------------
+    _INT_LISTS = ("tok_word", "tok_upos", "w_start", "w_kind", "w_sent", "w_sent_first", "w_clause", "w_upos",
+                  "w_sem", "w_agr", "w_subj", "w_obj")
+
+    def state_dict(self) -> dict:
+        """{"arrays": {name: np.ndarray}, "meta": json-able dict}: everything extend() needs to go on."""
+        st = self.st
+        arrays = {name: np.asarray(getattr(st, name), dtype=np.int64) for name in self._INT_LISTS}
+        arrays["antecedents"] = np.asarray(list(self._antecedents), dtype=np.int64)
+        meta = {"plan": self.cfg.to_dict(), "w_text": st.w_text, "ctx": st._ctx, "ctx_sent": st._ctx_sent,
+                "seg": st.seg.state(), "done_word": self._done_word}
+        return {"arrays": arrays, "meta": meta}
+
+    def load_state(self, state: dict) -> None:
+        arrays, meta = state["arrays"], state["meta"]
+        if meta["plan"] != self.cfg.to_dict():
+            raise ValueError("plan state was built with a different PlanConfig")
+        st = self.st
+        for name in self._INT_LISTS:
+            setattr(st, name, [int(x) for x in arrays[name]])
+        st.w_text = list(meta["w_text"])
+        st._ctx = [(a, int(b)) for a, b in meta["ctx"]]
+        st._ctx_sent = int(meta["ctx_sent"])
+        st.seg = Segmenter.from_state(meta["seg"])
+        self._antecedents = deque((int(x) for x in arrays["antecedents"]), maxlen=ANTECEDENT_MEMORY)
+        self._done_word = int(meta["done_word"])
+        self._cache_key, self._cache_bonded = None, []
