@@ -1,25 +1,43 @@
 """Sparse attention behind one dispatch function.
 
-    out = sparse_attention(q, k, v, keys, scale=None)
+    out = sparse_attention(q, k, v, keys, scale=None, backend="auto")
 
 q:    (B, Hq, Nq, D)    queries
 k, v: (B, Hkv, Nk, D)   keys/values (Hq % Hkv == 0: GQA); Nk >= Nq (a KV cache may hold more)
 keys: (B, Nq, K) int    AttentionPlan rows: absolute positions into Nk, ascending, -1 padded at the end,
                         shared by all heads. Every row has at least one valid entry.
-returns (B, Hq, Nq, D), in q's dtype.
+returns (B, Hq, Nq, D), in q's dtype. Differentiable in q, k, v (training calls it on CPU and GPU).
 
 The same call serves prefill (Nq == Nk), chunked prefill and decode (Nq small, Nk = cache length):
 the plan rows already hold absolute cache positions, so no causal offset is needed.
+
+Backends: "torch" (kernels/torch_sparse.py, any device, gathers, O(N*K) memory), "triton"
+(kernels/triton_sparse.py, CUDA: block tiles over the plan's key blocks; decode gathers), "auto" = Triton
+on CUDA tensors when Triton imports, torch otherwise. MLX arrays go through kernels/mlx_sparse.py.
 """
 from __future__ import annotations
 
 from .torch_sparse import sparse_attention_torch
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
 
 def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto"):
-    if backend in ("auto", "torch"):
-        return sparse_attention_torch(q, k, v, keys, scale=scale)
-    raise ValueError(f"unknown sparse attention backend {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sparse attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "triton" or (backend == "auto" and q.is_cuda and triton_available()):
+        from .triton_sparse import sparse_attention_triton
+
+        return sparse_attention_triton(q, k, v, keys, scale=scale)
+    return sparse_attention_torch(q, k, v, keys, scale=scale)
 
 
-__all__ = ["sparse_attention"]
+__all__ = ["sparse_attention", "BACKENDS", "triton_available"]

@@ -1,32 +1,97 @@
-"""Portable O(N*K) sparse attention in plain torch: gather the planned keys per query, chunked over
-queries so memory stays O(chunk * K * D) per head, never O(N^2)."""
+"""Portable O(N*K) sparse attention in plain torch, any device.
+
+Gather the planned keys per query, chunked over queries so the live memory is O(chunk * K * D) per head,
+never O(N^2). A custom autograd function recomputes the gathered scores chunk by chunk in backward,
+so training keeps only q, k, v, the output and one float per (head, query) (the log-sum-exp).
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
+CHUNK = 1024
 
-def sparse_attention_torch(q, k, v, keys, scale=None, chunk: int = 1024):
-    B, Hq, Nq, D = q.shape
+
+def _gather_rows(x, idx, Hkv):
+    # x: (B, Hkv, Nk, D); idx: (B, C, K) -> (B, Hkv, C, K, D)
+    B, C, K = idx.shape
+    D = x.shape[-1]
+    flat = idx.reshape(B, 1, C * K, 1).expand(B, Hkv, C * K, D)
+    return torch.gather(x, 2, flat).view(B, Hkv, C, K, D)
+
+
+def _chunk_scores(q, k, keys, s, e, scale, cdt):
+    """Scores of queries [s, e): returns (B, Hkv, g, C, K) in cdt, masked, and the gathered keys."""
+    B, Hq, _, D = q.shape
     Hkv = k.shape[1]
     g = Hq // Hkv
-    scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    keys = keys.long()
-    out = torch.empty_like(q)
-    for s in range(0, Nq, chunk):
-        e = min(Nq, s + chunk)
-        idx = keys[:, s:e]                                # (B, C, K)
-        valid = idx >= 0
-        safe = idx.clamp_min(0)
-        C, K = idx.shape[1], idx.shape[2]
-        flat = safe.reshape(B, 1, C * K, 1).expand(B, Hkv, C * K, D)
-        kg = torch.gather(k, 2, flat).view(B, Hkv, 1, C, K, D)   # (B, Hkv, 1, C, K, D)
-        vg = torch.gather(v, 2, flat).view(B, Hkv, 1, C, K, D)
-        qc = q[:, :, s:e].reshape(B, Hkv, g, C, 1, D)            # (B, Hkv, g, C, 1, D)
-        att = (qc.float() * kg.float()).sum(-1) * scale          # (B, Hkv, g, C, K)
-        att = att.masked_fill(~valid.view(B, 1, 1, C, K), float("-inf"))
-        p = torch.softmax(att, dim=-1)
-        o = (p.unsqueeze(-1) * vg.float()).sum(-2)               # (B, Hkv, g, C, D)
-        out[:, :, s:e] = o.reshape(B, Hq, C, D).to(q.dtype)
-    return out
+    idx = keys[:, s:e]                                               # (B, C, K)
+    valid = idx >= 0
+    safe = idx.clamp_min(0)
+    C, K = idx.shape[1], idx.shape[2]
+    kg = _gather_rows(k, safe, Hkv).to(cdt)                          # (B, Hkv, C, K, D)
+    qc = q[:, :, s:e].to(cdt).reshape(B, Hkv, g, C, D)               # (B, Hkv, g, C, D)
+    att = torch.einsum("bhgcd,bhckd->bhgck", qc, kg) * scale         # (B, Hkv, g, C, K)
+    att = att.masked_fill(~valid.view(B, 1, 1, C, K), float("-inf"))
+    return att, safe, valid, kg, qc
+
+
+class _SparseAttnTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keys, scale, chunk):
+        B, Hq, Nq, D = q.shape
+        Hkv = k.shape[1]
+        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        out = torch.empty_like(q)
+        lse = torch.empty(B, Hq, Nq, dtype=cdt, device=q.device)
+        for s in range(0, Nq, chunk):
+            e = min(Nq, s + chunk)
+            att, safe, _, _, _ = _chunk_scores(q, k, keys, s, e, scale, cdt)
+            m = att.amax(-1, keepdim=True)                           # every row holds >= 1 key
+            p = torch.exp(att - m)
+            l = p.sum(-1, keepdim=True)
+            vg = _gather_rows(v, safe, Hkv).to(cdt)                  # (B, Hkv, C, K, D)
+            o = torch.einsum("bhgck,bhckd->bhgcd", p / l, vg)        # (B, Hkv, g, C, D)
+            out[:, :, s:e] = o.reshape(B, Hq, e - s, D).to(q.dtype)
+            lse[:, :, s:e] = (m + l.log()).squeeze(-1).reshape(B, Hq, e - s)
+        ctx.save_for_backward(q, k, v, keys, out, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, keys, out, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        B, Hq, Nq, D = q.shape
+        Hkv, Nk = k.shape[1], k.shape[2]
+        g = Hq // Hkv
+        cdt = lse.dtype
+        dq = torch.empty_like(q)
+        dk = torch.zeros(B, Hkv, Nk, D, dtype=cdt, device=q.device)
+        dv = torch.zeros_like(dk)
+        delta = (dout.to(cdt) * out.to(cdt)).sum(-1)                  # (B, Hq, Nq)
+        for s in range(0, Nq, chunk):
+            e = min(Nq, s + chunk)
+            C = e - s
+            att, safe, valid, kg, qc = _chunk_scores(q, k, keys, s, e, scale, cdt)
+            p = torch.exp(att - lse[:, :, s:e].reshape(B, Hkv, g, C, 1))  # (B, Hkv, g, C, K); 0 on padding
+            vg = _gather_rows(v, safe, Hkv).to(cdt)
+            do = dout[:, :, s:e].to(cdt).reshape(B, Hkv, g, C, D)
+            dp = torch.einsum("bhgcd,bhckd->bhgck", do, vg)
+            ds = p * (dp - delta[:, :, s:e].reshape(B, Hkv, g, C, 1)) * scale
+            dq[:, :, s:e] = torch.einsum("bhgck,bhckd->bhgcd", ds, kg).reshape(B, Hq, C, D).to(q.dtype)
+            dkg = torch.einsum("bhgck,bhgcd->bhckd", ds, qc)          # (B, Hkv, C, K, D)
+            dvg = torch.einsum("bhgck,bhgcd->bhckd", p, do)
+            K = safe.shape[-1]
+            w = valid.to(cdt).view(B, 1, C * K, 1)                   # padding slots scatter nothing
+            flat = safe.reshape(B, 1, C * K, 1).expand(B, Hkv, C * K, D)
+            dk.scatter_add_(2, flat, dkg.reshape(B, Hkv, C * K, D) * w)
+            dv.scatter_add_(2, flat, dvg.reshape(B, Hkv, C * K, D) * w)
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def sparse_attention_torch(q, k, v, keys, scale=None, chunk: int = CHUNK):
+    """q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); keys: (B, Nq, K) int. Returns (B, Hq, Nq, D)."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return _SparseAttnTorch.apply(q, k, v, keys.long(), float(scale), int(chunk))

@@ -22,6 +22,7 @@ The kept keys are then sorted ascending and padded with -1.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 import numpy as np
 
@@ -112,8 +113,35 @@ class IncrementalPlan:
         self._done_word = w - 1
 
         K = cfg.k
-        out = [i]
-        seen = {i}
+        ws = st.w_start[w]
+        lo = min(ws, max(0, i - cfg.window)) if cfg.window else ws   # self + own word + window: [lo, i]
+        ns = min(cfg.sinks, lo)                                      # sinks: [0, ns), disjoint from [lo, i]
+        if (i + 1 - lo) + ns < K:
+            # Fast path: the contiguous terms fit. Bonded tokens and antecedents come most recent first and
+            # in strictly descending order (antecedents lie in earlier sentences), so no set is needed.
+            budget = K - (i + 1 - lo) - ns
+            extra = [p for p in self._bonded(w) if ns <= p < lo][:budget]
+            if cfg.cross_sentence and len(extra) < budget:
+                extra += [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
+            if cfg.stride and len(extra) < budget:
+                have = set(extra)
+                more = (p for p in self._strided(i) if p >= ns and p not in have)
+                extra += islice(more, budget - len(extra))        # lazy: O(K), not O(i / stride)
+                extra.sort(reverse=True)
+            out = list(range(ns))
+            out += extra[::-1]
+            out += range(lo, i + 1)
+        else:
+            out = self._row_in_priority_order(w, i, ws)
+        if cfg.mode == "random":
+            out = self._random_row(i, len(out))
+            out.sort()
+        return out
+
+    def _row_in_priority_order(self, w: int, i: int, ws: int) -> list[int]:
+        """General path (the contiguous terms alone reach K): take terms strictly in priority order."""
+        cfg, K = self.cfg, self.cfg.k
+        out, seen = [i], {i}
 
         def take(positions):
             for p in positions:
@@ -124,7 +152,6 @@ class IncrementalPlan:
                         return True
             return False
 
-        ws = st.w_start[w]
         if (take(range(i - 1, ws - 1, -1))
                 or (cfg.sinks and take(range(min(cfg.sinks, i))))
                 or (cfg.window and take(range(i - 1, max(-1, i - 1 - cfg.window), -1)))
@@ -132,8 +159,6 @@ class IncrementalPlan:
                 or (cfg.cross_sentence and take(self._antecedent_tokens(w)))
                 or (cfg.stride and take(self._strided(i)))):
             pass
-        if cfg.mode == "random":
-            out = self._random_row(i, len(out))
         out.sort()
         return out
 
