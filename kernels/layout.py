@@ -1,0 +1,81 @@
+"""Block layout derived from an AttentionPlan, for the tile kernels (Triton, FlexAttention in the bench).
+
+Queries are cut into blocks of BQ consecutive rows, keys into blocks of BK positions. For each query block
+we list the key blocks that any of its rows touches (the union; small, because ASA plans are mostly local)
+and, for each (row, listed key block), a 64-bit membership mask: bit t set when key kb*BK + t is in the row.
+The kernels run tensor-core tiles over the listed blocks and apply the exact per-row mask inside each tile.
+For the backward pass over keys, the transpose: for each key block, the query blocks that touch it and the
+slot the key block has in each one's list.
+
+Built with a handful of torch ops on the plan's device: O(N*K) work plus one (nQB, nKB) bool table per
+batch row (N^2 / (BQ*BK) bytes: 1 MiB at 64k tokens, never N^2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BlockLayout:
+    block_q: int
+    block_k: int
+    nk: int
+    kb: torch.Tensor        # (B, nQB, U) int32 key blocks per query block, ascending, -1 padded
+    kb_count: torch.Tensor  # (B, nQB) int32
+    bits: torch.Tensor      # (B, Nq, U) int64 membership bits of row i in its block's j-th key block
+    qb: torch.Tensor | None = None        # (B, nKB, V) int32 query blocks touching key block, -1 padded
+    qb_slot: torch.Tensor | None = None   # (B, nKB, V) int32 slot of the key block in that query block's list
+    qb_count: torch.Tensor | None = None  # (B, nKB) int32
+
+    @property
+    def tiles(self) -> int:
+        """Number of (query block, key block) tiles a head computes, summed over the batch."""
+        return int(self.kb_count.sum())
+
+
+def _compact(table: torch.Tensor):
+    """(B, R, C) bool -> (list (B, R, U) int32 column ids ascending -1 padded, count (B, R), slot (B, R, C))."""
+    B, R, C = table.shape
+    slot = table.to(torch.int32).cumsum(-1, dtype=torch.int32) - 1     # (B, R, C) position in the row's list
+    count = table.sum(-1, dtype=torch.int32)
+    U = max(int(count.max()), 1) if count.numel() else 1
+    out = torch.full((B, R, U + 1), -1, dtype=torch.int32, device=table.device)
+    cols = torch.arange(C, dtype=torch.int32, device=table.device).expand(B, R, C)
+    out.scatter_(2, torch.where(table, slot, U).long(), cols)           # misses land in spare column U
+    return out[..., :U].contiguous(), count, slot
+
+
+def build_layout(keys: torch.Tensor, nk: int, block_q: int = 64, block_k: int = 64,
+                 transpose: bool = True) -> BlockLayout:
+    """keys: (B, Nq, K) plan rows (absolute positions < nk, -1 padded). block_k must be <= 64 (one int64)."""
+    assert block_k <= 64, "membership masks are one int64 per (row, key block)"
+    B, Nq, K = keys.shape
+    dev = keys.device
+    nqb, nkb = -(-Nq // block_q), -(-nk // block_k)
+    keys = keys.long()
+    valid = keys >= 0
+    kblk = torch.where(valid, keys // block_k, nkb)                        # (B, Nq, K); padding -> spare nkb
+    qblk = (torch.arange(Nq, device=dev) // block_q).view(1, Nq, 1)
+    bidx = torch.arange(B, device=dev).view(B, 1, 1)
+    table = torch.zeros(B * nqb * (nkb + 1), dtype=torch.bool, device=dev)
+    table[((bidx * nqb + qblk) * (nkb + 1) + kblk).reshape(-1)] = True
+    table = table.view(B, nqb, nkb + 1)[..., :nkb]                        # (B, nQB, nKB) touched tiles
+    kb, kb_count, slot = _compact(table)
+    U = kb.shape[-1]
+    # slot of each plan entry's key block in its query block's list, then OR its bit (distinct keys: add == or)
+    flat_slot = slot.view(B, nqb * nkb)
+    j = torch.gather(flat_slot, 1, (qblk * nkb + kblk.clamp_max(nkb - 1)).expand(B, Nq, K).reshape(B, -1))
+    j = torch.where(valid, j.view(B, Nq, K), 0)
+    bit = torch.where(valid, torch.ones_like(keys) << (keys % block_k), 0)  # int64; bit 63 wraps, fine
+    bits = torch.zeros(B, Nq, U, dtype=torch.int64, device=dev).scatter_add_(2, j, bit)
+    lay = BlockLayout(block_q, block_k, nk, kb, kb_count, bits)
+    if transpose:
+        tt = table.transpose(1, 2)                                         # (B, nKB, nQB)
+        qb, qb_count, _ = _compact(tt)
+        safe = qb.clamp_min(0).long()                                      # (B, nKB, V)
+        kbi = torch.arange(nkb, device=dev).view(1, nkb, 1)
+        qs = torch.gather(flat_slot, 1, (safe * nkb + kbi).reshape(B, -1)).view_as(qb)
+        lay.qb, lay.qb_slot, lay.qb_count = qb, torch.where(qb >= 0, qs, -1), qb_count
+    return lay

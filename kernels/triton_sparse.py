@@ -1,0 +1,326 @@
+"""Triton sparse attention for NVIDIA GPUs: forward, backward and decode, O(N*K) in the plan.
+
+Design (docs/kernels.md has the FLOP/byte counts):
+- prefill / training (tile path): queries in blocks of BQ=64 rows; each block iterates only over the key
+  blocks (BK=64) that its rows' plans touch (kernels/layout.py), with tensor-core tl.dot tiles and the exact
+  per-row mask applied inside each tile from a 64-bit membership word per (row, key block). The loop is
+  inverted over key blocks as in NSA/FSA: rows of a block share K/V loads, and because ASA plans are mostly
+  local (window + sentence + sinks) the union per block is a handful of tiles.
+- backward: dq over the same (query block -> key blocks) list; dk/dv per key block over the transposed
+  list (key block -> query blocks), so no atomics; GQA heads of one K/V head accumulate in one program.
+- decode (few queries against a long cache): no layout; each (query, K/V head) program gathers its K planned
+  rows in chunks of 64 and runs online softmax, the GQA group stacked as the M side of a (16, 64) tile.
+The naive reference is kernels/reference.py; tests/test_kernels_triton.py compares against it.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import BlockLayout, build_layout
+
+BQ, BK = 64, 64
+LOG2E = 1.4426950408889634
+DECODE_MAX_Q = 16            # at most this many queries: the gather (decode) kernel, no layout
+
+
+def _prec(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ----------------------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, KB, KBCNT, BITS,
+                sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+                Hq, G, Nq, Nk, U, NQB, qk_scale,
+                BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // G
+    offs_m = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_n = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < Nq
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    kbase = K + b * skb + hk * skh
+    vbase = V + b * svb + hk * svh
+    cnt = tl.load(KBCNT + b * NQB + pid_q)
+    kb_ptr = KB + (b * NQB + pid_q) * U
+    bits_ptr = BITS + (b * Nq + offs_m) * U                                  # (BQ,) row words
+    m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_Q], tl.float32)
+    acc = tl.zeros([BLOCK_Q, D], tl.float32)
+    for j in range(0, cnt):
+        kb = tl.load(kb_ptr + j)
+        kpos = kb * BLOCK_K + offs_n
+        k = tl.load(kbase + kpos[:, None] * skn + offs_d[None, :], mask=(kpos < Nk)[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale         # (BQ, BK), log2 units
+        w = tl.load(bits_ptr + j, mask=row_ok, other=0)
+        keep = ((w[:, None] >> offs_n[None, :].to(tl.int64)) & 1) != 0
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vbase + kpos[:, None] * svn + offs_d[None, :], mask=(kpos < Nk)[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(LSE + pid_bh * Nq + offs_m, m_i + tl.log2(l_safe), mask=row_ok)
+
+
+# ---------------------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KB, KBCNT, BITS,
+                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+                   Hq, G, Nq, Nk, U, NQB, qk_scale, sm_scale,
+                   BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    # DO, DQ: contiguous (B, Hq, Nq, D); q strides shared via sq*
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // G
+    offs_m = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_n = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < Nq
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + (pid_bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + pid_bh * Nq + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + pid_bh * Nq + offs_m, mask=row_ok, other=0.0)
+    kbase = K + b * skb + hk * skh
+    vbase = V + b * svb + hk * svh
+    cnt = tl.load(KBCNT + b * NQB + pid_q)
+    kb_ptr = KB + (b * NQB + pid_q) * U
+    bits_ptr = BITS + (b * Nq + offs_m) * U
+    dq = tl.zeros([BLOCK_Q, D], tl.float32)
+    for j in range(0, cnt):
+        kb = tl.load(kb_ptr + j)
+        kpos = kb * BLOCK_K + offs_n
+        kmask = (kpos < Nk)[:, None]
+        k = tl.load(kbase + kpos[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(vbase + kpos[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        w = tl.load(bits_ptr + j, mask=row_ok, other=0)
+        keep = ((w[:, None] >> offs_n[None, :].to(tl.int64)) & 1) != 0
+        p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + (pid_bh * Nq + offs_m[:, None]) * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QB, QBSLOT, QBCNT, BITS,
+                     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+                     Hq, Hkv, G, Nq, Nk, U, NKB, VMAX, qk_scale, sm_scale,
+                     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    # DK, DV: contiguous (B, Hkv, Nk, D)
+    pid_k = tl.program_id(0)
+    pid_bh = tl.program_id(1)                       # over B * Hkv
+    b = pid_bh // Hkv
+    hk = pid_bh % Hkv
+    offs_n = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_t = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, D)
+    kmask = (offs_n < Nk)[:, None]
+    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+    dk = tl.zeros([BLOCK_K, D], tl.float32)
+    dv = tl.zeros([BLOCK_K, D], tl.float32)
+    cnt = tl.load(QBCNT + b * NKB + pid_k)
+    lst = (b * NKB + pid_k) * VMAX
+    for hg in range(0, G):
+        h = hk * G + hg
+        bh = b * Hq + h
+        for i in range(0, cnt):
+            qb = tl.load(QB + lst + i)
+            j = tl.load(QBSLOT + lst + i)
+            offs_m = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+            row_ok = offs_m < Nq
+            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok[:, None],
+                        other=0.0)
+            do = tl.load(DO + (bh * Nq + offs_m[:, None]) * D + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse = tl.load(LSE + bh * Nq + offs_m, mask=row_ok, other=0.0)
+            delta = tl.load(DELTA + bh * Nq + offs_m, mask=row_ok, other=0.0)
+            w = tl.load(BITS + (b * Nq + offs_m) * U + j, mask=row_ok, other=0)
+            keep = ((w[:, None] >> offs_t[None, :].to(tl.int64)) & 1) != 0
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale   # (BQ, BK)
+            p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    out = (pid_bh * Nk + offs_n[:, None]) * D + offs_d[None, :]
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kmask)
+
+
+# ------------------------------------------------------------------------------------------------ decode
+@triton.jit
+def _decode_kernel(Q, K, V, O, KEYS,
+                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+                   Hkv, G, Nq, KW, qk_scale,
+                   GP: tl.constexpr, BC: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)                          # over B * Nq
+    hk = tl.program_id(1)
+    b = pid // Nq
+    i = pid % Nq
+    offs_g = tl.arange(0, GP)
+    offs_c = tl.arange(0, BC)
+    offs_d = tl.arange(0, D)
+    g_ok = offs_g < G
+    h = hk * G + offs_g
+    q = tl.load(Q + b * sqb + h[:, None] * sqh + i * sqn + offs_d[None, :], mask=g_ok[:, None], other=0.0)
+    kbase = K + b * skb + hk * skh
+    vbase = V + b * svb + hk * svh
+    m_i = tl.full([GP], float("-inf"), tl.float32)
+    l_i = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, D], tl.float32)
+    for c in range(0, KW, BC):
+        idx = tl.load(KEYS + pid * KW + c + offs_c, mask=c + offs_c < KW, other=-1)
+        ok = idx >= 0
+        safe = tl.where(ok, idx, 0).to(tl.int64)
+        k = tl.load(kbase + safe[:, None] * skn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(vbase + safe[:, None] * svn + offs_d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale          # (GP, BC)
+        s = tl.where(ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(O + b * sob + h[:, None] * soh + i * son + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=g_ok[:, None])
+
+
+# ------------------------------------------------------------------------------------------ functional API
+def _check(q, k, v, keys):
+    B, Hq, Nq, D = q.shape
+    assert k.shape[0] == B and v.shape == k.shape and Hq % k.shape[1] == 0, "q/k/v shapes disagree"
+    assert keys.shape[:2] == (B, Nq), "keys must be (B, Nq, K)"
+    assert D in (16, 32, 64, 128, 256), "head dim must be a power of two in [16, 256]"
+    for t in (q, k, v):
+        assert t.stride(-1) == 1, "last dim must be contiguous"
+
+
+def sparse_attention_fwd(q, k, v, layout: BlockLayout, scale: float):
+    """Tile-path forward. Returns out (B, Hq, Nq, D) and lse (B, Hq, Nq) float32 in log2 units."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    out = torch.empty_like(q)
+    lse = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
+    nqb = layout.kb.shape[1]
+    U = layout.kb.shape[2]
+    _fwd_kernel[(nqb, B * Hq)](
+        q, k, v, out, lse, layout.kb, layout.kb_count, layout.bits,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        Hq, Hq // Hkv, Nq, Nk, U, nqb, scale * LOG2E,
+        BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype),
+        num_warps=4, num_stages=2)
+    return out, lse
+
+
+def sparse_attention_bwd(q, k, v, out, lse, dout, layout: BlockLayout, scale: float):
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    dout = dout.contiguous()
+    delta = (dout.float() * out.float()).sum(-1)                                # (B, Hq, Nq)
+    dq = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=q.device)
+    dk = torch.empty(B, Hkv, Nk, D, dtype=k.dtype, device=k.device)
+    dv = torch.empty(B, Hkv, Nk, D, dtype=v.dtype, device=v.device)
+    nqb, U = layout.kb.shape[1], layout.kb.shape[2]
+    nkb, VMAX = layout.qb.shape[1], layout.qb.shape[2]
+    common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2))
+    _bwd_dq_kernel[(nqb, B * Hq)](
+        q, k, v, dout, dq, lse, delta, layout.kb, layout.kb_count, layout.bits, *common,
+        Hq, Hq // Hkv, Nq, Nk, U, nqb, scale * LOG2E, scale,
+        BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
+    _bwd_dkdv_kernel[(nkb, B * Hkv)](
+        q, k, v, dout, dk, dv, lse, delta, layout.qb, layout.qb_slot, layout.qb_count, layout.bits, *common,
+        Hq, Hkv, Hq // Hkv, Nq, Nk, U, nkb, VMAX, scale * LOG2E, scale,
+        BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
+    return dq, dk, dv
+
+
+def sparse_attention_decode(q, k, v, keys, scale: float):
+    """Gather path for a few queries against a long cache: no layout, reads only the K planned rows."""
+    B, Hq, Nq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    keys = keys.to(torch.int32).contiguous()
+    out = torch.empty_like(q)
+    GP = max(16, triton.next_power_of_2(G))
+    BC = 64 if D <= 128 else 32
+    _decode_kernel[(B * Nq, Hkv)](
+        q, k, v, out, keys,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        Hkv, G, Nq, keys.shape[-1], scale * LOG2E,
+        GP=GP, BC=BC, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
+    return out
+
+
+class _SparseAttnTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, layout, scale):
+        out, lse = sparse_attention_fwd(q, k, v, layout, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.layout, ctx.scale = layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        lay = ctx.layout
+        if lay.qb is None:
+            raise RuntimeError("layout was built with transpose=False; backward needs the transposed lists")
+        dq, dk, dv = sparse_attention_bwd(q, k, v, out, lse, dout, lay, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+_cache: dict = {}
+
+
+def layout_for(keys: torch.Tensor, nk: int, transpose: bool = True) -> BlockLayout:
+    """build_layout with a one-entry cache: every layer of a forward pass passes the same plan tensor
+    (same object, unmodified: checked by identity through a weak reference and the version counter)."""
+    hit = _cache.get("last")
+    if hit is not None:
+        ref, version, n, lay = hit
+        if ref() is keys and version == keys._version and n == nk and (lay.qb is not None or not transpose):
+            return lay
+    lay = build_layout(keys, nk, BQ, BK, transpose=transpose)
+    _cache["last"] = (weakref.ref(keys), keys._version, nk, lay)
+    return lay
+
+
+def sparse_attention_triton(q, k, v, keys, scale=None, layout: BlockLayout | None = None):
+    """Same contract as kernels.sparse_attention; CUDA tensors, fp16/bf16/fp32."""
+    _check(q, k, v, keys)
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if layout is None and not need_grad and q.shape[2] <= DECODE_MAX_Q:
+        return sparse_attention_decode(q, k, v, keys, scale)
+    if layout is None:
+        layout = layout_for(keys, k.shape[2], transpose=need_grad)
+    if need_grad:
+        return _SparseAttnTriton.apply(q, k, v, layout, scale)
+    return sparse_attention_fwd(q, k, v, layout, scale)[0]
