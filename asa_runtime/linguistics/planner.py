@@ -65,6 +65,8 @@ class Planner:
 class IncrementalPlan:
     """Causal plan state: `extend(piece)` appends the row of one new token in time independent of N."""
 
+    fast_path = True                  # tests switch it off to check it against the priority-order path
+
     def __init__(self, planner: Planner):
         self.cfg = cfg = planner.cfg
         self.st: AnalyzerState = planner.analyzer.start()
@@ -116,7 +118,7 @@ class IncrementalPlan:
         ws = st.w_start[w]
         lo = min(ws, max(0, i - cfg.window)) if cfg.window else ws   # self + own word + window: [lo, i]
         ns = min(cfg.sinks, lo)                                      # sinks: [0, ns), disjoint from [lo, i]
-        if (i + 1 - lo) + ns < K:
+        if self.fast_path and (i + 1 - lo) + ns < K:
             # Fast path: the contiguous terms fit. Bonded tokens and antecedents come most recent first and
             # in strictly descending order (antecedents lie in earlier sentences), so no set is needed.
             budget = K - (i + 1 - lo) - ns
@@ -125,7 +127,7 @@ class IncrementalPlan:
                 extra += [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
             if cfg.stride and len(extra) < budget:
                 have = set(extra)
-                more = (p for p in self._strided(i) if p >= ns and p not in have)
+                more = (p for p in self._strided(i) if ns <= p < lo and p not in have)
                 extra += islice(more, budget - len(extra))        # lazy: O(K), not O(i / stride)
                 extra.sort(reverse=True)
             out = list(range(ns))
@@ -144,6 +146,8 @@ class IncrementalPlan:
         out, seen = [i], {i}
 
         def take(positions):
+            if len(out) >= K:
+                return True
             for p in positions:
                 if p not in seen:
                     seen.add(p)

@@ -1,0 +1,139 @@
+"""Properties of the AttentionPlan (../shared/DESIGN.md): causal at token granularity, well-formed rows,
+deterministic, extend() == batch build, bounded memory, and any Unicode is fine."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asa_runtime.config import PlanConfig
+from asa_runtime.linguistics.pieces import word_pieces
+from asa_runtime.linguistics.plan import AttentionPlan, validate_rows
+from asa_runtime.linguistics.planner import Planner
+
+WORDS = ("the a dog dogs man woman idea ate saw himself herself him her he she it they them John Mary "
+         "quickly big and that who said . , ; ! ? \" ' 's n't un believ able \n\n \n").split(" ")
+SPARSE_MODES = ["full", "pos_only", "features_only", "random"]
+
+# token pieces: English-ish words with and without leading spaces, punctuation, newlines, subword splits
+piece = st.one_of(st.sampled_from(WORDS).map(lambda w: " " + w), st.sampled_from(WORDS),
+                  st.text(min_size=1, max_size=4))
+pieces_st = st.lists(piece, min_size=1, max_size=60)
+cfg_st = st.builds(PlanConfig, mode=st.sampled_from(SPARSE_MODES), k=st.integers(1, 24),
+                   window=st.integers(0, 6), sinks=st.integers(0, 3), stride=st.sampled_from([0, 5]),
+                   lookback_words=st.integers(1, 12), cross_sentence=st.booleans(), seed=st.integers(0, 3))
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_plan_is_causal_at_token_granularity(pieces, cfg):
+    full = Planner(cfg).plan(pieces)
+    for i in range(len(pieces)):
+        assert np.array_equal(Planner(cfg).plan(pieces[: i + 1]), full[: i + 1])
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_rows_are_well_formed(pieces, cfg):
+    keys = Planner(cfg).plan(pieces)
+    assert keys.shape == (len(pieces), cfg.k) and keys.dtype == np.int32
+    validate_rows(keys)
+    AttentionPlan(keys[None])
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_extend_equals_batch_build_and_is_deterministic(pieces, cfg):
+    inc = Planner(cfg).incremental()
+    rows = np.stack([inc.extend(p) for p in pieces])
+    assert np.array_equal(rows, Planner(cfg).plan(pieces))
+    assert np.array_equal(Planner(cfg).plan(pieces), Planner(cfg).plan(pieces))
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_fast_path_equals_priority_order(pieces, cfg):
+    slow = Planner(cfg).incremental()
+    slow.fast_path = False
+    assert np.array_equal(slow.extend_many(pieces), Planner(cfg).plan(pieces))
+
+
+@FAST
+@given(pieces_st, cfg_st, st.data())
+def test_state_round_trip_continues_identically(pieces, cfg, data):
+    cut = data.draw(st.integers(0, len(pieces)))
+    inc = Planner(cfg).incremental()
+    head = inc.extend_many(pieces[:cut])
+    resumed = Planner(cfg).incremental_from_state(inc.state_dict())
+    tail = resumed.extend_many(pieces[cut:])
+    assert np.array_equal(np.concatenate([head, tail]), Planner(cfg).plan(pieces))
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_future_rows_select_only_reachable_positions(pieces, cfg):
+    """KV eviction soundness: positions outside reachable() at step t never appear in a later row."""
+    inc = Planner(cfg).incremental()
+    reach = []
+    rows = []
+    for p in pieces:
+        rows.append(inc.extend(p))
+        reach.append(set(inc.reachable().tolist()))
+    for t in range(len(pieces)):
+        for j in range(t + 1, len(pieces)):
+            old = {int(x) for x in rows[j] if 0 <= x <= t}
+            assert old <= reach[t], (t, j, old - reach[t])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_unicode_never_crashes(text):
+    pieces = word_pieces(text) if text else ["\x00"]
+    for mode in ("full", "features_only"):
+        keys = Planner(PlanConfig(mode=mode, k=8)).plan(pieces)
+        validate_rows(keys)
+
+
+def test_dense_mode_has_no_plan():
+    p = Planner(PlanConfig(mode="none"))
+    assert p.plan(["The", " dog"]) is None
+    assert p.incremental().extend("The") is None
+
+
+def test_random_control_keeps_row_lengths_and_is_seeded():
+    pieces = word_pieces("The man said that the boy hurt himself. He smiled, and the dog barked loudly. " * 20)
+    full = Planner(PlanConfig(mode="full", k=32)).plan(pieces)
+    r0 = Planner(PlanConfig(mode="random", k=32, seed=0)).plan(pieces)
+    r0b = Planner(PlanConfig(mode="random", k=32, seed=0)).plan(pieces)
+    r1 = Planner(PlanConfig(mode="random", k=32, seed=1)).plan(pieces)
+    assert np.array_equal((full >= 0).sum(1), (r0 >= 0).sum(1))
+    assert np.array_equal(r0, r0b) and not np.array_equal(r0, r1)
+    assert not np.array_equal(r0, full)
+    validate_rows(r0)
+
+
+def test_plan_memory_is_linear_not_quadratic():
+    """8k tokens: an N x N byte mask alone would be 64 MB; the build must stay far below that."""
+    pieces = word_pieces("The old man walked slowly to the river, and he sat down by the water. " * 560)
+    assert len(pieces) >= 8000
+    planner = Planner(PlanConfig(mode="full", k=64))
+    planner.plan(pieces[:10])                        # load the analyzer outside the measurement
+    tracemalloc.start()
+    keys = planner.plan(pieces)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert keys.shape == (len(pieces), 64)
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("mode", ["full", "pos_only", "features_only"])
+def test_modes_differ_in_density_on_prose(mode):
+    pieces = word_pieces("The idea ate the bone. The man saw him, and the woman hurt herself. " * 5)
+    n = (Planner(PlanConfig(mode=mode, k=128, window=0, sinks=0)).plan(pieces) >= 0).sum()
+    n_pos = (Planner(PlanConfig(mode="pos_only", k=128, window=0, sinks=0)).plan(pieces) >= 0).sum()
+    if mode == "full":
+        assert n < n_pos                              # feature blocks remove some POS-compatible bonds
+    elif mode == "features_only":
+        assert n > n_pos                              # no POS gate: denser
