@@ -1,0 +1,584 @@
+"""Build the shipped lexicon (asa_runtime/linguistics/artifacts/lexicon.npz) from WordNet 3.0 and VerbNet.
+
+    python -m training.build_lexicon [--nltk-data DIR] [--out PATH] [--prose-top N] [--coverage-tokens N]
+
+Inputs (build time only, read through NLTK's corpus readers): corpora/wordnet and corpora/verbnet34 (falling back
+to verbnet3, then verbnet) found on nltk.data.path: --nltk-data first, then $NLTK_DATA, then ../shared/data/nltk_data
+next to the repo, then NLTK's usual places (so `nltk.download('wordnet')` works too). The English prose corpus
+(../shared/data/english_prose, optional) supplies the most frequent word forms and the coverage sample.
+What every feature means and why: docs/lexicon.md. The two maps below are the one place the mapping is defined.
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from asa_runtime.linguistics.features import AGR_BIT, SEM_BIT, SEMANTIC, UPOS_ID, agr_names, sem_names
+from asa_runtime.linguistics.lexicon import ARTIFACT, EMPTY, IS_NOUN, IS_PROPN, IS_VERB, Lexicon, LexEntry
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_NLTK = REPO.parent / "shared" / "data" / "nltk_data"
+SHARED_PROSE = REPO.parent / "shared" / "data" / "english_prose"
+
+# SEMANTIC feature -> WordNet synsets whose hyponym subtrees (instances included) carry it. A name starting with
+# "!" removes its subtree again. A noun sense has the feature iff the sense or one of its hypernyms is listed.
+SEM_SYNSETS: dict[str, tuple[str, ...]] = {
+    "HUMAN": ("person.n.01",),
+    # not organism.n.01: plants, fungi and microbes are organisms but never the agent of "eat", "say", "want"
+    "ANIMATE": ("person.n.01", "animal.n.01", "spiritual_being.n.01"),
+    "ANIMAL": ("animal.n.01",),
+    "PLANT": ("plant.n.02",),
+    # physical_entity minus process.n.06 (storms, light, growth: physical processes, not things you can hold)
+    "CONCRETE": ("physical_entity.n.01", "!process.n.06"),
+    "ABSTRACT": ("abstraction.n.06",),
+    "LOCATION": ("location.n.01", "body_of_water.n.01", "geological_formation.n.01", "land.n.04", "area.n.05"),
+    "EVENT": ("event.n.01", "atmospheric_phenomenon.n.01"),
+    "TIME": ("time_period.n.01", "time_unit.n.01", "point.n.06", "clock_time.n.01"),
+    "ORGANIZATION": ("organization.n.01", "social_group.n.01"),
+    "ARTIFACT": ("artifact.n.01",),
+    "FOOD": ("food.n.01", "food.n.02"),
+    "SUBSTANCE": ("matter.n.03",),
+    "COMMUNICATION": ("communication.n.02",),
+    # measure.n.02 = quantity/amount; time periods live there too but are TIME, not amounts
+    "QUANTITY": ("measure.n.02", "!time_period.n.01", "!point.n.06"),
+}
+MALE, FEMALE = "male.n.02", "female.n.02"
+
+# VerbNet selectional restriction type (+value) -> SEMANTIC bits that satisfy it. A '-' restriction (-animate,
+# -region) cannot be said as "at least one of these bits" and gives no restriction; types not listed (plural, refl,
+# force, sound, ...) give none either.
+VN_RESTRICTIONS: dict[str, tuple[str, ...]] = {
+    "animate": ("ANIMATE",),
+    "human": ("HUMAN",),
+    "animal": ("ANIMAL",),
+    "biotic": ("ANIMATE", "PLANT"),
+    "organization": ("ORGANIZATION",),
+    "concrete": ("CONCRETE",),
+    "physical": ("CONCRETE",),
+    "solid": ("CONCRETE",),
+    "body_part": ("CONCRETE",),
+    "elongated": ("CONCRETE",),
+    "pointy": ("CONCRETE",),
+    "nonrigid": ("CONCRETE",),
+    "rigid": ("CONCRETE",),
+    "refl": (),
+    "machine": ("ARTIFACT",),
+    "vehicle": ("ARTIFACT",),
+    "vehicle_part": ("ARTIFACT",),
+    "garment": ("ARTIFACT",),
+    "tool": ("ARTIFACT",),
+    "scalar": ("QUANTITY",),
+    "currency": ("QUANTITY", "ARTIFACT"),
+    "comestible": ("FOOD",),
+    "substance": ("SUBSTANCE",),
+    "liquid": ("SUBSTANCE",),
+    "location": ("LOCATION",),
+    "loc": ("LOCATION",),
+    "region": ("LOCATION",),
+    "place": ("LOCATION",),
+    "abstract": ("ABSTRACT",),
+    "state": ("ABSTRACT",),
+    "eventive": ("EVENT",),
+    "time": ("TIME",),
+    "communication": ("COMMUNICATION",),
+    "question": ("COMMUNICATION",),
+    # intentional control: a person, an organisation, or a machine acting on its own
+    "int_control": ("ANIMATE", "ORGANIZATION", "ARTIFACT"),
+}
+# When restrictions are conjoined (+comestible & +solid) keep the specific ones: CONCRETE/ABSTRACT add nothing.
+GENERAL = SEM_BIT["CONCRETE"] | SEM_BIT["ABSTRACT"]
+# Fallback when a class's frames name no NP subject/object: roles by name (VerbNet 2.1 uses Actor1, Theme1, ...)
+SUBJECT_ROLES = ("Agent", "Actor", "Actor1", "Experiencer")
+OBJECT_ROLES = ("Patient", "Patient1", "Theme", "Theme1")
+
+SENSE_SHARE = 0.15  # noun senses holding >= this share of the lemma's SemCor counts are united
+PLURAL_ONLY = {"police", "cattle", "folk", "clergy", "gentry", "livestock", "vermin", "poultry", "infantry"}
+VERBNETS = ("verbnet34", "verbnet3", "verbnet")  # newest first
+_GENDER_RE = re.compile(r"^(?:an? |the )?(?:\w+ ){0,2}(male|man|boy|female|woman|girl)\b")
+_WORD_RE = re.compile(r"[A-Za-z]+(?:['\u2019-][A-Za-z]+)*")
+
+
+def _bits(names, table=SEM_BIT) -> int:
+    out = 0
+    for n in names:
+        out |= table[n]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- NLTK data
+def setup_nltk_data(nltk_data: str | None = None) -> list[str]:
+    """nltk.data.path = [--nltk-data] + $NLTK_DATA (nltk already put it first) + shared data + NLTK defaults."""
+    import nltk
+
+    paths = list(nltk.data.path)
+    env = [p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
+    front = [nltk_data] if nltk_data else []
+    front += [p for p in env if p not in front]
+    if SHARED_NLTK.is_dir():
+        front.append(str(SHARED_NLTK))
+    nltk.data.path[:] = front + [p for p in paths if p not in front]
+    return nltk.data.path
+
+
+def load_wordnet():
+    from nltk.corpus import wordnet as wn
+
+    try:
+        wn.ensure_loaded()
+    except LookupError as e:
+        raise click.ClickException(
+            "WordNet not found on nltk.data.path; pass --nltk-data DIR or set NLTK_DATA "
+            "(or run nltk.download('wordnet') once)") from e
+    return wn
+
+
+def load_verbnet():
+    """The newest VerbNet NLTK can find: (reader, name). Only fileids()/xml() are used: NLTK's lemma index
+    regex does not match VerbNet 3.4's attribute order, the XML itself reads fine."""
+    from nltk.corpus.reader import VerbnetCorpusReader
+    from nltk.corpus.util import LazyCorpusLoader
+
+    for name in VERBNETS:
+        vn = LazyCorpusLoader(name, VerbnetCorpusReader, r"(?!\.).*\.xml")
+        try:
+            vn.fileids()
+        except LookupError:
+            continue
+        return vn, name
+    raise click.ClickException("VerbNet not found on nltk.data.path (looked for " + ", ".join(VERBNETS) + ")")
+
+
+# ---------------------------------------------------------------------------------------------- nouns
+class NounFeatures:
+    """SEMANTIC bits and gender of WordNet noun synsets and lemmas."""
+
+    def __init__(self, wn):
+        self.wn = wn
+        self.sem: dict[str, int] = {}  # synset name -> bits (only synsets with some bit)
+        for feat, names in SEM_SYNSETS.items():
+            inc = set().union(*(self._subtree(n) for n in names if not n.startswith("!")))
+            exc = set().union(*(self._subtree(n[1:]) for n in names if n.startswith("!")))
+            for s in inc - exc:
+                self.sem[s] = self.sem.get(s, 0) | SEM_BIT[feat]
+        self.male, self.female = self._subtree(MALE), self._subtree(FEMALE)
+        self.person = self._subtree("person.n.01")
+
+    def _subtree(self, name: str) -> set[str]:
+        root = self.wn.synset(name)
+        out, stack = {root.name()}, [root]
+        while stack:
+            for h in (s := stack.pop()).hyponyms() + s.instance_hyponyms():
+                if h.name() not in out:
+                    out.add(h.name())
+                    stack.append(h)
+        return out
+
+    def gender(self, synset) -> int:
+        """MASC/FEM for person senses: under male/female person, or defined as "a male ...", "a woman who ..."
+        (king.n.01 "a male sovereign" has no male.n.02 hypernym). Checks the sense and its person hypernyms."""
+        name = synset.name()
+        if name not in self.person:
+            return 0
+        if name in self.male:
+            return AGR_BIT["MASC"]
+        if name in self.female:
+            return AGR_BIT["FEM"]
+        for s in [synset, *synset.closure(lambda x: x.hypernyms() + x.instance_hypernyms())]:
+            if s.name() not in self.person or s.name() == "person.n.01":
+                continue
+            m = _GENDER_RE.match(s.definition())
+            if m:
+                return AGR_BIT["MASC"] if m.group(1) in ("male", "man", "boy") else AGR_BIT["FEM"]
+        return 0
+
+    def choose(self, lemmas) -> list:
+        """The senses a lemma is read as: those with >= SENSE_SHARE of its tagged (SemCor) counts; sense 1 when
+        WordNet has no counts for it."""
+        if not lemmas:
+            return []
+        counts = [lm.count() for lm in lemmas]
+        total = sum(counts)
+        if total == 0:
+            return [lemmas[0].synset()]
+        return [lm.synset() for lm, c in zip(lemmas, counts) if c >= SENSE_SHARE * total]
+
+    def entry(self, synsets) -> tuple[int, int, bool]:
+        """(sem, gender bits, plural-only) of the union of `synsets`."""
+        sem, gen, plural = 0, 0, False
+        for s in synsets:
+            sem |= self.sem.get(s.name(), 0)
+            gen |= self.gender(s)
+            plural |= s.definition().startswith("(plural)")
+        if gen == AGR_BIT["MASC"] | AGR_BIT["FEM"]:
+            gen = 0  # senses disagree: leave gender open
+        return sem, gen, plural
+
+    def common(self, lemma: str) -> tuple[int, int, bool] | None:
+        """Noun reading of a lemma from its lower-case senses (all senses for a name-only lemma like Paris)."""
+        lms = self.wn.lemmas(lemma, "n")
+        if not lms:
+            return None
+        low = [lm for lm in lms if not lm.name()[:1].isupper()] or lms
+        sem, gen, plural = self.entry(self.choose(low))
+        return sem, gen, plural or lemma in PLURAL_ONLY
+
+    def proper(self, lemma: str) -> tuple[int, int] | None:
+        """Proper-name reading: WordNet's capitalised senses (Paris, John, Elizabeth). The first (or most
+        frequent) one, plus the person bits when any of them is a person (names in prose are mostly people)."""
+        lms = [lm for lm in self.wn.lemmas(lemma, "n") if lm.name()[:1].isupper()]
+        if not lms:
+            return None
+        chosen = self.choose(lms)
+        persons = [lm.synset() for lm in lms if lm.synset().name() in self.person]
+        sem, gen, _ = self.entry(chosen + persons[:1] if persons and persons[0] not in chosen else chosen)
+        if persons:  # John: King John is male, the apostle's gender is not stated -> MASC; mixed -> open
+            g = {self.gender(s) for s in persons} - {0}
+            gen = g.pop() if len(g) == 1 else 0
+        return sem, gen
+
+
+# ---------------------------------------------------------------------------------------------- verbs
+def restriction_mask(selrestrs) -> int:
+    """SEMANTIC bits for a <SELRESTRS> element (nested ones allowed); 0 = no usable restriction."""
+    if selrestrs is None:
+        return 0
+    parts = []
+    for child in selrestrs:
+        if child.tag == "SELRESTR":
+            ok = child.get("Value") == "+"
+            parts.append(_bits(VN_RESTRICTIONS.get(child.get("type", ""), ())) if ok else 0)
+        elif child.tag == "SELRESTRS":
+            parts.append(restriction_mask(child))
+    if not parts:
+        return 0
+    if selrestrs.get("logic") == "or":
+        return 0 if 0 in parts else _or(parts)  # an unrestricted alternative lifts the restriction
+    specific = [p for p in parts if p and not p & GENERAL]
+    return _or(specific) if specific else _or(parts)
+
+
+def _or(masks) -> int:
+    out = 0
+    for m in masks:
+        out |= m
+    return out
+
+
+def _frame_roles(cls) -> tuple[set[str], set[str]]:
+    """Roles that frames put in subject position (the NP before the verb) and direct-object position (an NP
+    right after the verb that is not a clause)."""
+    subj, obj = set(), set()
+    for syn in cls.findall("FRAMES/FRAME/SYNTAX"):
+        items = list(syn)
+        for i, el in enumerate(items):
+            if el.tag != "VERB":
+                continue
+            nps = [x for x in items[:i] if x.tag == "NP"]
+            if nps:
+                subj.add(nps[-1].get("value", ""))
+            if i + 1 < len(items) and items[i + 1].tag == "NP":
+                np_ = items[i + 1]
+                clause = any(r.get("Value") == "+" for r in np_.iter("SYNRESTR"))
+                if not clause:
+                    obj.add(np_.get("value", ""))
+            break
+    return subj, obj
+
+
+def verb_restrictions(vn) -> tuple[dict[str, tuple[int, int]], dict]:
+    """verb lemma -> (subj_req, obj_req): per class, the union over the roles its frames put in subject/object
+    position of those roles' restrictions (inherited from the parent class unless the subclass restricts the role
+    itself); per lemma, the union over its classes. Also returns stats."""
+    out: dict[str, tuple[int, int]] = {}
+    stats = Counter()
+
+    def walk(cls, roles: dict[str, int], frames_subj: set, frames_obj: set):
+        roles = dict(roles)
+        for tr in cls.findall("THEMROLES/THEMROLE"):
+            m = restriction_mask(tr.find("SELRESTRS"))
+            if m or tr.get("type") not in roles:
+                roles[tr.get("type")] = m
+        s, o = _frame_roles(cls)
+        s, o = (s or frames_subj), (o or frames_obj)
+        sr, orr = s or set(SUBJECT_ROLES), o or set(OBJECT_ROLES)
+        subj = _or(roles.get(r, 0) for r in sr)
+        obj = _or(roles.get(r, 0) for r in orr)
+        stats["classes"] += 1
+        stats["classes_subj_restricted"] += bool(subj)
+        stats["classes_obj_restricted"] += bool(obj)
+        for m in cls.findall("MEMBERS/MEMBER"):
+            name = m.get("name", "").lstrip("?").lower()
+            if not name or "_" in name or " " in name:
+                continue
+            a, b = out.get(name, (0, 0))
+            out[name] = (a | subj, b | obj)
+        for sub in cls.findall("SUBCLASSES/VNSUBCLASS"):
+            walk(sub, roles, s, o)
+
+    for fid in vn.fileids():
+        walk(vn.xml(fid), {}, set(), set())
+    stats["lemmas"] = len(out)
+    stats["lemmas_subj_restricted"] = sum(1 for a, _ in out.values() if a)
+    stats["lemmas_obj_restricted"] = sum(1 for _, b in out.values() if b)
+    return out, dict(stats)
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+def _plurals(w: str) -> list[str]:
+    if w.endswith(("s", "x", "z", "ch", "sh")):
+        return [w + "es"]
+    if w.endswith("y") and len(w) > 1 and w[-2] not in "aeiou":
+        return [w[:-1] + "ies"]
+    if w.endswith("man"):  # woman/women, fisherman/fishermen (morphy's rule, not in noun.exc); human/humans
+        return [w[:-3] + "men", w + "s"]
+    if w.endswith(("f", "fe")):  # wife/wives, wolf/wolves; roof/roofs
+        return [w.rsplit("f", 1)[0] + "ves", w + "s"]
+    return [w + "s"]
+
+
+def _verb_forms(w: str) -> list[str]:
+    out = _plurals(w)[-1:]  # 3rd person singular: the regular plural spelling
+    if w.endswith("e"):
+        out += [w + "d", w[:-1] + "ing"]
+    elif w.endswith("y") and len(w) > 1 and w[-2] not in "aeiou":
+        out += [w[:-1] + "ied", w + "ing"]
+    else:
+        out += [w + "ed", w + "ing"]
+    return out
+
+
+def _ok(lemma: str) -> bool:
+    return "_" not in lemma and " " not in lemma and "\n" not in lemma
+
+
+def prose_files(prose_dir: Path) -> list[Path]:
+    return sorted(prose_dir.glob("*/*.jsonl.xz")) if prose_dir.is_dir() else []
+
+
+def prose_counts(files: list[Path], log=print) -> tuple[Counter, list[str]]:
+    """Lower-cased word-form counts over the whole corpus, and a spread sample of paragraphs for coverage."""
+    counts: Counter = Counter()
+    sample: list[str] = []
+    for path in files:
+        with lzma.open(path, "rt", encoding="utf-8") as fh:
+            for line in fh:
+                text = json.loads(line)["text"]
+                counts.update(w.lower().replace("\u2019", "'") for w in _WORD_RE.findall(text))
+                paras = text.split("\n\n")
+                mid = len(paras) // 2
+                sample.extend(p for p in paras[mid: mid + 40] if p.strip())
+        log(f"  read {path.name}: {sum(counts.values()):,} word tokens so far")
+    return counts, sample
+
+
+def build(wn, vn, extra_forms=(), only_lemmas: set[str] | None = None, log=print) -> tuple[Lexicon, dict]:
+    """The lexicon for WordNet's single-word noun and verb lemmas, their inflections and `extra_forms` (mapped
+    back through morphy). `only_lemmas` restricts it to those lemmas (tests build a tiny one)."""
+    t0 = time.time()
+    nf = NounFeatures(wn)
+    log(f"  semantic classes from {len(SEM_SYNSETS)} feature subtrees: {len(nf.sem):,} synsets ({time.time() - t0:.1f}s)")
+    vrest, vstats = verb_restrictions(vn)
+    log(f"  verb restrictions: {vstats}")
+
+    def keep(lemma):
+        return _ok(lemma) and (only_lemmas is None or lemma in only_lemmas)
+
+    nouns = {l for l in wn.all_lemma_names("n") if keep(l)}
+    verbs = {l for l in wn.all_lemma_names("v") if keep(l)}
+    forms: set[str] = set(nouns) | set(verbs)
+    for lemma in nouns:
+        forms.update(_plurals(lemma))
+    for lemma in verbs:
+        forms.update(_verb_forms(lemma))
+    for pos, lem_set in (("n", nouns), ("v", verbs)):
+        forms.update(f for f, bases in wn._exception_map[pos].items() if any(b in lem_set for b in bases))
+    forms.update(f for f in extra_forms if _ok(f))
+    log(f"  candidate forms: {len(forms):,}")
+
+    noun_cache: dict[str, tuple | None] = {}
+    propn_cache: dict[str, tuple | None] = {}
+    agr_n = {n: AGR_BIT[n] for n in ("SING", "PLUR", "PERS3")}
+    rows: dict[str, tuple] = {}
+    for form in forms:
+        flags = 0
+        noun = verb = propn = EMPTY
+        bases = [b for b in wn._morphy(form, "n") if b in nouns]
+        if bases:
+            base = form if form in bases else bases[0]
+            if base not in noun_cache:
+                noun_cache[base] = nf.common(base)
+            feats = noun_cache[base]
+            if feats is not None:
+                sem, gen, plural_only = feats
+                plural = base != form or plural_only
+                if base == form and form.endswith("s") and len(bases) > 1:
+                    # "glasses" is a lemma and the plural of "glass": read as the plural when the singular is commoner
+                    other = next(b for b in bases if b != form)
+                    if _count(wn, other) >= _count(wn, form):
+                        plural = True
+                        sem, gen, _ = noun_cache.setdefault(other, nf.common(other)) or feats
+                num = agr_n["PLUR"] if plural else agr_n["SING"]
+                noun = LexEntry(sem, num | gen, 0, 0)
+                flags |= IS_NOUN
+            if base not in propn_cache:
+                propn_cache[base] = nf.proper(base)
+            pfeats = propn_cache[base]
+            if pfeats is not None:
+                num = agr_n["PLUR"] if base != form else agr_n["SING"]
+                propn = LexEntry(pfeats[0], num | pfeats[1], 0, 0)
+                flags |= IS_PROPN
+        vbases = [b for b in wn._morphy(form, "v") if b in verbs]
+        if vbases:
+            flags |= IS_VERB
+            subj = obj = 0
+            for b in vbases:  # "saw" is see and saw: united
+                a, o = vrest.get(b, (0, 0))
+                subj, obj = subj | a, obj | o
+            verb = LexEntry(0, 0, subj, obj)
+        if flags:
+            rows[form] = (noun, verb, propn, flags)
+    stats = {
+        "forms": len(rows),
+        "noun_lemmas": len(nouns),
+        "verb_lemmas": len(verbs),
+        "noun_forms_with_sem": sum(1 for r in rows.values() if r[0].sem),
+        "verb_forms_restricted": sum(1 for r in rows.values() if r[1].subj_req or r[1].obj_req),
+        "build_seconds": round(time.time() - t0, 1),
+        "verbnet": vstats,
+    }
+    return Lexicon(rows), stats
+
+
+def _count(wn, lemma: str) -> int:
+    return sum(lm.count() for lm in wn.lemmas(lemma, "n"))
+
+
+# ---------------------------------------------------------------------------------------------- coverage
+_PTB_NOUN = {"NN", "NNS"}
+_PTB_VERB = {"VB", "VBD", "VBG", "VBN", "VBP", "VBZ"}
+_AUX_LEMMAS = {"be", "am", "is", "are", "was", "were", "been", "being", "have", "has", "had", "having",
+               "do", "does", "did", "'s", "'re", "'ve", "'d", "'m"}
+_TOKEN_RE = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*|\d+|[^\sA-Za-z\d]")
+
+
+def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
+    """Share of noun / verb / proper-noun / pronoun tokens the lexicon knows, on prose tagged by NLTK's averaged
+    perceptron tagger (Penn tags; be/have/do left out of verbs as auxiliaries)."""
+    import nltk
+
+    c = Counter()
+    n_tok = 0
+    noun_id, verb_id, propn_id, pron_id = UPOS_ID["NOUN"], UPOS_ID["VERB"], UPOS_ID["PROPN"], UPOS_ID["PRON"]
+    for p in paragraphs:
+        toks = _TOKEN_RE.findall(p.replace("\u2019", "'").replace("\u2018", "'"))
+        if not toks:
+            continue
+        for w, tag in nltk.pos_tag(toks):
+            if tag in _PTB_NOUN:
+                e = lex.lookup(w, noun_id)
+                c["noun"] += 1
+                c["noun_found"] += lex.is_noun(w) or bool(e)
+                c["noun_sem"] += bool(e.sem)
+            elif tag in _PTB_VERB and w.lower() not in _AUX_LEMMAS:
+                e = lex.lookup(w, verb_id)
+                c["verb"] += 1
+                c["verb_found"] += lex.is_verb(w) or bool(e)
+                c["verb_restricted"] += bool(e.subj_req or e.obj_req)
+            elif tag in ("NNP", "NNPS"):
+                c["propn"] += 1
+                c["propn_sem"] += bool(lex.lookup(w, propn_id).sem)
+            elif tag in ("PRP", "PRP$"):
+                c["pron"] += 1
+                c["pron_found"] += bool(lex.lookup(w, pron_id))
+        n_tok += len(toks)
+        if n_tok >= max_tokens:
+            break
+    share = lambda a, b: round(c[a] / max(c[b], 1), 4)  # noqa: E731
+    return {
+        "tokens": n_tok, "noun_tokens": c["noun"], "verb_tokens": c["verb"], "propn_tokens": c["propn"],
+        "noun_found": share("noun_found", "noun"), "noun_with_sem": share("noun_sem", "noun"),
+        "verb_found": share("verb_found", "verb"), "verb_restricted": share("verb_restricted", "verb"),
+        "propn_with_sem": share("propn_sem", "propn"), "pron_found": share("pron_found", "pron"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+EXAMPLES = [("dog", "NOUN"), ("dogs", "NOUN"), ("idea", "NOUN"), ("teacher", "NOUN"), ("women", "NOUN"),
+            ("king", "NOUN"), ("city", "NOUN"), ("Paris", "PROPN"), ("John", "PROPN"), ("himself", "PRON"),
+            ("bread", "NOUN"), ("morning", "NOUN"), ("ate", "VERB"), ("said", "VERB"), ("broke", "VERB")]
+
+
+def describe(e: LexEntry) -> str:
+    parts = []
+    if e.sem:
+        parts.append("sem=" + "|".join(sem_names(e.sem)))
+    if e.agr:
+        parts.append("agr=" + "|".join(agr_names(e.agr)))
+    if e.subj_req:
+        parts.append("subj=" + "|".join(sem_names(e.subj_req)))
+    if e.obj_req:
+        parts.append("obj=" + "|".join(sem_names(e.obj_req)))
+    return " ".join(parts) or "(empty)"
+
+
+@click.command()
+@click.option("--nltk-data", type=click.Path(file_okay=False), default=None,
+              help="NLTK data folder searched first (default: $NLTK_DATA, ../shared/data/nltk_data, NLTK's own)")
+@click.option("--out", type=click.Path(dir_okay=False), default=str(ARTIFACT), show_default=True)
+@click.option("--prose", type=click.Path(file_okay=False), default=str(SHARED_PROSE), show_default=True,
+              help="english_prose folder (*/*.jsonl.xz) for frequent forms and coverage; skipped if absent")
+@click.option("--prose-top", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="add this many most frequent prose word forms (mapped through morphy)")
+@click.option("--coverage-tokens", type=click.IntRange(min=0), default=200_000, show_default=True,
+              help="prose tokens POS-tagged to measure coverage (0 = skip)")
+def main(nltk_data, out, prose, prose_top, coverage_tokens):
+    """Build the ASA lexicon table from WordNet + VerbNet."""
+    if nltk_data and not Path(nltk_data).is_dir():
+        raise click.ClickException(f"--nltk-data {nltk_data}: no such folder")
+    t0 = time.time()
+    setup_nltk_data(nltk_data)
+    wn = load_wordnet()
+    vn, vn_name = load_verbnet()
+    wn_dir = str(wn.root)
+    click.echo(f"WordNet {wn.get_version()} from {wn_dir}; VerbNet {vn_name} from {vn.root}")
+    files = prose_files(Path(prose))
+    top: list[str] = []
+    sample: list[str] = []
+    if files and (prose_top or coverage_tokens):
+        click.echo(f"counting word forms in {len(files)} prose files ...")
+        counts, sample = prose_counts(files, log=click.echo)
+        top = [w for w, _ in counts.most_common(prose_top)]
+    lex, stats = build(wn, vn, extra_forms=top, log=click.echo)
+    meta = {
+        "wordnet": f"WordNet {wn.get_version()} (NLTK corpora/wordnet)",
+        "verbnet": f"{vn_name} (NLTK corpora/{vn_name})",
+        "prose_top_forms": len(top),
+        "sense_share": SENSE_SHARE,
+        "semantic": list(SEMANTIC),
+        "stats": stats,
+    }
+    lex.save(out, meta)
+    size = Path(out).stat().st_size
+    t1 = time.time()
+    lex2 = Lexicon.load(out)
+    load_s = time.time() - t1
+    click.echo(f"entries: {len(lex2):,} surface forms; artifact {out}: {size / 1e6:.2f} MB; load {load_s:.3f}s")
+    click.echo("stats: " + json.dumps({k: v for k, v in stats.items() if k != "verbnet"}))
+    if sample and coverage_tokens:
+        cov = coverage(lex2, sample, coverage_tokens)
+        click.echo("coverage (prose sample, NLTK perceptron tags): " + json.dumps(cov))
+    for w, pos in EXAMPLES:
+        click.echo(f"  {w:10s} {pos:5s} {describe(lex2.lookup(w, UPOS_ID[pos]))}")
+    click.echo(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
