@@ -152,10 +152,13 @@ def _sha(p: Path) -> str:
 @click.option("--split", default="valid", show_default=True)
 @click.option("--windows", default=64, show_default=True, help="windows analysed (evenly spaced)")
 @click.option("--topk", default=5, show_default=True)
+@click.option("--k", type=int, help="plan width (default: the prepared plans' k, else 64)")
+@click.option("--window", type=int, help="plan local window (default 16; 0 = bonds, sinks and self only)")
+@click.option("--sinks", type=int, help="plan sink tokens (default 4)")
 @click.option("--seed", default=0, show_default=True, help="random-mask seed")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the results here")
-def h6(model_dir, data, mode, split, windows, topk, seed, device, json_out):
+def h6(model_dir, data, mode, split, windows, topk, k, window, sinks, seed, device, json_out):
     """H6: how much of a dense model's attention falls on ASA-allowed pairs vs a random mask."""
     from asa_runtime.checkpoint import CheckpointError, load_checkpoint
 
@@ -166,8 +169,12 @@ def h6(model_dir, data, mode, split, windows, topk, seed, device, json_out):
     try:
         dev = pick_device(device)
         ck = load_checkpoint(model_dir, device=dev)
-        res = run_h6(ck.model, Prepared.open(data), mode, split, windows, topk, seed, dev)
-    except (OSError, ValueError, KeyError, CheckpointError) as e:
+        prep = Prepared.open(data)
+        base = prep.meta.get("plans", {}).get(mode, {}).get("config") or {"mode": mode}
+        over = {n: v for n, v in (("k", k), ("window", window), ("sinks", sinks)) if v is not None}
+        plan_cfg = PlanConfig.from_dict({**base, **over})
+        res = run_h6(ck.model, prep, mode, split, windows, topk, seed, dev, plan_cfg=plan_cfg)
+    except (OSError, ValueError, KeyError, ImportError, CheckpointError) as e:
         _fail(e)
     click.echo(format_h6(res))
     if json_out:

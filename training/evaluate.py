@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from .prepare import Prepared
 
 
-def autocast_for(device: torch.device, dtype: str = "auto"):
-    if device.type == "cuda" and dtype in ("auto", "bf16", "bfloat16"):
+def autocast_for(device, dtype: str = "auto"):
+    if torch.device(device).type == "cuda" and dtype in ("auto", "bf16", "bfloat16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

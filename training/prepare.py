@@ -135,28 +135,33 @@ def prepare_tokens(out, ctx: int = 256, vocab_size: int = 16384, train_words: in
     else:
         log(f"training byte-level BPE, vocab {vocab_size}")
         tok = Tokenizer.train((b.text for b in train_b), vocab_size=vocab_size)
-    if tok.vocab_size > 65535:
-        raise ValueError("vocab larger than 65535 does not fit the uint16 token files")
-    tok.save(out / "tokenizer.json")
-
-    splits = {}
-    for name, bs in (("train", train_b), ("valid", valid_b)):
-        ids = _encode_docs(tok, [b.text for b in bs])
-        splits[name] = _write_tokens(out, name, ids, ctx, sum(b.words for b in bs),
-                                     {"books": [b.id for b in bs]})
+    docs = {"train": ([b.text for b in train_b], sum(b.words for b in train_b), {"books": [b.id for b in train_b]}),
+            "valid": ([b.text for b in valid_b], sum(b.words for b in valid_b), {"books": [b.id for b in valid_b]})}
     if wikitext:
         for name in corpus.WIKITEXT2:
             text = corpus.wikitext2(name, data_root)
-            ids = np.asarray(tok.encode(text) + [tok.eos_id], dtype=np.uint16)
             # word-level count as in the standard WikiText-2 setup (whitespace tokens + <eos> per line)
-            splits[name] = _write_tokens(out, name, ids, ctx, corpus.word_level_count(text), {})
-    for name, s in splits.items():
-        log(f"  {name}: {s['tokens']:,} tokens, {s['windows']:,} windows of {ctx}, {s['words']:,} words")
+            docs[name] = ([text], corpus.word_level_count(text), {})
+    return write_prepared(out, tok, docs, ctx, settings, log)
 
-    meta = {"settings": settings, "ctx": ctx, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+
+def write_prepared(out, tok: Tokenizer, docs: dict, ctx: int, settings: dict | None = None, log=print) -> dict:
+    """Low level: `docs` = {split: (texts, words, extra meta)} -> token files + meta.json in `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tok.vocab_size > 65535:
+        raise ValueError("vocab larger than 65535 does not fit the uint16 token files")
+    tok.save(out / "tokenizer.json")
+    splits = {}
+    for name, (texts, words, extra) in docs.items():
+        ids = _encode_docs(tok, texts)
+        splits[name] = _write_tokens(out, name, ids, ctx, words, extra)
+        s = splits[name]
+        log(f"  {name}: {s['tokens']:,} tokens, {s['windows']:,} windows of {ctx}, {s['words']:,} words")
+    meta = {"settings": settings or {}, "ctx": ctx, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
             "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
             "splits": splits, "plans": {}}
-    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
 
 
