@@ -1,0 +1,125 @@
+"""The torch backend: runs asa_runtime.model.Transformer with its static KV cache.
+
+Decode is built for low Python overhead (gpt-fast): the token, position, slot and plan row live in
+preallocated numpy buffers shared with torch tensors (torch.from_numpy), so a step allocates nothing of
+cache size; everything runs under torch.inference_mode. The forward below walks the model's own modules
+(embeddings, blocks, norm, head) like Transformer.forward, but projects only the last position to the
+vocabulary during prefill (the head is ~30% of a prefill's FLOPs otherwise) and keeps the dense
+baseline's slot index preallocated. Tests compare it with Transformer.forward recomputing everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model, device="cpu", kv_dtype=None):
+        self.model = model
+        self.cfg = model.cfg
+        self.device = torch.device(device)
+        self.vocab_size = model.cfg.vocab_size
+        self.kv_dtype = kv_dtype
+        self.dense = model.cfg.plan.dense
+        self.n_slots = 0
+        self._cpu = self.device.type == "cpu"
+        # Decode-step inputs: numpy buffers viewed by torch tensors (no per-step tensor construction on CPU).
+        self._idx_np = np.zeros((1, 1), dtype=np.int64)
+        self._pos_np = np.zeros(1, dtype=np.int64)
+        self._slot_np = np.zeros(1, dtype=np.int64)
+        self._row_np = np.full((1, 1, model.cfg.plan.k), -1, dtype=np.int64)
+        self._idx, self._pos, self._slot, self._row = (torch.from_numpy(a) for a in
+                                                       (self._idx_np, self._pos_np, self._slot_np, self._row_np))
+        self._slot_ar: torch.Tensor | None = None    # (S,) arange for the dense baseline's mask
+
+    # ---- cache ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reset(self, n_slots: int) -> None:
+        # Stale rows need no zeroing: every row a step reads was written earlier in the same sequence.
+        first = self.model.layers[0].attention.kv_cache
+        dtype = self.kv_dtype or self.model.tok_embeddings.weight.dtype
+        if first is None or first.k.shape[2] != n_slots or first.k.dtype != dtype:
+            self.model.setup_caches(1, n_slots, dtype=dtype)
+            self._slot_ar = torch.arange(n_slots, device=self.device)
+        self.n_slots = n_slots
+
+    def _caches(self):
+        return [layer.attention.kv_cache for layer in self.model.layers]
+
+    @torch.inference_mode()
+    def move_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        s = torch.from_numpy(np.ascontiguousarray(src, dtype=np.int64)).to(self.device)
+        d = torch.from_numpy(np.ascontiguousarray(dst, dtype=np.int64)).to(self.device)
+        for c in self._caches():
+            c.k.index_copy_(2, d, c.k.index_select(2, s))   # index_select copies first: overlap is safe
+            c.v.index_copy_(2, d, c.v.index_select(2, s))
+
+    @torch.inference_mode()
+    def read_cache(self, n: int) -> list[torch.Tensor]:
+        out = []
+        for c in self._caches():
+            out += [c.k[0, :, :n].to("cpu").clone(), c.v[0, :, :n].to("cpu").clone()]   # (Hkv, n, hs)
+        return out
+
+    @torch.inference_mode()
+    def write_cache(self, tensors: list[torch.Tensor]) -> None:
+        caches = self._caches()
+        if len(tensors) != 2 * len(caches):
+            raise ValueError(f"expected {2 * len(caches)} cache tensors, got {len(tensors)}")
+        for i, c in enumerate(caches):
+            k, v = tensors[2 * i], tensors[2 * i + 1]
+            if tuple(k.shape[0:1] + k.shape[2:]) != (c.k.shape[1], c.k.shape[3]) or k.shape[1] > c.k.shape[2]:
+                raise ValueError(f"cache tensor of shape {tuple(k.shape)} does not fit cache {tuple(c.k.shape)}")
+            n = k.shape[1]
+            c.k[0, :, :n].copy_(k)
+            c.v[0, :, :n].copy_(v)
+
+    def cache_bytes(self) -> int:
+        return sum(2 * c.k.numel() * c.k.element_size() for c in self._caches() if c is not None)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def _forward(self, idx, keys, input_pos, slots, last_only: bool) -> torch.Tensor:
+        # Transformer.forward with a cache, minus the full-width head when only the last logits are needed.
+        m = self.model
+        rc = m._rope(int(input_pos[-1]) + 1)[input_pos]             # positions are ascending: last is max
+        attn_mask = None
+        if keys is None:                                            # dense: slot == position, mask by position
+            attn_mask = self._slot_ar[None, :] <= input_pos[:, None]  # (T, S)
+        x = m.tok_embeddings(idx)                                   # (1, T, d)
+        for layer in m.layers:
+            x = layer(x, rc, keys, slots, attn_mask)
+        if last_only:
+            x = x[:, -1:]                                           # (1, 1, d)
+        return m.output(m.norm(x))[0].float()                       # (T or 1, V)
+
+    @torch.inference_mode()
+    def prefill(self, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
+        dev = self.device
+        idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))[None].to(dev)            # (1, T)
+        pos = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev)            # (T,)
+        sl = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev)                 # (T,)
+        keys = None
+        if plan_rows is not None:
+            keys = torch.from_numpy(np.asarray(plan_rows, dtype=np.int64))[None].to(dev)  # (1, T, K)
+        logits = self._forward(idx, keys, pos, sl, last_only=not all_logits)
+        return logits if all_logits else logits[-1]
+
+    @torch.inference_mode()
+    def decode(self, token: int, plan_row, pos: int, slot: int) -> torch.Tensor:
+        self._idx_np[0, 0] = token
+        self._pos_np[0] = pos
+        self._slot_np[0] = slot
+        keys = None
+        if plan_row is not None:
+            if len(plan_row) == self._row_np.shape[2]:
+                self._row_np[0, 0] = plan_row
+                keys = self._row
+            else:
+                keys = torch.from_numpy(np.asarray(plan_row, dtype=np.int64)).view(1, 1, -1)
+        if self._cpu:
+            return self._forward(self._idx, keys, self._pos, self._slot, last_only=True)[0]
+        dev = self.device
+        keys = None if keys is None else keys.to(dev)
+        return self._forward(self._idx.to(dev), keys, self._pos.to(dev), self._slot.to(dev), True)[0]

@@ -1,0 +1,92 @@
+"""int8 weight-only quantization of nn.Linear layers (laptops: 4x smaller weights than float32).
+
+Symmetric, per output channel: w ~= q * s with q int8 in [-127, 127] and s = max|w_row| / 127.
+Activations stay in floating point. On CPU the matmul runs through torch._weight_int8pack_mm (int8
+weights, float activations) when this torch build has it; otherwise the weight is dequantized in forward.
+A tied output head gets its own int8 copy; the embedding table stays float (it is a lookup, not a matmul).
+The perplexity cost is measured by bench/latency/bench_quant.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SCHEMES = ("int8",)
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> (int8 (out, in), float scales (out,))."""
+    wf = w.detach().float()
+    scales = wf.abs().amax(dim=1).clamp_min(1e-12) / 127.0                 # (out,)
+    q = torch.round(wf / scales[:, None]).clamp_(-127, 127).to(torch.int8)  # (out, in)
+    return q, scales
+
+
+def _has_int8pack_mm() -> bool:
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        return False
+    try:
+        x = torch.ones(1, 32)
+        q = torch.ones(8, 32, dtype=torch.int8)
+        out = torch._weight_int8pack_mm(x, q, torch.ones(8))
+        return bool(torch.allclose(out, torch.full((1, 8), 32.0)))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+_INT8PACK: bool | None = None
+
+
+class Int8Linear(nn.Module):
+    """Drop-in for a bias-free nn.Linear holding int8 weights and per-output-channel scales."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        q, s = quantize_weight(weight)
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scales", s.to(weight.dtype if weight.is_floating_point() else torch.float32))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight_int8.to(self.scales.dtype) * self.scales[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        global _INT8PACK
+        if x.device.type == "cpu":
+            if _INT8PACK is None:
+                _INT8PACK = _has_int8pack_mm()
+            if _INT8PACK and x.dtype == self.scales.dtype:
+                shape = x.shape
+                y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).contiguous(), self.weight_int8,
+                                              self.scales)                            # (M, out)
+                y = y.view(*shape[:-1], self.out_features)
+                return y if self.bias is None else y + self.bias
+        return F.linear(x, self.dequantized().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
+    """Replace every nn.Linear in place by its int8 version (the model is for inference afterwards)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization {scheme!r}; available: {', '.join(SCHEMES)}")
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, Int8Linear(child.weight, child.bias))
+        else:
+            quantize_model(child, scheme)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and persistent buffers (tied tensors counted once)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + [b for b in model.buffers()]:
+        if t.data_ptr() in seen or t.numel() == 0:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
