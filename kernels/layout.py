@@ -25,14 +25,27 @@ class BlockLayout:
     kb: torch.Tensor        # (B, nQB, U) int32 key blocks per query block, ascending, -1 padded
     kb_count: torch.Tensor  # (B, nQB) int32
     bits: torch.Tensor      # (B, Nq, U) int64 membership bits of row i in its block's j-th key block
-    qb: torch.Tensor | None = None        # (B, nKB, V) int32 query blocks touching key block, -1 padded
-    qb_slot: torch.Tensor | None = None   # (B, nKB, V) int32 slot of the key block in that query block's list
-    qb_count: torch.Tensor | None = None  # (B, nKB) int32
+    # transpose as CSR per batch row: key block kb's tiles are entries qb_ptr[b, kb] .. qb_ptr[b, kb+1]-1
+    qb_ptr: torch.Tensor | None = None    # (B, nKB + 1) int32 offsets
+    qb_idx: torch.Tensor | None = None    # (B, nQB * U) int32 query block of each tile, by key block
+    qb_slot: torch.Tensor | None = None   # (B, nQB * U) int32 slot of the key block in that query block's list
 
     @property
     def tiles(self) -> int:
         """Number of (query block, key block) tiles a head computes, summed over the batch."""
         return int(self.kb_count.sum())
+
+
+def transpose_csr(kb: torch.Tensor, nkb: int):
+    """(B, nQB, U) key-block lists (-1 padded) -> CSR by key block: (ptr, qb_idx, qb_slot). No host sync."""
+    B, nqb, U = kb.shape
+    flat = torch.where(kb >= 0, kb.long(), nkb).view(B, nqb * U)         # padding sorts last
+    order = torch.argsort(flat, dim=1, stable=True)                       # by key block, then query block
+    counts = torch.zeros(B, nkb + 1, dtype=torch.int32, device=kb.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.int32))
+    ptr = torch.zeros(B, nkb + 1, dtype=torch.int32, device=kb.device)
+    ptr[:, 1:] = counts[:, :nkb].cumsum(1, dtype=torch.int32)
+    return ptr, (order // U).to(torch.int32), (order % U).to(torch.int32)
 
 
 def _compact(table: torch.Tensor):
@@ -49,7 +62,8 @@ def _compact(table: torch.Tensor):
 
 def build_layout(keys: torch.Tensor, nk: int, block_q: int = 64, block_k: int = 64,
                  transpose: bool = True) -> BlockLayout:
-    """keys: (B, Nq, K) plan rows (absolute positions < nk, -1 padded). block_k must be <= 64 (one int64)."""
+    """keys: (B, Nq, K) plan rows (absolute positions < nk, -1 padded). block_k must be <= 64 (one int64).
+    Plain torch, any device (kernels/triton_sparse.py has a one-launch GPU builder with the same output)."""
     assert block_k <= 64, "membership masks are one int64 per (row, key block)"
     B, Nq, K = keys.shape
     dev = keys.device
@@ -72,10 +86,5 @@ def build_layout(keys: torch.Tensor, nk: int, block_q: int = 64, block_k: int = 
     bits = torch.zeros(B, Nq, U, dtype=torch.int64, device=dev).scatter_add_(2, j, bit)
     lay = BlockLayout(block_q, block_k, nk, kb, kb_count, bits)
     if transpose:
-        tt = table.transpose(1, 2)                                         # (B, nKB, nQB)
-        qb, qb_count, _ = _compact(tt)
-        safe = qb.clamp_min(0).long()                                      # (B, nKB, V)
-        kbi = torch.arange(nkb, device=dev).view(1, nkb, 1)
-        qs = torch.gather(flat_slot, 1, (safe * nkb + kbi).reshape(B, -1)).view_as(qb)
-        lay.qb, lay.qb_slot, lay.qb_count = qb, torch.where(qb >= 0, qs, -1), qb_count
+        lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(kb, nkb)
     return lay

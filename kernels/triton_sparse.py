@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockLayout, build_layout
+from .layout import BlockLayout, transpose_csr
 
 BQ, BK = 64, 64
 LOG2E = 1.4426950408889634
@@ -123,9 +123,9 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KB, KBCNT, BITS,
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QB, QBSLOT, QBCNT, BITS,
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS,
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-                     Hq, Hkv, G, Nq, Nk, U, NKB, VMAX, qk_scale, sm_scale,
+                     Hq, Hkv, G, Nq, Nk, U, NKB, NT, qk_scale, sm_scale,
                      BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
     # DK, DV: contiguous (B, Hkv, Nk, D)
     pid_k = tl.program_id(0)
@@ -140,14 +140,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QB, QBSLOT, QBCNT, BITS,
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
     dk = tl.zeros([BLOCK_K, D], tl.float32)
     dv = tl.zeros([BLOCK_K, D], tl.float32)
-    cnt = tl.load(QBCNT + b * NKB + pid_k)
-    lst = (b * NKB + pid_k) * VMAX
+    start = tl.load(QBPTR + b * (NKB + 1) + pid_k)
+    end = tl.load(QBPTR + b * (NKB + 1) + pid_k + 1)
     for hg in range(0, G):
         h = hk * G + hg
         bh = b * Hq + h
-        for i in range(0, cnt):
-            qb = tl.load(QB + lst + i)
-            j = tl.load(QBSLOT + lst + i)
+        for i in range(start, end):
+            qb = tl.load(QBIDX + b * NT + i)
+            j = tl.load(QBSLOT + b * NT + i)
             offs_m = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
             row_ok = offs_m < Nq
             q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok[:, None],
@@ -209,6 +209,66 @@ def _decode_kernel(Q, K, V, O, KEYS,
              mask=g_ok[:, None])
 
 
+# ------------------------------------------------------------------------------------------------ layout
+@triton.jit
+def _layout_kernel(KEYS, KB, KBCNT, BITS, Nq, KW, NQB,
+                   BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, UCAP: tl.constexpr):
+    """One program per (query block, batch row): the distinct key blocks of its rows in ascending order
+    (repeated min-extraction: a handful of passes on ASA plans) and each row's membership word per block."""
+    qb = tl.program_id(0)
+    b = tl.program_id(1)
+    BIG: tl.constexpr = 2147483647
+    rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cols = tl.arange(0, KP)
+    row_ok = rows < Nq
+    key = tl.load(KEYS + (b * Nq + rows[:, None]) * KW + cols[None, :],
+                  mask=row_ok[:, None] & (cols[None, :] < KW), other=-1)               # (BQ, KP)
+    ok = key >= 0
+    blk = tl.where(ok, key // BLOCK_K, BIG)
+    one = tl.full([BLOCK_Q, KP], 1, tl.int64)
+    bit = tl.where(ok, one << (tl.where(ok, key, 0) % BLOCK_K).to(tl.int64), 0)       # (BQ, KP) int64
+    lst = KB + (b * NQB + qb) * UCAP
+    cur = tl.min(tl.min(blk, 1), 0)
+    j = 0
+    while cur < BIG:
+        if j < UCAP:
+            tl.store(lst + j, cur)
+            w = tl.sum(tl.where(blk == cur, bit, 0), 1)                                # distinct bits: sum == or
+            tl.store(BITS + (b * Nq + rows) * UCAP + j, w, mask=row_ok)
+        j += 1
+        cur = tl.min(tl.min(tl.where(blk > cur, blk, BIG), 1), 0)
+    offs_u = tl.arange(0, UCAP)
+    tl.store(lst + offs_u, tl.full([UCAP], -1, tl.int32), mask=offs_u >= j)
+    tl.store(KBCNT + b * NQB + qb, j)
+
+
+_ucap = {"cap": 16}
+
+
+def build_layout_triton(keys: torch.Tensor, nk: int, transpose: bool = True) -> BlockLayout:
+    """Same output as layout.build_layout (BQ = BK = 64), in one launch plus one host sync (the list width);
+    rebuilt once with a wider list if a query block touches more key blocks than the current cap."""
+    B, Nq, KW = keys.shape
+    keys = keys.to(torch.int32).contiguous()
+    nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
+    KP = max(16, triton.next_power_of_2(KW))
+    while True:
+        ucap = _ucap["cap"]
+        kb = torch.empty(B, nqb, ucap, dtype=torch.int32, device=keys.device)
+        cnt = torch.empty(B, nqb, dtype=torch.int32, device=keys.device)
+        bits = torch.empty(B, Nq, ucap, dtype=torch.int64, device=keys.device)
+        _layout_kernel[(nqb, B)](keys, kb, cnt, bits, Nq, KW, nqb, BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, UCAP=ucap,
+                                 num_warps=8 if KP >= 128 else 4)
+        need = int(cnt.max())
+        _ucap["cap"] = max(16, triton.next_power_of_2(need))          # next call starts from this plan's width
+        if need <= ucap:
+            break
+    lay = BlockLayout(BQ, BK, nk, kb, cnt, bits)
+    if transpose:
+        lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(kb, nkb)
+    return lay
+
+
 # ------------------------------------------------------------------------------------------ functional API
 def _check(q, k, v, keys):
     B, Hq, Nq, D = q.shape
@@ -246,7 +306,7 @@ def sparse_attention_bwd(q, k, v, out, lse, dout, layout: BlockLayout, scale: fl
     dk = torch.empty(B, Hkv, Nk, D, dtype=k.dtype, device=k.device)
     dv = torch.empty(B, Hkv, Nk, D, dtype=v.dtype, device=v.device)
     nqb, U = layout.kb.shape[1], layout.kb.shape[2]
-    nkb, VMAX = layout.qb.shape[1], layout.qb.shape[2]
+    nkb, NT = layout.qb_ptr.shape[1] - 1, layout.qb_idx.shape[1]
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2))
     _bwd_dq_kernel[(nqb, B * Hq)](
@@ -254,8 +314,8 @@ def sparse_attention_bwd(q, k, v, out, lse, dout, layout: BlockLayout, scale: fl
         Hq, Hq // Hkv, Nq, Nk, U, nqb, scale * LOG2E, scale,
         BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
     _bwd_dkdv_kernel[(nkb, B * Hkv)](
-        q, k, v, dout, dk, dv, lse, delta, layout.qb, layout.qb_slot, layout.qb_count, layout.bits, *common,
-        Hq, Hkv, Hq // Hkv, Nq, Nk, U, nkb, VMAX, scale * LOG2E, scale,
+        q, k, v, dout, dk, dv, lse, delta, layout.qb_ptr, layout.qb_idx, layout.qb_slot, layout.bits, *common,
+        Hq, Hkv, Hq // Hkv, Nq, Nk, U, nkb, NT, scale * LOG2E, scale,
         BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
     return dq, dk, dv
 
@@ -290,7 +350,7 @@ class _SparseAttnTriton(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         lay = ctx.layout
-        if lay.qb is None:
+        if lay.qb_ptr is None:
             raise RuntimeError("layout was built with transpose=False; backward needs the transposed lists")
         dq, dk, dv = sparse_attention_bwd(q, k, v, out, lse, dout, lay, ctx.scale)
         return dq, dk, dv, None, None
@@ -305,9 +365,9 @@ def layout_for(keys: torch.Tensor, nk: int, transpose: bool = True) -> BlockLayo
     hit = _cache.get("last")
     if hit is not None:
         ref, version, n, lay = hit
-        if ref() is keys and version == keys._version and n == nk and (lay.qb is not None or not transpose):
+        if ref() is keys and version == keys._version and n == nk and (lay.qb_ptr is not None or not transpose):
             return lay
-    lay = build_layout(keys, nk, BQ, BK, transpose=transpose)
+    lay = build_layout_triton(keys, nk, transpose=transpose)
     _cache["last"] = (weakref.ref(keys), keys._version, nk, lay)
     return lay
 

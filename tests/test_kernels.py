@@ -95,13 +95,15 @@ def test_layout_covers_plan_exactly():
                     if (w >> t) & 1:
                         rebuilt[b, i, kb * 64 + t] = True
     assert torch.equal(rebuilt, mask)
-    # transposed lists name each (query block, key block) tile once, with the right slot
+    # transposed CSR names each (query block, key block) tile once, with the right slot
     for b in range(2):
-        for kb in range(lay.qb.shape[1]):
-            for i in range(int(lay.qb_count[b, kb])):
-                qb, j = int(lay.qb[b, kb, i]), int(lay.qb_slot[b, kb, i])
+        seen = 0
+        for kb in range(lay.qb_ptr.shape[1] - 1):
+            for i in range(int(lay.qb_ptr[b, kb]), int(lay.qb_ptr[b, kb + 1])):
+                qb, j = int(lay.qb_idx[b, i]), int(lay.qb_slot[b, i])
                 assert int(lay.kb[b, qb, j]) == kb
-    assert int(lay.qb_count.sum()) == int(lay.kb_count.sum())
+                seen += 1
+        assert seen == int(lay.kb_count[b].sum())
 
 
 def test_unknown_backend_is_rejected():
@@ -113,11 +115,14 @@ def test_unknown_backend_is_rejected():
 
 def test_mlx_matches_reference():
     mx = pytest.importorskip("mlx.core")
-    from kernels.mlx_sparse import sparse_attention_mlx
+    import numpy as np
+
+    from kernels.mlx_sparse import sparse_attention_mlx, sparse_attention_mlx_take
 
     keys = make_plan("asa", 2, 80, 24, seed=6)
     q, k, v = make_qkv(2, 4, 2, 80, 96, 32, torch.float32, seed=6)
-    out = sparse_attention_mlx(mx.array(q.numpy()), mx.array(k.numpy()), mx.array(v.numpy()),
-                               mx.array(keys.numpy()), chunk=32)
+    args = [mx.array(t.numpy()) for t in (q, k, v, keys)]
     ref = sparse_attention_reference(q, k, v, keys)
-    assert rel_err(torch.from_numpy(__import__("numpy").array(out)), ref) < TOL[torch.float32]
+    for out in (sparse_attention_mlx(*args, chunk=32), sparse_attention_mlx_take(*args)):
+        assert out.shape == tuple(q.shape)
+        assert rel_err(torch.from_numpy(np.array(out)), ref) < TOL[torch.float32]

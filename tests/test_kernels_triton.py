@@ -78,3 +78,20 @@ def test_layout_cache_sees_a_new_plan():
     b = triton_sparse.sparse_attention_triton(q, k, v, keys2)
     assert rel_err(a, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[torch.float32]
     assert rel_err(b, sparse_attention_reference(q, k, v, keys2)) < TOL_FWD[torch.float32]
+
+
+@pytest.mark.parametrize("kind,N,K", [("asa", 700, 48), ("random", 300, 64)])
+def test_gpu_layout_builder_matches_torch_builder(kind, N, K):
+    from kernels.layout import build_layout
+
+    keys = make_plan(kind, 2, N, K, seed=5).to(DEV)
+    a = build_layout(keys, N + 10)
+    b = triton_sparse.build_layout_triton(keys, N + 10)
+    assert torch.equal(a.kb_count, b.kb_count)
+    U = a.kb.shape[-1]
+    assert torch.equal(a.kb, b.kb[..., :U]) and (b.kb[..., U:] == -1).all()
+    for bb in range(2):                                    # compare only written (row, slot) words
+        for i in range(N):
+            c = int(a.kb_count[bb, i // 64])
+            assert torch.equal(a.bits[bb, i, :c], b.bits[bb, i, :c])
+    assert torch.equal(a.qb_ptr, b.qb_ptr)

@@ -1,0 +1,58 @@
+"""Sparse attention with MLX ops: the same contract as kernels.sparse_attention, on mlx arrays.
+
+Gathers the planned keys per query with mx.take (O(N*K) memory, chunked over queries) and runs a masked
+softmax over them. Tested on mlx[cpu] (Linux wheels on PyPI) against the dense reference; on Apple silicon
+the same ops run on the GPU through Metal (untested here: no Mac in this workplace). Forward only (inference).
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+
+def sparse_attention_mlx(q, k, v, keys, scale=None, chunk: int = 1024):
+    """q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); keys: (B, Nq, K) int. Returns (B, Hq, Nq, D) in q's dtype."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    g = Hq // Hkv
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    keys = keys.astype(mx.int32)
+    outs = []
+    for s in range(0, Nq, chunk):
+        e = min(Nq, s + chunk)
+        C = e - s
+        idx = keys[:, s:e]                                                   # (B, C, K)
+        K = idx.shape[-1]
+        valid = idx >= 0
+        flat = mx.maximum(idx, 0).reshape(B, 1, C * K)                       # (B, 1, C*K)
+        # gather rows of the (Nk, D) matrix of every (batch, kv head): flat offsets into Nk
+        kg = mx.take_along_axis(k, flat[..., None], axis=2).reshape(B, Hkv, 1, C, K, D)
+        vg = mx.take_along_axis(v, flat[..., None], axis=2).reshape(B, Hkv, 1, C, K, D)
+        qc = q[:, :, s:e].reshape(B, Hkv, g, C, 1, D).astype(mx.float32)
+        att = (qc * kg.astype(mx.float32)).sum(-1) * scale                   # (B, Hkv, g, C, K)
+        att = mx.where(valid.reshape(B, 1, 1, C, K), att, -mx.inf)
+        p = mx.softmax(att, axis=-1)
+        o = (p[..., None] * vg.astype(mx.float32)).sum(-2)                  # (B, Hkv, g, C, D)
+        outs.append(o.reshape(B, Hq, C, D).astype(q.dtype))
+    return mx.concatenate(outs, axis=2)
+
+
+def sparse_attention_mlx_take(q, k, v, keys, scale=None):
+    """The same through mx.take on flattened rows (one gather per chunk for all heads); kept beside the
+    take_along_axis version for Metal, where the two lower differently."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    base = (mx.arange(B * Hkv) * Nk).reshape(B, Hkv, 1)                      # row offset of each (b, h)
+    idx = mx.maximum(keys.astype(mx.int32), 0).reshape(B, 1, -1) + base      # (B, Hkv, Nq*K)
+    kf, vf = k.reshape(B * Hkv * Nk, D), v.reshape(B * Hkv * Nk, D)
+    K = keys.shape[-1]
+    kg = mx.take(kf, idx.reshape(-1), axis=0).reshape(B, Hkv, 1, Nq, K, D)
+    vg = mx.take(vf, idx.reshape(-1), axis=0).reshape(B, Hkv, 1, Nq, K, D)
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    g = Hq // Hkv
+    qc = q.reshape(B, Hkv, g, Nq, 1, D).astype(mx.float32)
+    att = (qc * kg.astype(mx.float32)).sum(-1) * scale
+    att = mx.where((keys >= 0).reshape(B, 1, 1, Nq, K), att, -mx.inf)
+    o = (mx.softmax(att, axis=-1)[..., None] * vg.astype(mx.float32)).sum(-2)
+    return o.reshape(B, Hq, Nq, D).astype(q.dtype)
