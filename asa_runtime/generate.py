@@ -153,6 +153,8 @@ class Session:
         self.slots = SlotMap(self.ctx_size, n_slots)
         self.backend = lm.backend
         self.pieces = lm.tokenizer.pieces
+        # a model may have more output rows than the tokenizer has ids: those are never sampled
+        self.n_vocab = min(lm.config.vocab_size, lm.tokenizer.vocab_size)
         self.dense = lm.dense
         self._row = np.full(lm.config.plan.k, -1, dtype=np.int64)   # decode step's slot row, reused
         self.reset()
@@ -355,6 +357,7 @@ class GenerationResponse:
     peak_memory: int               # bytes: process peak RSS (CPU) or peak allocated (CUDA)
     kv_cache_bytes: int
     finish_reason: str | None = None   # None while streaming; "stop" (EOS / stop string) or "length"
+    cached_tokens: int = 0             # prompt tokens reused from the session / prompt cache, not computed
 
 
 def peak_memory_bytes(device: str = "cpu") -> int:
@@ -376,7 +379,7 @@ def generate_step(session: Session, logits: torch.Tensor, sampler: Sampler,
             if session.room < 1:
                 return
             logits = session.step(token)
-        token = sampler(logits, history)
+        token = sampler(logits[: session.n_vocab], history)
         history.append(token)
         yield token
 
@@ -426,7 +429,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: in
         now = time.perf_counter()
         gtps = (n_gen - 1) / (now - t_first) if n_gen > 1 and now > t_first else 0.0
         return GenerationResponse(text, token, len(ids), prompt_tps, n_gen, gtps, ttft,
-                                  peak_memory_bytes(lm.device), session.kv_bytes(), finish)
+                                  peak_memory_bytes(lm.device), session.kv_bytes(), finish, len(ids) - computed)
 
     def tail() -> tuple[str, bool]:
         text, stopped = stops.push(detok.flush())
@@ -469,7 +472,8 @@ def generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: int = 256
 
 
 def format_stats(r: GenerationResponse) -> str:
-    return (f"prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tok/s | generation: {r.generation_tokens} "
+    cached = f" ({r.cached_tokens} cached)" if r.cached_tokens else ""
+    return (f"prompt: {r.prompt_tokens} tokens{cached}, {r.prompt_tps:.1f} tok/s | generation: {r.generation_tokens} "
             f"tokens, {r.generation_tps:.1f} tok/s | TTFT {r.ttft * 1000:.0f} ms | peak memory "
             f"{r.peak_memory / 2**20:.1f} MiB (KV cache {r.kv_cache_bytes / 2**20:.1f} MiB)")
 
