@@ -150,29 +150,51 @@ def _train_cfg(prepared, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """One short dense and one short ASA run (stand-in plans), shared by the tests below."""
+    root = tmp_path_factory.mktemp("runs")
+    return root, {mode: train(_train_cfg(prepared, root / mode, mode=mode, max_steps=30, eval_every=10),
+                              log=lambda *_: None) for mode in ("none", "full")}
+
+
 @pytest.mark.parametrize("mode", ["none", "full"])
-def test_short_training_lowers_loss(prepared, tmp_path, mode):
-    s = train(_train_cfg(prepared, tmp_path / mode, mode=mode), log=lambda *_: None)
-    recs = [json.loads(l) for l in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+def test_short_training_lowers_loss(prepared, trained, mode):
+    root, summaries = trained
+    s = summaries[mode]
+    recs = [json.loads(l) for l in (root / mode / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r["kind"] == "train"]
     assert losses[-1] < losses[0] - 1.0
     assert s["final"]["valid"]["ppl_bpe"] < 300 / 4          # far below uniform over the vocabulary
     # the model folder loads and reproduces the final validation loss
     from asa_runtime.checkpoint import load_checkpoint
-    ck = load_checkpoint(tmp_path / mode / "model")
-    assert ck.config.plan.mode == mode and ck.meta["summary"]["steps"] == 40
+    ck = load_checkpoint(root / mode / "model")
+    assert ck.config.plan.mode == mode and ck.meta["summary"]["steps"] == 30
     res = evaluate(ck.model, Prepared.open(prepared), mode, ["valid"], "cpu")
     assert res["valid"]["loss"] == pytest.approx(s["final"]["valid"]["loss"], rel=1e-5)
 
 
+def test_compare_table(trained, tmp_path):
+    from training.compare import compare_runs, load_run
+    root, summaries = trained
+    md = compare_runs([root / "none", root / "full"], tmp_path / "cmp")
+    assert "| none | none | 0 | 30 |" in md and "| full | full | 0 | 30 |" in md
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    base = load_run(root / "none")
+    assert data["baseline_ppl"] == pytest.approx(base["eval"][-1]["ppl"])
+    row = {r["mode"]: r for r in data["runs"]}
+    assert row["none"]["steps_to_baseline"] is not None and row["none"]["steps_to_baseline"] <= 30
+    assert row["full"]["valid_ppl"] == pytest.approx(summaries["full"]["final"]["valid"]["ppl_bpe"])
+
+
 def test_resume_is_exact(prepared, tmp_path):
     quiet = lambda *_: None  # noqa: E731
-    train(_train_cfg(prepared, tmp_path / "a", max_steps=12, eval_every=0), log=quiet)
-    train(_train_cfg(prepared, tmp_path / "b", max_steps=12, eval_every=0, time_budget_s=0.0), log=quiet)
+    train(_train_cfg(prepared, tmp_path / "a", max_steps=8, eval_every=0), log=quiet)
+    train(_train_cfg(prepared, tmp_path / "b", max_steps=8, eval_every=0, time_budget_s=0.0), log=quiet)
     st = json.loads((tmp_path / "b" / "state" / "state.json").read_text())
     assert st["step"] == 1                                     # stopped by the budget after one step
-    s = train(_train_cfg(prepared, tmp_path / "b", max_steps=12, eval_every=0, resume=True), log=quiet)
-    assert s["steps"] == 12
+    s = train(_train_cfg(prepared, tmp_path / "b", max_steps=8, eval_every=0, resume=True), log=quiet)
+    assert s["steps"] == 8
     from safetensors.torch import load_file
     a = load_file(str(tmp_path / "a" / "state" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "state" / "model.safetensors"))

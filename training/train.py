@@ -351,16 +351,17 @@ def train(c: TrainConfig, log=print) -> dict:
             if d.main:
                 log(f"step {step:6d}  loss {rec['loss']:.4f}  lr {lr:.2e}  {rec['tok_s']:,.0f} tok/s")
             t_log, tok_log, loss_acc, n_acc = now, tokens, 0.0, 0
-        if c.eval_every and step % c.eval_every == 0 and step < c.max_steps:
-            res = run_eval(["valid"], c.eval_windows)
-            for split, r in res.items():
-                emit({"kind": "eval", "step": step, "tokens": tokens, "split": split, "elapsed_s": round(elapsed, 2),
-                      "loss": r["loss"], "ppl": r["ppl_bpe"], "ppl_word": r.get("ppl_word")})
-                if d.main:
-                    log(f"step {step:6d}  {split} loss {r['loss']:.4f}  ppl {r['ppl_bpe']:.2f}")
         over = c.time_budget_s is not None and elapsed >= c.time_budget_s
         if d.world > 1 and c.time_budget_s is not None:
             over = all_sum([float(over)], d, device)[0] > 0      # every rank stops at the same step
+        if c.eval_every and (step % c.eval_every == 0 or step == c.max_steps or over):
+            res = run_eval(["valid"], c.eval_windows)             # the same windows every time
+            for split, r in res.items():
+                emit({"kind": "eval", "step": step, "tokens": tokens, "split": split, "elapsed_s": round(elapsed, 2),
+                      "loss": r["loss"], "ppl": r["ppl_bpe"], "ppl_word": r.get("ppl_word"),
+                      "scored_tokens": r["scored_tokens"]})
+                if d.main:
+                    log(f"step {step:6d}  {split} loss {r['loss']:.4f}  ppl {r['ppl_bpe']:.2f}")
         if (c.ckpt_every and step % c.ckpt_every == 0) or over:
             if d.main:
                 save_state(out, model, opt, {"step": step, "tokens": tokens, "elapsed_s": elapsed, "data": data_pos})

@@ -76,7 +76,7 @@ def device(a):
             args = ["train", "--data", a.prep, "--out", str(runs / name), "--mode", mode, "--seed", str(seed),
                     "--preset", a.preset, "--batch-size", str(a.batch_size), "--max-steps", str(a.max_steps),
                     "--warmup", str(a.warmup), "--lr", str(a.lr), "--min-lr", str(a.lr / 10),
-                    "--eval-every", str(a.eval_every), "--eval-windows", "0", "--log-every", "25",
+                    "--eval-every", str(a.eval_every), "--eval-windows", str(a.eval_windows), "--log-every", "25",
                     "--time-budget-s", str(max(30, int(left))), "--device", "cuda"]
             if a.compile:
                 args.append("--compile")
@@ -129,10 +129,11 @@ def main():
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-steps", type=int, default=1500)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--max-steps", type=int, default=4000)
+    ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-windows", type=int, default=512, help="held-out windows per periodic eval")
     ap.add_argument("--h6-windows", type=int, default=128)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--deadline-s", type=float, default=560, help="whole device phase must end by then")

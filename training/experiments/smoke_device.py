@@ -65,11 +65,11 @@ def planner_speed(prep: Path, windows: int = 8) -> dict:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def launch(prep, out, mode, seed, budget, steps=100000, extra=()):
+def launch(prep, out, mode, seed, budget, steps=100000, final_eval="valid", extra=()):
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     args = [sys.executable, "-m", "training.cli", "train", "--data", str(prep), "--out", str(out), "--mode", mode,
             "--seed", str(seed), "--preset", "tiny", "--batch-size", "32", "--max-steps", str(steps),
-            "--eval-every", "0", "--final-eval", "valid", "--log-every", "10", "--time-budget-s", str(budget),
+            "--eval-every", "0", "--final-eval", final_eval, "--log-every", "10", "--time-budget-s", str(budget),
             "--device", "cuda", *extra]
     log = open(str(out) + ".log", "w")
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log
@@ -102,16 +102,16 @@ def main():
     res["planner"] = planner_speed(Path(a.prep))
     print("planner", res["planner"], flush=True)
 
-    # alone: one dense, one sparse (sequential, 25 s of training each), then 2 dense + 8 sparse together
+    # alone: one dense, one sparse (sequential, 20 s of training each), then 2 dense + 8 sparse together
     for mode in ("none", "full"):
-        p, log = launch(sp, work / f"alone_{mode}", mode, 0, 25)
+        p, log = launch(sp, work / f"alone_{mode}", mode, 0, 20)
         p.wait()
         log.close()
         res[f"alone_{mode}_tok_s"] = tok_s(work / f"alone_{mode}")
         print(mode, "alone", res[f"alone_{mode}_tok_s"], "tok/s", flush=True)
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader",
                             "-l", "5"], stdout=open(work / "smi.log", "w"))
-    procs = [launch(sp, work / f"conc_{m}_{i}", m, i, 45) for i, m in enumerate(["none"] * 2 + ["full"] * 8)]
+    procs = [launch(sp, work / f"conc_{m}_{i}", m, i, 40, final_eval="") for i, m in enumerate(["none"] * 2 + ["full"] * 8)]
     for p, log in procs:
         p.wait()
         log.close()
