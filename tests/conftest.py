@@ -22,6 +22,10 @@ PARAGRAPHS = [
 ]
 TEST_PLAN = dict(k=16, window=4, sinks=2, lookback_words=12)
 
+# Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
+# workers make every op wait for a busy core (50x slower under load). One thread keeps tests fast.
+torch.set_num_threads(1)
+
 
 def _train_tokenizer():
     from asa_runtime.config import PRESETS
