@@ -20,7 +20,7 @@ def test_verb_bonds_to_its_subject():
 
 
 def test_object_bonds_to_its_verb():
-    assert A("The dog ate the bone.").bonds("bone", "ate")
+    assert A("The dog chased the cat.").bonds("cat", "chased")
 
 
 def test_participle_bonds_to_its_auxiliary():
@@ -107,7 +107,6 @@ def test_animate_subject_satisfies_eat():
 def test_object_selectional_violation_is_blocked():
     a = A("The dog ate the idea.")
     assert not a.bonds("idea", "ate")
-    assert a.bonds("bone", "ate") if "bone" in a.words else True
     assert A("The dog ate the bread.").bonds("bread", "ate")
 
 

@@ -181,19 +181,25 @@ class IncrementalPlan:
         w_sem, w_agr, w_subj, w_obj, w_clause = st.w_sem, st.w_agr, st.w_subj, st.w_obj, st.w_clause
         lo = max(st.w_sent_first[w], w - self.cfg.lookback_words)
         toks: list[int] = []
-        if w_kind[w] != SPACE:
-            for j in range(w - 1, lo - 1, -1):
-                uk = w_upos[j]
-                if use_pos and not cq >> uk & 1:
-                    continue
-                if w_kind[j] == SPACE:
-                    continue
-                if use_feat and q_has:
-                    sk, ak, rk, ok = w_sem[j], w_agr[j], w_subj[j], w_obj[j]
-                    if (sk | ak | rk | ok) and feature_block(uq, sq, aq, rq, oq, qtext, uk, sk, ak, rk, ok,
-                                                             w_clause[j] == cl, use_pos):
-                        continue
-                toks.extend(range(w_start[j + 1] - 1, w_start[j] - 1, -1))
+        if w_kind[w] == SPACE:
+            self._cache_key, self._cache_bonded = key, toks
+            return toks
+        span = range(w - 1, lo - 1, -1)
+        if use_pos:                                   # X (whitespace) is compatible with nothing
+            cands = [j for j in span if cq >> w_upos[j] & 1]
+        else:
+            cands = [j for j in span if w_kind[j] != SPACE]
+        if use_feat and q_has:
+            cands = [j for j in cands
+                     if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
+                             and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
+                                               w_subj[j], w_obj[j], w_clause[j] == cl, use_pos))]
+        for j in cands:
+            e = w_start[j + 1]
+            if e - w_start[j] == 1:
+                toks.append(e - 1)
+            else:
+                toks.extend(range(e - 1, w_start[j] - 1, -1))
         self._cache_key, self._cache_bonded = key, toks
         return toks
 
