@@ -30,6 +30,12 @@ class BlockLayout:
     qb_idx: torch.Tensor | None = None    # (B, nQB * U) int32 query block of each tile, by key block
     qb_slot: torch.Tensor | None = None   # (B, nQB * U) int32 slot of the key block in that query block's list
 
+    def max_segment(self) -> int:
+        """Longest tile list of one key block in the transpose (host sync; cached)."""
+        if getattr(self, "_max_seg", None) is None:
+            self._max_seg = int((self.qb_ptr[:, 1:] - self.qb_ptr[:, :-1]).max())
+        return self._max_seg
+
     @property
     def tiles(self) -> int:
         """Number of (query block, key block) tiles a head computes, summed over the batch."""

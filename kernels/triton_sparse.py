@@ -25,6 +25,7 @@ from .layout import BlockLayout, transpose_csr
 
 BQ, BK = 64, 64
 LOG2E = 1.4426950408889634
+DKDV_CHUNK = 32             # tiles per dk/dv program before a key block's list is split
 DECODE_MAX_Q = 16            # at most this many queries: the gather (decode) kernel, no layout
 
 
@@ -126,10 +127,12 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KB, KBCNT, BITS,
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS,
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
                      Hq, Hkv, G, Nq, Nk, U, NKB, NT, qk_scale, sm_scale,
-                     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr):
-    # DK, DV: contiguous (B, Hkv, Nk, D)
+                     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                     CH: tl.constexpr, ATOMIC: tl.constexpr):
+    # DK, DV: contiguous (B, Hkv, Nk, D); fp32 and accumulated with atomics when ATOMIC (split segments)
     pid_k = tl.program_id(0)
     pid_bh = tl.program_id(1)                       # over B * Hkv
+    pid_s = tl.program_id(2)                        # which CH-tile chunk of this key block's list
     b = pid_bh // Hkv
     hk = pid_bh % Hkv
     offs_n = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -140,8 +143,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
     dk = tl.zeros([BLOCK_K, D], tl.float32)
     dv = tl.zeros([BLOCK_K, D], tl.float32)
-    start = tl.load(QBPTR + b * (NKB + 1) + pid_k)
-    end = tl.load(QBPTR + b * (NKB + 1) + pid_k + 1)
+    start = tl.load(QBPTR + b * (NKB + 1) + pid_k) + pid_s * CH
+    end = tl.minimum(tl.load(QBPTR + b * (NKB + 1) + pid_k + 1), start + CH)
     for hg in range(0, G):
         h = hk * G + hg
         bh = b * Hq + h
@@ -164,8 +167,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     out = (pid_bh * Nk + offs_n[:, None]) * D + offs_d[None, :]
-    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kmask)
+    if ATOMIC:
+        busy = kmask & (start < end)
+        tl.atomic_add(DK + out, dk * sm_scale, mask=busy)
+        tl.atomic_add(DV + out, dv, mask=busy)
+    else:
+        tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
+        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kmask)
 
 
 # ------------------------------------------------------------------------------------------------ decode
@@ -303,21 +311,27 @@ def sparse_attention_bwd(q, k, v, out, lse, dout, layout: BlockLayout, scale: fl
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)                                # (B, Hq, Nq)
     dq = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=q.device)
-    dk = torch.empty(B, Hkv, Nk, D, dtype=k.dtype, device=k.device)
-    dv = torch.empty(B, Hkv, Nk, D, dtype=v.dtype, device=v.device)
     nqb, U = layout.kb.shape[1], layout.kb.shape[2]
     nkb, NT = layout.qb_ptr.shape[1] - 1, layout.qb_idx.shape[1]
+    # key blocks every query block touches (sinks) have long tile lists: split them over SPLIT programs of
+    # at most DKDV_CHUNK tiles (fp32 atomics) so one program does not serialise the whole pass
+    split = triton.cdiv(max(layout.max_segment(), 1), DKDV_CHUNK)
+    acc_dt = torch.float32 if split > 1 else k.dtype
+    alloc = torch.zeros if split > 1 else torch.empty
+    dk = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=k.device)
+    dv = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=v.device)
     common = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
               v.stride(0), v.stride(1), v.stride(2))
     _bwd_dq_kernel[(nqb, B * Hq)](
         q, k, v, dout, dq, lse, delta, layout.kb, layout.kb_count, layout.bits, *common,
         Hq, Hq // Hkv, Nq, Nk, U, nqb, scale * LOG2E, scale,
         BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
-    _bwd_dkdv_kernel[(nkb, B * Hkv)](
+    _bwd_dkdv_kernel[(nkb, B * Hkv, split)](
         q, k, v, dout, dk, dv, lse, delta, layout.qb_ptr, layout.qb_idx, layout.qb_slot, layout.bits, *common,
         Hq, Hkv, Hq // Hkv, Nq, Nk, U, nkb, NT, scale * LOG2E, scale,
-        BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2)
-    return dq, dk, dv
+        BLOCK_Q=layout.block_q, BLOCK_K=layout.block_k, D=D, PREC=_prec(q.dtype), num_warps=4, num_stages=2,
+        CH=DKDV_CHUNK, ATOMIC=split > 1)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
 def sparse_attention_decode(q, k, v, keys, scale: float):
