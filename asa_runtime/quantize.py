@@ -49,6 +49,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", s.to(weight.dtype if weight.is_floating_point() else torch.float32))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
+    @classmethod
+    def from_parts(cls, weight_int8: torch.Tensor, scales: torch.Tensor) -> "Int8Linear":
+        """An Int8Linear over already quantized weights (e.g. several layers' rows concatenated)."""
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.out_features, m.in_features = weight_int8.shape
+        m.register_buffer("weight_int8", weight_int8)
+        m.register_buffer("scales", scales)
+        m.bias = None
+        return m
+
     def dequantized(self) -> torch.Tensor:
         return self.weight_int8.to(self.scales.dtype) * self.scales[:, None]
 
@@ -82,9 +93,10 @@ def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and persistent buffers (tied tensors counted once)."""
+    """Bytes of parameters and weight buffers (tied tensors counted once; KV cache and RoPE table excluded)."""
     seen, total = set(), 0
-    for t in list(model.parameters()) + [b for b in model.buffers()]:
+    bufs = [b for name, b in model.named_buffers() if "kv_cache" not in name and name != "rope"]
+    for t in list(model.parameters()) + bufs:
         if t.data_ptr() in seen or t.numel() == 0:
             continue
         seen.add(t.data_ptr())

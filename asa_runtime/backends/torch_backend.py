@@ -6,17 +6,27 @@ cache size; everything runs under torch.inference_mode. The forward below walks 
 (embeddings, blocks, norm, head) like Transformer.forward, but projects only the last position to the
 vocabulary during prefill (the head is ~30% of a prefill's FLOPs otherwise) and keeps the dense
 baseline's slot index preallocated. Tests compare it with Transformer.forward recomputing everything.
+
+Decode has a fast path for one token on one sequence: the same math on 1-D vectors with fewer, larger ops
+(q/k/v and gate/up projections fused into one matmul each, RoPE once for q and k, the planned cache rows
+fetched with index_select and attended with two small matmuls; the dense baseline attends a view of the
+first pos+1 rows instead of masking the whole cache). The fused weights are the model's own storage: the
+model's Linear layers are re-pointed at row slices of the fused tensors, so nothing is duplicated.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, device="cpu", kv_dtype=None):
+    def __init__(self, model, device="cpu", kv_dtype=None, fast_decode: bool = True):
         self.model = model
         self.cfg = model.cfg
         self.device = torch.device(device)
@@ -33,6 +43,79 @@ class TorchBackend:
         self._idx, self._pos, self._slot, self._row = (torch.from_numpy(a) for a in
                                                        (self._idx_np, self._pos_np, self._slot_np, self._row_np))
         self._slot_ar: torch.Tensor | None = None    # (S,) arange for the dense baseline's mask
+        self.fast_decode = fast_decode and self._fuse_weights()
+
+    # ---- fused weights for the fast decode path --------------------------------------------------
+    @torch.no_grad()
+    def _fuse_weights(self) -> bool:
+        from ..quantize import Int8Linear
+
+        def fuse(mods):
+            if all(type(m) is nn.Linear and m.bias is None for m in mods):
+                W = torch.cat([m.weight.detach() for m in mods])                  # (sum out, in)
+                off = 0
+                for m in mods:
+                    n = m.weight.shape[0]
+                    m.weight = nn.Parameter(W[off: off + n], requires_grad=False)  # a view: no copy kept
+                    off += n
+                return lambda x: torch.mv(W, x)        # 1-D input: mv is faster than linear for bf16
+            if all(type(m) is Int8Linear and m.bias is None for m in mods):
+                fused = Int8Linear.from_parts(torch.cat([m.weight_int8 for m in mods]),
+                                              torch.cat([m.scales for m in mods]))
+                off = 0
+                for m in mods:
+                    n = m.out_features
+                    m.weight_int8, m.scales = fused.weight_int8[off: off + n], fused.scales[off: off + n]
+                    off += n
+                return fused
+            return None
+
+        def matvec(m):
+            if type(m) is nn.Linear and m.bias is None:
+                return lambda x: torch.mv(m.weight, x)
+            return m
+
+        self._qkv, self._w13, self._wo, self._w2 = [], [], [], []
+        for layer in self.model.layers:
+            a, f = layer.attention, layer.feed_forward
+            qkv, w13 = fuse([a.wq, a.wk, a.wv]), fuse([f.w1, f.w3])
+            if qkv is None or w13 is None:
+                return False
+            self._qkv.append(qkv)
+            self._w13.append(w13)
+            self._wo.append(matvec(a.wo))
+            self._w2.append(matvec(f.w2))
+        self._head = matvec(self.model.output)
+        return True
+
+    def _decode_fast(self, token: int, n_keys: int, pos: int, slot: int) -> torch.Tensor:
+        m, cfg = self.model, self.cfg
+        H, Hkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        g, nqk, ffn = H // Hkv, (cfg.n_head + cfg.n_kv_head) * cfg.head_dim, cfg.ffn_hidden
+        scale = 1.0 / math.sqrt(hs)
+        rc = m._rope(pos + 1)[pos]                                      # (hs/2, 2)
+        cos, sin = rc[:, 0], rc[:, 1]
+        idx = None if n_keys < 0 else self._row[0, 0, :n_keys]          # (n,) slots, padding stripped
+        x = m.tok_embeddings.weight[token]                              # (d,)
+        for li, layer in enumerate(m.layers):
+            cache = layer.attention.kv_cache
+            qkv = self._qkv[li](layer.attention_norm(x))                # ((H + 2 Hkv) hs,)
+            qk = qkv[:nqk].float().view(H + Hkv, hs // 2, 2)
+            q0, q1 = qk[..., 0], qk[..., 1]
+            rot = torch.stack([q0 * cos - q1 * sin, q1 * cos + q0 * sin], -1).view(H + Hkv, hs).to(x.dtype)
+            cache.k[0, :, slot] = rot[H:]                               # (Hkv, hs)
+            cache.v[0, :, slot] = qkv[nqk:].view(Hkv, hs)
+            if idx is None:                                             # dense: slots 0..pos are positions
+                kg, vg = cache.k[0, :, : pos + 1], cache.v[0, :, : pos + 1]   # (Hkv, n, hs) views
+            else:
+                kg, vg = cache.k[0].index_select(1, idx), cache.v[0].index_select(1, idx)  # (Hkv, n, hs)
+            q = rot[:H].float().view(Hkv, g, hs)                        # (Hkv, g, hs)
+            p = torch.softmax(torch.matmul(q, kg.float().transpose(1, 2)) * scale, -1)   # (Hkv, g, n)
+            y = torch.matmul(p, vg.float()).reshape(H * hs).to(x.dtype)                   # (H hs,)
+            x = x + self._wo[li](y)
+            gu = self._w13[li](layer.ffn_norm(x))                       # (2 ffn,)
+            x = x + self._w2[li](F.silu(gu[:ffn]) * gu[ffn:])
+        return self._head(m.norm(x)).float()                            # (V,)
 
     # ---- cache ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -42,6 +125,7 @@ class TorchBackend:
         dtype = self.kv_dtype or self.model.tok_embeddings.weight.dtype
         if first is None or first.k.shape[2] != n_slots or first.k.dtype != dtype:
             self.model.setup_caches(1, n_slots, dtype=dtype)
+        if self._slot_ar is None or len(self._slot_ar) != n_slots:
             self._slot_ar = torch.arange(n_slots, device=self.device)
         self.n_slots = n_slots
 
@@ -111,6 +195,12 @@ class TorchBackend:
         self._idx_np[0, 0] = token
         self._pos_np[0] = pos
         self._slot_np[0] = slot
+        if self.fast_decode and self._cpu and (plan_row is None or len(plan_row) == self._row_np.shape[2]):
+            n_keys = -1
+            if plan_row is not None:
+                self._row_np[0, 0] = plan_row
+                n_keys = int(np.count_nonzero(plan_row >= 0))          # padding (-1) is trailing
+            return self._decode_fast(int(token), n_keys, int(pos), int(slot))
         keys = None
         if plan_row is not None:
             if len(plan_row) == self._row_np.shape[2]:
