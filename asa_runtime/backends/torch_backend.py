@@ -26,7 +26,7 @@ import torch.nn.functional as F
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, device="cpu", kv_dtype=None, fast_decode: bool = True):
+    def __init__(self, model, device="cpu", kv_dtype=None, fast_decode: bool = True, union_prefill: bool = True):
         self.model = model
         self.cfg = model.cfg
         self.device = torch.device(device)
@@ -44,6 +44,7 @@ class TorchBackend:
                                                        (self._idx_np, self._pos_np, self._slot_np, self._row_np))
         self._slot_ar: torch.Tensor | None = None    # (S,) arange for the dense baseline's mask
         self.fast_decode = fast_decode and self._fuse_weights()
+        self.union_prefill = union_prefill
 
     # ---- fused weights for the fast decode path --------------------------------------------------
     @torch.no_grad()
@@ -58,7 +59,8 @@ class TorchBackend:
                     n = m.weight.shape[0]
                     m.weight = nn.Parameter(W[off: off + n], requires_grad=False)  # a view: no copy kept
                     off += n
-                return lambda x: torch.mv(W, x)        # 1-D input: mv is faster than linear for bf16
+                # 1-D input (decode): mv is faster than linear for bf16
+                return lambda x: torch.mv(W, x) if x.dim() == 1 else F.linear(x, W)
             if all(type(m) is Int8Linear and m.bias is None for m in mods):
                 fused = Int8Linear.from_parts(torch.cat([m.weight_int8 for m in mods]),
                                               torch.cat([m.scales for m in mods]))
@@ -178,12 +180,58 @@ class TorchBackend:
             x = x[:, -1:]                                           # (1, 1, d)
         return m.output(m.norm(x))[0].float()                       # (T or 1, V)
 
+    def _prefill_union(self, idx, rows: np.ndarray, input_pos, slots, last_only: bool):
+        """Prefill a chunk attending to the union U of the cache slots its plan rows select: one
+        (T, |U|) masked SDPA per layer instead of T*K gathers. Equal to the gather path (the softmax runs
+        over exactly the planned keys; masked entries contribute exact zeros), much faster on CPU because
+        U is mostly the chunk itself plus a few hundred earlier keys (sinks, sentence, antecedents)."""
+        m, cfg = self.model, self.cfg
+        T = rows.shape[0]
+        H, Hkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        from ..model import apply_rope
+
+        valid = rows >= 0
+        U = np.unique(rows[valid])                                       # sorted slots
+        loc = np.searchsorted(U, np.where(valid, rows, U[0]))            # (T, K) index into U
+        mask_np = np.zeros((T, len(U)), dtype=bool)
+        mask_np[np.nonzero(valid)[0], loc[valid]] = True
+        mask = torch.from_numpy(mask_np).to(self.device)                 # (T, |U|)
+        u = torch.from_numpy(U.astype(np.int64)).to(self.device)
+        rc = m._rope(int(input_pos[-1]) + 1)[input_pos]                  # (T, hs/2, 2)
+        x = m.tok_embeddings(idx)                                        # (1, T, d)
+        for li, layer in enumerate(m.layers):
+            a = layer.attention
+            h = layer.attention_norm(x)
+            if self.fast_decode:
+                qkv = self._qkv[li](h)                                   # (1, T, (H + 2 Hkv) hs)
+                q, k, v = qkv.split([H * hs, Hkv * hs, Hkv * hs], -1)
+            else:
+                q, k, v = a.wq(h), a.wk(h), a.wv(h)
+            q = apply_rope(q.view(1, T, H, hs).transpose(1, 2), rc)      # (1, H, T, hs)
+            k = apply_rope(k.view(1, T, Hkv, hs).transpose(1, 2), rc)    # (1, Hkv, T, hs)
+            v = v.view(1, T, Hkv, hs).transpose(1, 2)
+            ck, cv = a.kv_cache.update(slots, k, v)                      # (1, Hkv, S, hs)
+            ku, vu = ck.index_select(2, u), cv.index_select(2, u)        # (1, Hkv, |U|, hs)
+            y = F.scaled_dot_product_attention(q, ku.to(q.dtype), vu.to(q.dtype), attn_mask=mask,
+                                               enable_gqa=H != Hkv)      # (1, H, T, hs)
+            x = x + a.wo(y.transpose(1, 2).reshape(1, T, H * hs))
+            x = x + layer.feed_forward(layer.ffn_norm(x))
+        if last_only:
+            x = x[:, -1:]
+        return m.output(m.norm(x))[0].float()
+
     @torch.inference_mode()
     def prefill(self, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
         dev = self.device
         idx = torch.from_numpy(np.asarray(ids, dtype=np.int64))[None].to(dev)            # (1, T)
         pos = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(dev)            # (T,)
         sl = torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(dev)                 # (T,)
+        if plan_rows is not None and self.union_prefill:
+            rows = np.asarray(plan_rows)
+            n_union = len(np.unique(rows[rows >= 0]))
+            if n_union <= 2 * len(rows) + 1024:          # else (e.g. mode random) the gathers are cheaper
+                logits = self._prefill_union(idx, rows, pos, sl, last_only=not all_logits)
+                return logits if all_logits else logits[-1]
         keys = None
         if plan_rows is not None:
             keys = torch.from_numpy(np.asarray(plan_rows, dtype=np.int64))[None].to(dev)  # (1, T, K)

@@ -1,0 +1,134 @@
+"""Shared pieces of the latency benchmarks: the model under test, long English text, machine description.
+
+The model is asa-small when the package ships it; otherwise (or with --model random) a random-weight model
+of the issue's size (d 384, 8 layers, 6 heads, vocab 16k) with a 16k BPE trained on public-domain prose
+from ../shared/data, so that plans are built from real English. Random weights measure speed and memory,
+not quality: perplexities of such a model only show whether a change alters the logits.
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get("ASA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+PROSE = DATA / "english_prose" / "standard_ebooks" / "standard_ebooks_selection.jsonl.xz"
+CACHE = Path(os.environ.get("ASA_BENCH_CACHE", "/tmp/asa_bench_cache"))
+
+
+def books(n: int, skip: int = 0) -> list[str]:
+    out = []
+    with lzma.open(PROSE, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i < skip:
+                continue
+            out.append(json.loads(line)["text"])
+            if len(out) == n:
+                break
+    return out
+
+
+def tokenizer_16k():
+    from asa_runtime.tokenizer import Tokenizer
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / "tok16k.json"
+    if not path.exists():
+        texts = [b[i: i + 4000] for b in books(20, skip=10) for i in range(0, len(b), 4000)]
+        Tokenizer.train(texts, vocab_size=16384).save(path)
+    return Tokenizer.from_file(path)
+
+
+def text_ids(tok, n_tokens: int, held_out: bool = False) -> list[int]:
+    """n_tokens of book text (training books of the tokenizer excluded; held_out picks other books)."""
+    name = CACHE / f"ids_{'heldout' if held_out else 'main'}_{tok.vocab_size}.npy"
+    if name.exists():
+        ids = np.load(name)
+        if len(ids) >= n_tokens:
+            return ids[:n_tokens].tolist()
+    ids: list[int] = []
+    for b in books(12, skip=40 if held_out else 0):
+        ids += tok.encode(b)
+        if len(ids) >= max(n_tokens, 40000):
+            break
+    np.save(name, np.asarray(ids, dtype=np.int32))
+    return ids[:n_tokens]
+
+
+def build_model(model: str, mode: str = "full", device: str = "cpu", quantize: str | None = None,
+                dtype: str | None = None):
+    """(LoadedModel, description). `model`: "asa-small", a folder, or "random"."""
+    import torch
+
+    from asa_runtime.generate import from_model, load
+    from asa_runtime.registry import available
+
+    if model != "random" and (model != "asa-small" or "asa-small" in available()):
+        lm = load(model, device=device, quantize=quantize, dtype=dtype)
+        return lm, f"{model} (trained checkpoint, mode {lm.config.plan.mode})"
+    from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
+    from asa_runtime.model import Transformer
+
+    tok = tokenizer_16k()
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**PRESETS["small"], "vocab_size": 16384, "max_seq_len": 2048,
+                         "plan": PlanConfig(mode=mode)})
+    m = Transformer(cfg).eval()
+    if dtype in ("bf16", "bfloat16"):
+        m = m.to(torch.bfloat16)
+    if quantize:
+        from asa_runtime.quantize import quantize_model
+
+        quantize_model(m, quantize)
+    lm = from_model(m, tok)
+    why = "asa-small not shipped yet" if model == "asa-small" else "requested"
+    return lm, (f"random-weight model of asa-small's size ({why}): d 384, 8 layers, 6 heads, vocab 16384, "
+                f"{m.num_params() / 1e6:.1f}M params, ASA mode {mode}")
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import torch
+
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
+            "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+    except OSError:
+        return None
+
+
+def run_worker(script: Path, cfg: dict, timeout: int = 1800) -> dict:
+    """Run one measurement in a fresh process (clean peak-RSS figure); returns its JSON result."""
+    p = subprocess.run([sys.executable, str(script), "--worker", json.dumps(cfg)], capture_output=True,
+                       text=True, timeout=timeout, cwd=str(ROOT))
+    if p.returncode != 0:
+        return {**cfg, "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
