@@ -143,8 +143,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
     dk = tl.zeros([BLOCK_K, D], tl.float32)
     dv = tl.zeros([BLOCK_K, D], tl.float32)
-    start = tl.load(QBPTR + b * (NKB + 1) + pid_k) + pid_s * CH
-    end = tl.minimum(tl.load(QBPTR + b * (NKB + 1) + pid_k + 1), start + CH)
+    seg_lo = tl.load(QBPTR + b * (NKB + 1) + pid_k)
+    seg_hi = tl.load(QBPTR + b * (NKB + 1) + pid_k + 1)
+    start = seg_lo + pid_s * CH
+    end = tl.minimum(seg_hi, start + CH)
     for hg in range(0, G):
         h = hk * G + hg
         bh = b * Hq + h
@@ -167,10 +169,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     out = (pid_bh * Nk + offs_n[:, None]) * D + offs_d[None, :]
-    if ATOMIC:
-        busy = kmask & (start < end)
-        tl.atomic_add(DK + out, dk * sm_scale, mask=busy)
-        tl.atomic_add(DV + out, dv, mask=busy)
+    if ATOMIC:                                      # fp32 buffers; atomics only where the list was split
+        if seg_hi - seg_lo > CH:
+            busy = kmask & (start < end)
+            tl.atomic_add(DK + out, dk * sm_scale, mask=busy)
+            tl.atomic_add(DV + out, dv, mask=busy)
+        else:
+            first = kmask & (pid_s == 0)
+            tl.store(DK + out, dk * sm_scale, mask=first)
+            tl.store(DV + out, dv, mask=first)
     else:
         tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kmask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kmask)
