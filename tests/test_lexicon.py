@@ -93,6 +93,7 @@ def test_pronouns(lex):
     assert lex.lookup("they", PRON).agr & A["PLUR"]
     assert lex.lookup("I", PRON).agr & A["PERS1"]
     assert lex.lookup("it", PRON).agr & A["NEUT"]
+    assert not lex.lookup("you", PRON).agr & (A["SING"] | A["PLUR"])  # number unknown, not both
     assert lex.lookup("themselves", PRON).agr & A["REFLEXIVE"]
     assert not lex.lookup("them", PRON).agr & A["REFLEXIVE"]
     # a pronoun form read as a noun is the noun (helium), not the pronoun
@@ -218,3 +219,19 @@ def test_restriction_mask_logic():
     assert m('<SELRESTRS logic="or"><SELRESTR Value="+" type="animate"/>'
              '<SELRESTR Value="-" type="animate"/></SELRESTRS>') == 0
     assert m("<SELRESTRS/>") == 0
+
+
+def test_person_names_from_corpus_contexts():
+    pytest.importorskip("nltk")
+    from collections import Counter
+
+    from training.build_lexicon import person_names
+
+    cased = Counter({"Agnes": 50, "Rose": 40, "rose": 300, "Dombey": 60, "She": 900, "she": 9000, "Brown": 30})
+    hits = Counter({"Agnes": 20, "Rose": 10, "Dombey": 30, "She": 100, "Brown": 2})
+    titles = {"Dombey": [15, 15]}
+    prons = {"Agnes": [1, 19], "Dombey": [10, 2]}
+    names = person_names(cased, hits, titles, prons)
+    assert set(names) == {"agnes", "dombey"}  # "Rose" is mostly a noun, "She" a pronoun, "Brown" too rare
+    assert names["agnes"][0] == A["FEM"]  # a first name: the pronouns decide
+    assert names["dombey"][0] == 0  # a surname with Mr. and Mrs.: gender open

@@ -31,9 +31,10 @@ SHARED_PROSE = REPO.parent / "shared" / "data" / "english_prose"
 # SEMANTIC feature -> WordNet synsets whose hyponym subtrees (instances included) carry it. A name starting with
 # "!" removes its subtree again. A noun sense has the feature iff the sense or one of its hypernyms is listed.
 SEM_SYNSETS: dict[str, tuple[str, ...]] = {
-    "HUMAN": ("person.n.01",),
+    # people.n.01 ("people", "folk") is a group, hence an abstraction in WordNet; "the people ate" must still pass
+    "HUMAN": ("person.n.01", "people.n.01"),
     # not organism.n.01: plants, fungi and microbes are organisms but never the agent of "eat", "say", "want"
-    "ANIMATE": ("person.n.01", "animal.n.01", "spiritual_being.n.01"),
+    "ANIMATE": ("person.n.01", "people.n.01", "animal.n.01", "spiritual_being.n.01"),
     "ANIMAL": ("animal.n.01",),
     "PLANT": ("plant.n.02",),
     # physical_entity minus process.n.06 (storms, light, growth: physical processes, not things you can hold)
@@ -50,7 +51,7 @@ SEM_SYNSETS: dict[str, tuple[str, ...]] = {
     # measure.n.02 = quantity/amount; time periods live there too but are TIME, not amounts
     "QUANTITY": ("measure.n.02", "!time_period.n.01", "!point.n.06"),
 }
-MALE, FEMALE = "male.n.02", "female.n.02"
+MALE, FEMALE, PERSON = "male.n.02", "female.n.02", "person.n.01"
 
 # VerbNet selectional restriction type (+value) -> SEMANTIC bits that satisfy it. A '-' restriction (-animate,
 # -region) cannot be said as "at least one of these bits" and gives no restriction; types not listed (plural, refl,
@@ -99,6 +100,7 @@ GENERAL = SEM_BIT["CONCRETE"] | SEM_BIT["ABSTRACT"]
 SUBJECT_ROLES = ("Agent", "Actor", "Actor1", "Experiencer")
 OBJECT_ROLES = ("Patient", "Patient1", "Theme", "Theme1")
 
+FREE_WINS = True  # a verb class that leaves a position unrestricted lifts the lemma's restriction there
 SENSE_SHARE = 0.15  # noun senses holding >= this share of the lemma's SemCor counts are united
 PLURAL_ONLY = {"police", "cattle", "folk", "clergy", "gentry", "livestock", "vermin", "poultry", "infantry"}
 VERBNETS = ("verbnet34", "verbnet3", "verbnet")  # newest first
@@ -162,37 +164,49 @@ class NounFeatures:
 
     def __init__(self, wn):
         self.wn = wn
-        self.sem: dict[str, int] = {}  # synset name -> bits (only synsets with some bit)
-        for feat, names in SEM_SYNSETS.items():
-            inc = set().union(*(self._subtree(n) for n in names if not n.startswith("!")))
-            exc = set().union(*(self._subtree(n[1:]) for n in names if n.startswith("!")))
-            for s in inc - exc:
-                self.sem[s] = self.sem.get(s, 0) | SEM_BIT[feat]
-        self.male, self.female = self._subtree(MALE), self._subtree(FEMALE)
-        self.person = self._subtree("person.n.01")
+        self._rules = [(SEM_BIT[f], {n for n in names if n[0] != "!"}, {n[1:] for n in names if n[0] == "!"})
+                       for f, names in SEM_SYNSETS.items()]
+        for _, inc, exc in self._rules:  # fail early on a typo in the map
+            for n in inc | exc:
+                wn.synset(n)
+        self._watch = set().union(*(inc | exc for _, inc, exc in self._rules)) | {MALE, FEMALE, PERSON}
+        self._roots: dict[str, frozenset] = {}
+        self._sem: dict[str, int] = {}
 
-    def _subtree(self, name: str) -> set[str]:
-        root = self.wn.synset(name)
-        out, stack = {root.name()}, [root]
-        while stack:
-            for h in (s := stack.pop()).hyponyms() + s.instance_hyponyms():
-                if h.name() not in out:
-                    out.add(h.name())
-                    stack.append(h)
-        return out
+    def roots(self, synset) -> frozenset:
+        """The mapped synsets among `synset` and all its (instance) hypernyms; memoised."""
+        name = synset.name()
+        r = self._roots.get(name)
+        if r is None:
+            r = frozenset({name} & self._watch).union(
+                *(self.roots(h) for h in synset.hypernyms() + synset.instance_hypernyms()))
+            self._roots[name] = r
+        return r
+
+    def sem(self, synset) -> int:
+        name = synset.name()
+        bits = self._sem.get(name)
+        if bits is None:
+            r = self.roots(synset)
+            bits = _or(b for b, inc, exc in self._rules if r & inc and not r & exc)
+            self._sem[name] = bits
+        return bits
+
+    def is_person(self, synset) -> bool:
+        return PERSON in self.roots(synset)
 
     def gender(self, synset) -> int:
         """MASC/FEM for person senses: under male/female person, or defined as "a male ...", "a woman who ..."
         (king.n.01 "a male sovereign" has no male.n.02 hypernym). Checks the sense and its person hypernyms."""
-        name = synset.name()
-        if name not in self.person:
+        r = self.roots(synset)
+        if PERSON not in r:
             return 0
-        if name in self.male:
+        if MALE in r:
             return AGR_BIT["MASC"]
-        if name in self.female:
+        if FEMALE in r:
             return AGR_BIT["FEM"]
         for s in [synset, *synset.closure(lambda x: x.hypernyms() + x.instance_hypernyms())]:
-            if s.name() not in self.person or s.name() == "person.n.01":
+            if not self.is_person(s) or s.name() == PERSON:
                 continue
             m = _GENDER_RE.match(s.definition())
             if m:
@@ -214,7 +228,7 @@ class NounFeatures:
         """(sem, gender bits, plural-only) of the union of `synsets`."""
         sem, gen, plural = 0, 0, False
         for s in synsets:
-            sem |= self.sem.get(s.name(), 0)
+            sem |= self.sem(s)
             gen |= self.gender(s)
             plural |= s.definition().startswith("(plural)")
         if gen == AGR_BIT["MASC"] | AGR_BIT["FEM"]:
@@ -237,7 +251,7 @@ class NounFeatures:
         if not lms:
             return None
         chosen = self.choose(lms)
-        persons = [lm.synset() for lm in lms if lm.synset().name() in self.person]
+        persons = [lm.synset() for lm in lms if self.is_person(lm.synset())]
         sem, gen, _ = self.entry(chosen + persons[:1] if persons and persons[0] not in chosen else chosen)
         if persons:  # John: King John is male, the apostle's gender is not stated -> MASC; mixed -> open
             g = {self.gender(s) for s in persons} - {0}
@@ -274,7 +288,7 @@ def _or(masks) -> int:
 
 def _frame_roles(cls) -> tuple[set[str], set[str]]:
     """Roles that frames put in subject position (the NP before the verb) and direct-object position (an NP
-    right after the verb that is not a clause)."""
+    right after the verb that is not a clause; of two NPs, "give [him] [a book]", the second)."""
     subj, obj = set(), set()
     for syn in cls.findall("FRAMES/FRAME/SYNTAX"):
         items = list(syn)
@@ -285,7 +299,7 @@ def _frame_roles(cls) -> tuple[set[str], set[str]]:
             if nps:
                 subj.add(nps[-1].get("value", ""))
             if i + 1 < len(items) and items[i + 1].tag == "NP":
-                np_ = items[i + 1]
+                np_ = items[i + 2] if i + 2 < len(items) and items[i + 2].tag == "NP" else items[i + 1]
                 clause = any(r.get("Value") == "+" for r in np_.iter("SYNRESTR"))
                 if not clause:
                     obj.add(np_.get("value", ""))
@@ -293,42 +307,75 @@ def _frame_roles(cls) -> tuple[set[str], set[str]]:
     return subj, obj
 
 
-def verb_restrictions(vn) -> tuple[dict[str, tuple[int, int]], dict]:
-    """verb lemma -> (subj_req, obj_req): per class, the union over the roles its frames put in subject/object
-    position of those roles' restrictions (inherited from the parent class unless the subclass restricts the role
-    itself); per lemma, the union over its classes. Also returns stats."""
-    out: dict[str, tuple[int, int]] = {}
+def _position_mask(roles: dict[str, int], names: set[str]) -> int:
+    """Restriction of a syntactic position filled by any of `names`: 0 if one of them is unrestricted."""
+    masks = [roles.get(r, 0) for r in names]
+    return 0 if not masks or 0 in masks else _or(masks)
+
+
+def verb_restrictions(vn, wn=None, only: set[str] | None = None) -> tuple[dict[str, tuple[int, int]], dict]:
+    """verb lemma -> (subj_req, obj_req). Per class: the roles its frames put in subject / direct-object position
+    (frames and role restrictions are inherited by subclasses; a subclass may restrict a role further); the
+    position is restricted only if every role found there is. Per lemma: its classes whose member WordNet senses
+    hold >= SENSE_SHARE of the lemma's tagged counts (all classes when WordNet gives no counts), as for nouns;
+    the union over those, except that one which has the position but leaves it free lifts it (FREE_WINS): the
+    main "buy" class leaves its Theme free, so "buy a book" must not look like a violation because a rarer "buy"
+    class wants an organisation. Classes without such a frame (intransitive ones, for the object) do not vote."""
+    acc: dict[str, list] = {}  # lemma -> [(subj, obj, has subject, has object, wn sense keys), ...]
     stats = Counter()
 
-    def walk(cls, roles: dict[str, int], frames_subj: set, frames_obj: set):
+    def walk(cls, roles: dict[str, int], frames_subj: set, frames_obj: set, has_frames: bool):
         roles = dict(roles)
         for tr in cls.findall("THEMROLES/THEMROLE"):
             m = restriction_mask(tr.find("SELRESTRS"))
             if m or tr.get("type") not in roles:
                 roles[tr.get("type")] = m
         s, o = _frame_roles(cls)
-        s, o = (s or frames_subj), (o or frames_obj)
-        sr, orr = s or set(SUBJECT_ROLES), o or set(OBJECT_ROLES)
-        subj = _or(roles.get(r, 0) for r in sr)
-        obj = _or(roles.get(r, 0) for r in orr)
+        s, o = s | frames_subj, o | frames_obj
+        has_frames = has_frames or bool(cls.findall("FRAMES/FRAME"))
+        if not has_frames:  # no syntax to read positions from: fall back to role names
+            s, o = set(SUBJECT_ROLES) & set(roles), set(OBJECT_ROLES) & set(roles)
+        subj, obj = _position_mask(roles, s), _position_mask(roles, o)
         stats["classes"] += 1
         stats["classes_subj_restricted"] += bool(subj)
         stats["classes_obj_restricted"] += bool(obj)
         for m in cls.findall("MEMBERS/MEMBER"):
             name = m.get("name", "").lstrip("?").lower()
-            if not name or "_" in name or " " in name:
+            if not name or "_" in name or " " in name or (only is not None and name not in only):
                 continue
-            a, b = out.get(name, (0, 0))
-            out[name] = (a | subj, b | obj)
+            acc.setdefault(name, []).append((subj, obj, bool(s), bool(o), m.get("wn", "").split()))
         for sub in cls.findall("SUBCLASSES/VNSUBCLASS"):
-            walk(sub, roles, s, o)
+            walk(sub, roles, s, o, has_frames)
 
     for fid in vn.fileids():
-        walk(vn.xml(fid), {}, set(), set())
+        walk(vn.xml(fid), {}, set(), set(), False)
+    out = {}
+    for name, classes in acc.items():
+        if wn is not None:
+            total = sum(lm.count() for lm in wn.lemmas(name, "v"))
+            weights = [sum(_sense_count(wn, k) for k in keys) for *_, keys in classes]
+            chosen = [c for c, w in zip(classes, weights) if total and w >= SENSE_SHARE * total]
+            stats["lemmas_by_sense"] += bool(chosen)
+            classes = chosen or classes
+        subj = _or(c[0] for c in classes)
+        obj = _or(c[1] for c in classes)
+        if FREE_WINS and any(c[2] and not c[0] for c in classes):
+            subj = 0
+        if FREE_WINS and any(c[3] and not c[1] for c in classes):
+            obj = 0
+        out[name] = (subj, obj)
     stats["lemmas"] = len(out)
     stats["lemmas_subj_restricted"] = sum(1 for a, _ in out.values() if a)
     stats["lemmas_obj_restricted"] = sum(1 for _, b in out.values() if b)
     return out, dict(stats)
+
+
+def _sense_count(wn, key: str) -> int:
+    """SemCor count of a VerbNet member's WordNet sense key ("give%2:40:00"); 0 if WordNet does not know it."""
+    try:
+        return wn.lemma_from_key(key if key.endswith("::") else key + "::").count()
+    except Exception:  # stale or malformed keys exist in VerbNet
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------- vocabulary
@@ -363,29 +410,94 @@ def prose_files(prose_dir: Path) -> list[Path]:
     return sorted(prose_dir.glob("*/*.jsonl.xz")) if prose_dir.is_dir() else []
 
 
-def prose_counts(files: list[Path], log=print) -> tuple[Counter, list[str]]:
-    """Lower-cased word-form counts over the whole corpus, and a spread sample of paragraphs for coverage."""
-    counts: Counter = Counter()
+_TITLES_M = ("Mr", "Sir", "Lord", "Uncle", "Monsieur", "Master", "Mister", "Colonel", "Captain", "Father", "Brother")
+_TITLES_F = ("Mrs", "Miss", "Ms", "Lady", "Aunt", "Madame", "Mademoiselle", "Mistress", "Mother", "Sister")
+_TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES_M + _TITLES_F + ("Dr", "Doctor")) + r")\.? ([A-Z][a-z]{2,})\b")
+_SPEECH = "said|cried|replied|asked|answered|exclaimed|returned|whispered|continued"
+_SPEECH_RE = re.compile(r"\b(?:" + _SPEECH + r") ([A-Z][a-z]{2,})\b|\b([A-Z][a-z]{2,}) (?:" + _SPEECH + r")\b")
+_NAME_PRON_RE = re.compile(r"\b([A-Z][a-z]{2,})\b[^.!?;:\"\u201c\u201d\n]{0,50}?\b(he|him|his|himself|she|her|herself)\b")
+_MASC_PRON = {"he", "him", "his", "himself"}
+NAME_MIN_HITS = 5      # title or speech-verb contexts ("Mrs. Dombey", "said Agnes") needed to call a word a name
+NAME_CAP_RATIO = 3     # and it must be capitalised at least this many times as often as not
+PLACE_NAME_SHARE = 0.1  # a WordNet place name becomes a person only if >= 10% of its uses are in name contexts
+
+
+def prose_counts(files: list[Path], log=print) -> tuple[Counter, list[str], dict[str, int]]:
+    """Lower-cased word-form counts over the whole corpus, a spread sample of paragraphs for coverage, and the
+    person names the corpus itself attests (name -> MASC/FEM/0), see person_names()."""
+    cased: Counter = Counter()
+    hits: Counter = Counter()
+    titles: dict[str, list[int]] = {}  # name -> [masc, fem] title votes
+    prons: dict[str, list[int]] = {}  # name -> [masc, fem] votes of the nearest he/she after it
     sample: list[str] = []
     for path in files:
         with lzma.open(path, "rt", encoding="utf-8") as fh:
             for line in fh:
-                text = json.loads(line)["text"]
-                counts.update(w.lower().replace("\u2019", "'") for w in _WORD_RE.findall(text))
+                text = json.loads(line)["text"].replace("\u2019", "'")
+                cased.update(_WORD_RE.findall(text))
+                for m in _TITLE_RE.finditer(text):
+                    hits[m.group(2)] += 1
+                    v = titles.setdefault(m.group(2), [0, 0])
+                    if m.group(1) in _TITLES_M:
+                        v[0] += 1
+                    elif m.group(1) in _TITLES_F:
+                        v[1] += 1
+                for m in _SPEECH_RE.finditer(text):
+                    hits[m.group(1) or m.group(2)] += 1
+                for m in _NAME_PRON_RE.finditer(text):
+                    v = prons.setdefault(m.group(1), [0, 0])
+                    v[0 if m.group(2) in _MASC_PRON else 1] += 1
                 paras = text.split("\n\n")
                 mid = len(paras) // 2
                 sample.extend(p for p in paras[mid: mid + 40] if p.strip())
-        log(f"  read {path.name}: {sum(counts.values()):,} word tokens so far")
-    return counts, sample
+        log(f"  read {path.name}: {sum(cased.values()):,} word tokens so far")
+    counts: Counter = Counter()
+    for w, c in cased.items():
+        counts[w.lower()] += c
+    return counts, sample, person_names(cased, hits, titles, prons)
 
 
-def build(wn, vn, extra_forms=(), only_lemmas: set[str] | None = None, log=print) -> tuple[Lexicon, dict]:
+def _side(v, share: float, least: int) -> int:
+    """0 = masc, 1 = fem, -1 = undecided, for [masc, fem] votes."""
+    m, f = v
+    if m + f >= least and max(m, f) >= share * (m + f):
+        return 0 if m > f else 1
+    return -1
+
+
+def person_names(cased: Counter, hits: Counter, titles: dict, prons: dict) -> dict[str, tuple[int, float]]:
+    """Words the prose uses as person names -> (gender bits, share of their occurrences in a name context).
+    A name: >= NAME_MIN_HITS times after a title or beside a speech verb, and capitalised >= NAME_CAP_RATIO times
+    as often as lower-case (so "Rose", "Bill" stay nouns). Gender: a word never seen after a title (a first name:
+    Agnes) from the nearest following he/she (>= 85% of >= 6 votes); a surname (seen after titles: "Mrs. Dombey",
+    "Mr. Dombey") only when its titles are one-sided (>= 95%) and the pronouns do not disagree."""
+    from asa_runtime.linguistics.lexicon import PRONOUNS
+
+    out = {}
+    gbit = (AGR_BIT["MASC"], AGR_BIT["FEM"])
+    for name, n in hits.items():
+        low = name.lower()
+        if n < NAME_MIN_HITS or low in PRONOUNS or cased[name] < NAME_CAP_RATIO * cased.get(low, 0):
+            continue
+        t, p = titles.get(name, [0, 0]), prons.get(name, [0, 0])
+        if sum(t):
+            side = _side(t, 0.95, 1)
+            ps = _side(p, 0.5, 4)
+            side = side if ps in (-1, side) else -1
+        else:
+            side = _side(p, 0.85, 6)
+        out[low] = (gbit[side] if side >= 0 else 0, n / max(cased[name], 1))
+    return out
+
+
+def build(wn, vn, extra_forms=(), names: dict[str, tuple[int, float]] | None = None, only_lemmas: set[str] | None = None,
+          log=print) -> tuple[Lexicon, dict]:
     """The lexicon for WordNet's single-word noun and verb lemmas, their inflections and `extra_forms` (mapped
-    back through morphy). `only_lemmas` restricts it to those lemmas (tests build a tiny one)."""
+    back through morphy), plus corpus person `names` (name -> (gender bits, share of name contexts)).
+    `only_lemmas` restricts it to those lemmas (tests build a tiny one)."""
     t0 = time.time()
     nf = NounFeatures(wn)
-    log(f"  semantic classes from {len(SEM_SYNSETS)} feature subtrees: {len(nf.sem):,} synsets ({time.time() - t0:.1f}s)")
-    vrest, vstats = verb_restrictions(vn)
+    vrest, vstats = verb_restrictions(vn, wn, only_lemmas)
     log(f"  verb restrictions: {vstats}")
 
     def keep(lemma):
@@ -443,14 +555,28 @@ def build(wn, vn, extra_forms=(), only_lemmas: set[str] | None = None, log=print
                 a, o = vrest.get(b, (0, 0))
                 subj, obj = subj | a, obj | o
             verb = LexEntry(0, 0, subj, obj)
+        if propn is EMPTY and noun.sem:
+            propn = noun  # "the Queen", "Baker Street", "the General": a capitalised common noun reads as the noun
         if flags:
             rows[form] = (noun, verb, propn, flags)
+    person, loc = _bits(("HUMAN", "ANIMATE", "CONCRETE")), SEM_BIT["LOCATION"]
+    for name, (gen, share) in (names or {}).items():
+        # a person's name: HUMAN on top of WordNet's proper reading (Florence the city, in novels a woman);
+        # the corpus's gender wins only where WordNet's is open
+        noun, verb, propn, flags = rows.get(name, (EMPTY, EMPTY, EMPTY, 0))
+        if propn.sem & loc and not propn.sem & SEM_BIT["HUMAN"] and share < PLACE_NAME_SHARE:
+            continue  # a place with a few "Mr. Kent"s
+        g = (propn.agr & (AGR_BIT["MASC"] | AGR_BIT["FEM"])) or gen
+        propn = LexEntry(propn.sem | person, AGR_BIT["SING"] | g, 0, 0)
+        rows[name] = (noun if flags & IS_NOUN else propn, verb, propn, flags | IS_PROPN)
     stats = {
         "forms": len(rows),
+        "corpus_names": len(names or {}),
         "noun_lemmas": len(nouns),
         "verb_lemmas": len(verbs),
         "noun_forms_with_sem": sum(1 for r in rows.values() if r[0].sem),
         "verb_forms_restricted": sum(1 for r in rows.values() if r[1].subj_req or r[1].obj_req),
+        "noun_synsets_with_sem": sum(1 for b in nf._sem.values() if b),
         "build_seconds": round(time.time() - t0, 1),
         "verbnet": vstats,
     }
@@ -466,22 +592,26 @@ _PTB_NOUN = {"NN", "NNS"}
 _PTB_VERB = {"VB", "VBD", "VBG", "VBN", "VBP", "VBZ"}
 _AUX_LEMMAS = {"be", "am", "is", "are", "was", "were", "been", "being", "have", "has", "had", "having",
                "do", "does", "did", "'s", "'re", "'ve", "'d", "'m"}
-_TOKEN_RE = re.compile(r"[A-Za-z]+(?:['-][A-Za-z]+)*|\d+|[^\sA-Za-z\d]")
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "\u2014": " -- "})
 
 
 def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
     """Share of noun / verb / proper-noun / pronoun tokens the lexicon knows, on prose tagged by NLTK's averaged
-    perceptron tagger (Penn tags; be/have/do left out of verbs as auxiliaries)."""
+    perceptron tagger on Treebank tokens (Penn tags; be/have/do left out of verbs as auxiliaries, tokens with no
+    letter left out everywhere)."""
     import nltk
+    from nltk.tokenize import word_tokenize
 
     c = Counter()
     n_tok = 0
     noun_id, verb_id, propn_id, pron_id = UPOS_ID["NOUN"], UPOS_ID["VERB"], UPOS_ID["PROPN"], UPOS_ID["PRON"]
     for p in paragraphs:
-        toks = _TOKEN_RE.findall(p.replace("\u2019", "'").replace("\u2018", "'"))
+        toks = word_tokenize(p.translate(_QUOTES))
         if not toks:
             continue
         for w, tag in nltk.pos_tag(toks):
+            if not any(ch.isalpha() for ch in w):
+                continue
             if tag in _PTB_NOUN:
                 e = lex.lookup(w, noun_id)
                 c["noun"] += 1
@@ -513,7 +643,7 @@ def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
 # ---------------------------------------------------------------------------------------------- CLI
 EXAMPLES = [("dog", "NOUN"), ("dogs", "NOUN"), ("idea", "NOUN"), ("teacher", "NOUN"), ("women", "NOUN"),
             ("king", "NOUN"), ("city", "NOUN"), ("Paris", "PROPN"), ("John", "PROPN"), ("himself", "PRON"),
-            ("bread", "NOUN"), ("morning", "NOUN"), ("ate", "VERB"), ("said", "VERB"), ("broke", "VERB")]
+            ("Agnes", "PROPN"), ("Dombey", "PROPN"), ("bread", "NOUN"), ("morning", "NOUN"), ("ate", "VERB"), ("said", "VERB"), ("broke", "VERB")]
 
 
 def describe(e: LexEntry) -> str:
@@ -539,7 +669,9 @@ def describe(e: LexEntry) -> str:
               help="add this many most frequent prose word forms (mapped through morphy)")
 @click.option("--coverage-tokens", type=click.IntRange(min=0), default=200_000, show_default=True,
               help="prose tokens POS-tagged to measure coverage (0 = skip)")
-def main(nltk_data, out, prose, prose_top, coverage_tokens):
+@click.option("--names/--no-names", "person_names_on", default=True, show_default=True,
+              help="add the person names the prose attests (Mrs. X, said X) as HUMAN proper names")
+def main(nltk_data, out, prose, prose_top, coverage_tokens, person_names_on):
     """Build the ASA lexicon table from WordNet + VerbNet."""
     if nltk_data and not Path(nltk_data).is_dir():
         raise click.ClickException(f"--nltk-data {nltk_data}: no such folder")
@@ -552,11 +684,14 @@ def main(nltk_data, out, prose, prose_top, coverage_tokens):
     files = prose_files(Path(prose))
     top: list[str] = []
     sample: list[str] = []
+    names: dict[str, int] = {}
     if files and (prose_top or coverage_tokens):
         click.echo(f"counting word forms in {len(files)} prose files ...")
-        counts, sample = prose_counts(files, log=click.echo)
+        counts, sample, names = prose_counts(files, log=click.echo)
         top = [w for w, _ in counts.most_common(prose_top)]
-    lex, stats = build(wn, vn, extra_forms=top, log=click.echo)
+        if not person_names_on:
+            names = {}
+    lex, stats = build(wn, vn, extra_forms=top, names=names, log=click.echo)
     meta = {
         "wordnet": f"WordNet {wn.get_version()} (NLTK corpora/wordnet)",
         "verbnet": f"{vn_name} (NLTK corpora/{vn_name})",

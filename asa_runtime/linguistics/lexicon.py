@@ -22,7 +22,7 @@ FORMAT = "asa-lexicon/1"
 @dataclass(frozen=True)
 class LexEntry:
     sem: int = 0        # SEMANTIC bits (features.SEM_BIT) of a nominal; 0 = unknown
-    agr: int = 0        # AGREEMENT bits (features.AGR_BIT); SING|PLUR both set = number underspecified (you, who)
+    agr: int = 0        # AGREEMENT bits (features.AGR_BIT); a dimension with no bit set is unknown (you: no number)
     subj_req: int = 0   # verbs: the subject must have at least one of these SEMANTIC bits (0 = no restriction)
     obj_req: int = 0    # verbs: the direct object must have at least one of these SEMANTIC bits (0 = no restriction)
 
@@ -51,8 +51,8 @@ def _agr(*names: str) -> int:
 # so "he" satisfies a verb that wants a CONCRETE object exactly as "the man" does.
 PERSON = _sem("HUMAN", "ANIMATE", "CONCRETE")
 
-# Closed class: form -> (sem, agreement names). Number left unset (SING and PLUR both on) where English does not
-# mark it (you, who). Archaic forms (thou, thee, ye) because the training prose is 19th-century.
+# Closed class: form -> (sem, agreement names). Number left unset where English does not mark it (you, who), so
+# agreement checks treat it as compatible with both. Archaic forms (thou, thee, ye) because the training prose is 19th-century.
 _PRONOUNS: dict[str, tuple[int, tuple[str, ...]]] = {}
 
 
@@ -65,7 +65,7 @@ _add("i me my mine", PERSON, "PERS1", "SING")
 _add("myself", PERSON, "PERS1", "SING", "REFLEXIVE")
 _add("we us our ours", PERSON, "PERS1", "PLUR")
 _add("ourselves", PERSON, "PERS1", "PLUR", "REFLEXIVE")
-_add("you your yours", PERSON, "PERS2", "SING", "PLUR")
+_add("you your yours", PERSON, "PERS2")
 _add("yourself", PERSON, "PERS2", "SING", "REFLEXIVE")
 _add("yourselves", PERSON, "PERS2", "PLUR", "REFLEXIVE")
 _add("thou thee thy thine", PERSON, "PERS2", "SING")
@@ -80,7 +80,7 @@ _add("itself", 0, "PERS3", "SING", "NEUT", "REFLEXIVE")
 _add("they them their theirs", 0, "PERS3", "PLUR")
 _add("themselves", 0, "PERS3", "PLUR", "REFLEXIVE")
 _add("themself", PERSON, "PERS3", "SING", "REFLEXIVE")
-_add("who whom whose whoever whomever", PERSON, "PERS3", "SING", "PLUR")
+_add("who whom whose whoever whomever", PERSON, "PERS3")
 _add("one", 0, "PERS3", "SING")
 _add("oneself", PERSON, "PERS3", "SING", "REFLEXIVE")
 _add("someone somebody anyone anybody everyone everybody nobody no-one", PERSON, "PERS3", "SING")
@@ -180,6 +180,8 @@ class Lexicon:
             row = self._forms.get(key)
             if row is not None:
                 return row[slot]
+            if key in PRONOUNS:  # "something", "herself" mis-tagged as NOUN: still the pronoun's features
+                return PRONOUNS[key]
             ck = (key, slot)
             e = self._cache.get(ck)
             if e is None:
