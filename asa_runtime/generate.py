@@ -87,9 +87,18 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
     from .checkpoint import load_checkpoint, read_config
     from .registry import resolve
 
+    from .checkpoint import parse_dtype
+
     device = check_device(device)
     path = resolve(name_or_path)
+    try:
+        dtype, kv_dtype = parse_dtype(dtype), parse_dtype(kv_dtype)
+    except ValueError as e:
+        raise GenerationError(str(e)) from None
     ck = load_checkpoint(path, device=device, dtype=dtype)
+    if kv_dtype is not None and ck.config.plan.dense and kv_dtype != ck.model.tok_embeddings.weight.dtype:
+        raise GenerationError("a KV cache dtype other than the model's needs a sparse ASA model (the dense "
+                              "baseline attends the cache in the model's dtype)")
     _, raw = read_config(path)
     if quantize:
         from .quantize import quantize_model
@@ -101,7 +110,7 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         planner = Planner(ck.config.plan)
     be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype)
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
-                       path=path, device=device, model_hash=model_hash(raw, quantize, str(dtype)),
+                       path=path, device=device, model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}"),
                        quantize=quantize, meta=ck.meta)
 
 

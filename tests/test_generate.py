@@ -197,3 +197,18 @@ def test_fast_decode_path_equals_module_path(tiny_checkpoint, tiny_dense_checkpo
     slow = steps()
     tol = 2e-2 if "bf16" in variant else 1e-5
     torch.testing.assert_close(fast, slow, atol=tol * slow.abs().max().item(), rtol=tol)
+
+
+def test_bf16_kv_cache_halves_memory(tiny_checkpoint, tiny_dense_checkpoint):
+    ids = load(tiny_checkpoint).tokenizer.encode(PROMPT)
+    out = {}
+    for kv in (None, "bfloat16"):
+        lm = load(tiny_checkpoint, planner=WindowPlanner(), kv_dtype=kv)
+        s = Session(lm, ctx_size=64)
+        logits = s.feed(ids)
+        out[kv] = (torch.stack([logits] + [s.step(t) for t in ids[:8]]), s.kv_bytes())
+    (full, b32), (half, b16) = out[None], out["bfloat16"]
+    assert b16 * 2 == b32
+    torch.testing.assert_close(half, full, atol=0.05 * full.abs().max().item(), rtol=0.05)
+    with pytest.raises(GenerationError, match="sparse"):
+        load(tiny_dense_checkpoint, kv_dtype="bfloat16")

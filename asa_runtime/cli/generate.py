@@ -76,6 +76,10 @@ def model_options(f):
                      help="Execution backend (ONNX Runtime and MLX come with the exporters)."),
         click.option("--quantize", type=click.Choice(["int8"]), default=None,
                      help="Weight-only quantization of the linear layers."),
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+                     help="Weight dtype (default: float32 on CPU, as stored elsewhere)."),
+        click.option("--kv-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+                     help="KV cache dtype (default: the model's); bfloat16 halves cache memory."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Context length in tokens (0 = the model's max_seq_len)."),
         click.option("--max-kv-size", type=click.IntRange(min=0), default=0, show_default=True,
@@ -116,7 +120,8 @@ def load_model(o: dict):
 
     if o.get("threads"):
         torch.set_num_threads(o["threads"])
-    return load(o["model"], device=o["device"], quantize=o["quantize"], backend=o["backend"])
+    return load(o["model"], device=o["device"], quantize=o["quantize"], backend=o["backend"], dtype=o["dtype"],
+                kv_dtype=o["kv_dtype"])
 
 
 @main.command("generate", cls=OneLineCommand)
