@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from asa_runtime.backends import BACKENDS
+
 from . import main
 
 DEVICES = ("cpu", "cuda", "mps")
@@ -72,7 +74,7 @@ def model_options(f):
         click.option("-m", "--model", "model", default="asa-small", show_default=True,
                      help="Registry name (asa-small) or model folder."),
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True),
-        click.option("--backend", type=click.Choice(["torch"]), default="torch", show_default=True,
+        click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
                      help="Execution backend (ONNX Runtime and MLX come with the exporters)."),
         click.option("--quantize", type=click.Choice(["int8"]), default=None,
                      help="Weight-only quantization of the linear layers."),
