@@ -17,6 +17,8 @@ on CUDA tensors when Triton imports, torch otherwise. MLX arrays go through kern
 """
 from __future__ import annotations
 
+import os
+
 from .torch_sparse import sparse_attention_torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -31,6 +33,8 @@ def triton_available() -> bool:
 
 
 def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto"):
+    if backend == "auto":
+        backend = os.environ.get("ASA_SPARSE_BACKEND", "auto")   # e.g. force "torch" to rule out a kernel
     if backend not in BACKENDS:
         raise ValueError(f"unknown sparse attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "triton" or (backend == "auto" and q.is_cuda and triton_available()):
