@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asa_runtime.linguistics.features import AGR_BIT, N_UPOS, SEM_BIT, UPOS_ID
-from asa_runtime.linguistics.lexicon import ARTIFACT, EMPTY, IS_NOUN, IS_VERB, PRONOUNS, Lexicon, LexEntry
+from asa_runtime.linguistics.lexicon import ARTIFACT, EMPTY, IS_NOUN, IS_VERB, PRONOUNS, LexEntry, Lexicon
 
 NOUN, VERB, PROPN, PRON, ADJ, AUX = (UPOS_ID[t] for t in ("NOUN", "VERB", "PROPN", "PRON", "ADJ", "AUX"))
 S, A = SEM_BIT, AGR_BIT
@@ -98,8 +98,10 @@ def test_pronouns(lex):
     assert not lex.lookup("them", PRON).agr & A["REFLEXIVE"]
     # a pronoun form read as a noun is the noun (helium), not the pronoun
     assert lex.lookup("he", NOUN) != lex.lookup("he", PRON)
-    for f in "i me my mine myself you your yours yourself yourselves he him his himself she her hers herself it its " \
-             "itself we us our ours ourselves they them their theirs themselves who whom whose one oneself".split():
+    required = ("i me my mine myself you your yours yourself yourselves he him his himself she her hers "
+                "herself it its itself we us our ours ourselves they them their theirs themselves who whom "
+                "whose one oneself")
+    for f in required.split():
         assert f in PRONOUNS, f
 
 
@@ -120,7 +122,8 @@ def test_fallbacks_on_a_hand_made_table(tmp_path):
     dog = LexEntry(S["ANIMAL"] | S["ANIMATE"] | S["CONCRETE"], A["SING"])
     eat = LexEntry(0, 0, S["ANIMATE"], S["FOOD"])
     rows = {"dog": (dog, EMPTY, EMPTY, IS_NOUN), "eat": (EMPTY, eat, EMPTY, IS_VERB),
-            "stop": (EMPTY, EMPTY, EMPTY, IS_VERB), "captain": (LexEntry(S["HUMAN"], A["SING"]), EMPTY, EMPTY, IS_NOUN)}
+            "stop": (EMPTY, EMPTY, EMPTY, IS_VERB),
+            "captain": (LexEntry(S["HUMAN"], A["SING"]), EMPTY, EMPTY, IS_NOUN)}
     path = tmp_path / "tiny.npz"
     Lexicon(rows, {"note": "hand-made"}).save(path)
     lex = Lexicon.load(path)
@@ -156,7 +159,8 @@ def test_lookup_never_raises(lex, word, upos):
 
 
 @pytest.mark.parametrize("word,upos", [(None, NOUN), (123, VERB), (b"dog", NOUN), ("dog", None), ("dog", [1]),
-                                       ("\ud800", NOUN), ("", PRON), ("-", NOUN), ("'s", NOUN), ("--a--", VERB)])
+                                       ("\ud800", NOUN), ("", PRON), ("-", NOUN), ("'s", NOUN),
+                                       ("--a--", VERB)])
 def test_odd_inputs_give_an_entry(lex, word, upos):
     assert isinstance(lex.lookup(word, upos), LexEntry)
 
@@ -176,7 +180,7 @@ def tiny(tmp_path_factory):
     try:
         wn = bl.load_wordnet()
         vn, _ = bl.load_verbnet()
-    except Exception as e:  # click.ClickException when the corpora are missing
+    except Exception as e:  # noqa: BLE001 - click.ClickException or LookupError when the corpora are missing
         pytest.skip(f"WordNet/VerbNet not found: {e}")
     words = {"dog", "eat", "idea", "woman", "teacher", "city", "paris", "bread", "king"}
     lex, stats = bl.build(wn, vn, extra_forms=["ate", "women"], only_lemmas=words, log=lambda *a: None)
@@ -211,8 +215,8 @@ def test_restriction_mask_logic():
 
     assert m('<SELRESTRS><SELRESTR Value="+" type="animate"/></SELRESTRS>') == S["ANIMATE"]
     # conjunction keeps the specific restriction (FOOD), not the general one (CONCRETE)
-    assert m('<SELRESTRS><SELRESTR Value="+" type="comestible"/><SELRESTR Value="+" type="solid"/></SELRESTRS>') \
-        == S["FOOD"]
+    food_and_solid = '<SELRESTR Value="+" type="comestible"/><SELRESTR Value="+" type="solid"/>'
+    assert m(f"<SELRESTRS>{food_and_solid}</SELRESTRS>") == S["FOOD"]
     assert m('<SELRESTRS logic="or"><SELRESTR Value="+" type="animate"/>'
              '<SELRESTR Value="+" type="organization"/></SELRESTRS>') == S["ANIMATE"] | S["ORGANIZATION"]
     assert m('<SELRESTRS><SELRESTR Value="-" type="animate"/></SELRESTRS>') == 0  # negation: no restriction
@@ -227,7 +231,8 @@ def test_person_names_from_corpus_contexts():
 
     from training.build_lexicon import person_names
 
-    cased = Counter({"Agnes": 50, "Rose": 40, "rose": 300, "Dombey": 60, "She": 900, "she": 9000, "Brown": 30})
+    cased = Counter({"Agnes": 50, "Rose": 40, "rose": 300, "Dombey": 60, "She": 900, "she": 9000,
+                     "Brown": 30})
     hits = Counter({"Agnes": 20, "Rose": 10, "Dombey": 30, "She": 100, "Brown": 2})
     titles = {"Dombey": [15, 15]}
     prons = {"Agnes": [1, 19], "Dombey": [10, 2]}

@@ -2,11 +2,11 @@
 
     python -m training.build_lexicon [--nltk-data DIR] [--out PATH] [--prose-top N] [--coverage-tokens N]
 
-Inputs (build time only, read through NLTK's corpus readers): corpora/wordnet and corpora/verbnet34 (falling back
-to verbnet3, then verbnet) found on nltk.data.path: --nltk-data first, then $NLTK_DATA, then ../shared/data/nltk_data
+Inputs (build time only, read through NLTK's corpus readers): corpora/wordnet and corpora/verbnet34 (else
+verbnet3, else verbnet) on nltk.data.path: --nltk-data first, then $NLTK_DATA, then ../shared/data/nltk_data
 next to the repo, then NLTK's usual places (so `nltk.download('wordnet')` works too). The English prose corpus
-(../shared/data/english_prose, optional) supplies the most frequent word forms and the coverage sample.
-What every feature means and why: docs/lexicon.md. The two maps below are the one place the mapping is defined.
+(../shared/data/english_prose, optional) gives frequent word forms, person names and the coverage sample.
+What every feature means and why: docs/lexicon.md. The two maps below are the one place the mapping lives.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import json
 import lzma
 import os
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,16 +21,16 @@ from pathlib import Path
 import click
 
 from asa_runtime.linguistics.features import AGR_BIT, SEM_BIT, SEMANTIC, UPOS_ID, agr_names, sem_names
-from asa_runtime.linguistics.lexicon import ARTIFACT, EMPTY, IS_NOUN, IS_PROPN, IS_VERB, Lexicon, LexEntry
+from asa_runtime.linguistics.lexicon import ARTIFACT, EMPTY, IS_NOUN, IS_PROPN, IS_VERB, LexEntry, Lexicon
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_NLTK = REPO.parent / "shared" / "data" / "nltk_data"
 SHARED_PROSE = REPO.parent / "shared" / "data" / "english_prose"
 
-# SEMANTIC feature -> WordNet synsets whose hyponym subtrees (instances included) carry it. A name starting with
-# "!" removes its subtree again. A noun sense has the feature iff the sense or one of its hypernyms is listed.
+# SEMANTIC feature -> WordNet synsets whose hyponym subtrees (instances included) carry it; a name starting
+# with "!" removes its subtree again. A noun sense has the feature iff it or one of its hypernyms is listed.
 SEM_SYNSETS: dict[str, tuple[str, ...]] = {
-    # people.n.01 ("people", "folk") is a group, hence an abstraction in WordNet; "the people ate" must still pass
+    # people.n.01 ("people", "folk") is a group, hence an abstraction in WordNet; "the people ate" must pass
     "HUMAN": ("person.n.01", "people.n.01"),
     # not organism.n.01: plants, fungi and microbes are organisms but never the agent of "eat", "say", "want"
     "ANIMATE": ("person.n.01", "people.n.01", "animal.n.01", "spiritual_being.n.01"),
@@ -40,7 +39,8 @@ SEM_SYNSETS: dict[str, tuple[str, ...]] = {
     # physical_entity minus process.n.06 (storms, light, growth: physical processes, not things you can hold)
     "CONCRETE": ("physical_entity.n.01", "!process.n.06"),
     "ABSTRACT": ("abstraction.n.06",),
-    "LOCATION": ("location.n.01", "body_of_water.n.01", "geological_formation.n.01", "land.n.04", "area.n.05"),
+    "LOCATION": ("location.n.01", "body_of_water.n.01", "geological_formation.n.01", "land.n.04",
+                 "area.n.05"),
     "EVENT": ("event.n.01", "atmospheric_phenomenon.n.01"),
     "TIME": ("time_period.n.01", "time_unit.n.01", "point.n.06", "clock_time.n.01"),
     "ORGANIZATION": ("organization.n.01", "social_group.n.01"),
@@ -54,8 +54,8 @@ SEM_SYNSETS: dict[str, tuple[str, ...]] = {
 MALE, FEMALE, PERSON = "male.n.02", "female.n.02", "person.n.01"
 
 # VerbNet selectional restriction type (+value) -> SEMANTIC bits that satisfy it. A '-' restriction (-animate,
-# -region) cannot be said as "at least one of these bits" and gives no restriction; types not listed (plural, refl,
-# force, sound, ...) give none either.
+# -region) cannot be said as "at least one of these bits" and gives no restriction; types not listed (plural,
+# refl, force, sound, ...) give none either.
 VN_RESTRICTIONS: dict[str, tuple[str, ...]] = {
     "animate": ("ANIMATE",),
     "human": ("HUMAN",),
@@ -94,9 +94,9 @@ VN_RESTRICTIONS: dict[str, tuple[str, ...]] = {
     # intentional control: a person, an organisation, or a machine acting on its own
     "int_control": ("ANIMATE", "ORGANIZATION", "ARTIFACT"),
 }
-# When restrictions are conjoined (+comestible & +solid) keep the specific ones: CONCRETE/ABSTRACT add nothing.
+# Conjoined restrictions (+comestible & +solid) keep the specific ones: CONCRETE/ABSTRACT add nothing.
 GENERAL = SEM_BIT["CONCRETE"] | SEM_BIT["ABSTRACT"]
-# Fallback when a class's frames name no NP subject/object: roles by name (VerbNet 2.1 uses Actor1, Theme1, ...)
+# Fallback when a class has no frames to read positions from: roles by name (VerbNet 2.1 has Actor1, Theme1)
 SUBJECT_ROLES = ("Agent", "Actor", "Actor1", "Experiencer")
 OBJECT_ROLES = ("Patient", "Patient1", "Theme", "Theme1")
 
@@ -117,7 +117,7 @@ def _bits(names, table=SEM_BIT) -> int:
 
 # ---------------------------------------------------------------------------------------------- NLTK data
 def setup_nltk_data(nltk_data: str | None = None) -> list[str]:
-    """nltk.data.path = [--nltk-data] + $NLTK_DATA (nltk already put it first) + shared data + NLTK defaults."""
+    """nltk.data.path = [--nltk-data] + $NLTK_DATA (nltk put it first already) + shared data + defaults."""
     import nltk
 
     paths = list(nltk.data.path)
@@ -196,8 +196,8 @@ class NounFeatures:
         return PERSON in self.roots(synset)
 
     def gender(self, synset) -> int:
-        """MASC/FEM for person senses: under male/female person, or defined as "a male ...", "a woman who ..."
-        (king.n.01 "a male sovereign" has no male.n.02 hypernym). Checks the sense and its person hypernyms."""
+        """MASC/FEM for person senses: under male/female person, or defined as "a male ...", "a woman
+        who ..." (king.n.01 "a male sovereign" has no male.n.02 hypernym): the sense or a person hypernym."""
         r = self.roots(synset)
         if PERSON not in r:
             return 0
@@ -214,8 +214,8 @@ class NounFeatures:
         return 0
 
     def choose(self, lemmas) -> list:
-        """The senses a lemma is read as: those with >= SENSE_SHARE of its tagged (SemCor) counts; sense 1 when
-        WordNet has no counts for it."""
+        """The senses a lemma is read as: those with >= SENSE_SHARE of its tagged (SemCor) counts; sense 1
+        when WordNet has no counts for it."""
         if not lemmas:
             return []
         counts = [lm.count() for lm in lemmas]
@@ -236,7 +236,7 @@ class NounFeatures:
         return sem, gen, plural
 
     def common(self, lemma: str) -> tuple[int, int, bool] | None:
-        """Noun reading of a lemma from its lower-case senses (all senses for a name-only lemma like Paris)."""
+        """Noun reading of a lemma from its lower-case senses (all senses for a name-only one like Paris)."""
         lms = self.wn.lemmas(lemma, "n")
         if not lms:
             return None
@@ -246,7 +246,8 @@ class NounFeatures:
 
     def proper(self, lemma: str) -> tuple[int, int] | None:
         """Proper-name reading: WordNet's capitalised senses (Paris, John, Elizabeth). The first (or most
-        frequent) one, plus the person bits when any of them is a person (names in prose are mostly people)."""
+        frequent) one, plus the person bits when any of them is a person (names in prose are mostly
+        people)."""
         lms = [lm for lm in self.wn.lemmas(lemma, "n") if lm.name()[:1].isupper()]
         if not lms:
             return None
@@ -314,13 +315,14 @@ def _position_mask(roles: dict[str, int], names: set[str]) -> int:
 
 
 def verb_restrictions(vn, wn=None, only: set[str] | None = None) -> tuple[dict[str, tuple[int, int]], dict]:
-    """verb lemma -> (subj_req, obj_req). Per class: the roles its frames put in subject / direct-object position
-    (frames and role restrictions are inherited by subclasses; a subclass may restrict a role further); the
-    position is restricted only if every role found there is. Per lemma: its classes whose member WordNet senses
-    hold >= SENSE_SHARE of the lemma's tagged counts (all classes when WordNet gives no counts), as for nouns;
-    the union over those, except that one which has the position but leaves it free lifts it (FREE_WINS): the
-    main "buy" class leaves its Theme free, so "buy a book" must not look like a violation because a rarer "buy"
-    class wants an organisation. Classes without such a frame (intransitive ones, for the object) do not vote."""
+    """verb lemma -> (subj_req, obj_req). Per class: the roles its frames put in subject / direct-object
+    position (frames and role restrictions are inherited by subclasses; a subclass may restrict a role
+    further); the position is restricted only if every role found there is. Per lemma: its classes whose
+    member WordNet senses hold >= SENSE_SHARE of the lemma's tagged counts (all classes when WordNet gives no
+    counts), as for nouns; the union over those, except that one which has the position but leaves it free
+    lifts it (FREE_WINS): the main "buy" class leaves its Theme free, so "buy a book" must not look like a
+    violation because a rarer "buy" class wants an organisation. Classes without such a frame (intransitive
+    ones, for the object) do not vote."""
     acc: dict[str, list] = {}  # lemma -> [(subj, obj, has subject, has object, wn sense keys), ...]
     stats = Counter()
 
@@ -371,10 +373,10 @@ def verb_restrictions(vn, wn=None, only: set[str] | None = None) -> tuple[dict[s
 
 
 def _sense_count(wn, key: str) -> int:
-    """SemCor count of a VerbNet member's WordNet sense key ("give%2:40:00"); 0 if WordNet does not know it."""
+    """SemCor count of a VerbNet member's WordNet sense key ("give%2:40:00"); 0 if WordNet lacks it."""
     try:
         return wn.lemma_from_key(key if key.endswith("::") else key + "::").count()
-    except Exception:  # stale or malformed keys exist in VerbNet
+    except Exception:  # noqa: BLE001 - stale or malformed sense keys exist in VerbNet
         return 0
 
 
@@ -410,16 +412,20 @@ def prose_files(prose_dir: Path) -> list[Path]:
     return sorted(prose_dir.glob("*/*.jsonl.xz")) if prose_dir.is_dir() else []
 
 
-_TITLES_M = ("Mr", "Sir", "Lord", "Uncle", "Monsieur", "Master", "Mister", "Colonel", "Captain", "Father", "Brother")
+_TITLES_M = ("Mr", "Sir", "Lord", "Uncle", "Monsieur", "Master", "Mister", "Colonel", "Captain", "Father",
+             "Brother")
 _TITLES_F = ("Mrs", "Miss", "Ms", "Lady", "Aunt", "Madame", "Mademoiselle", "Mistress", "Mother", "Sister")
-_TITLE_RE = re.compile(r"\b(" + "|".join(_TITLES_M + _TITLES_F + ("Dr", "Doctor")) + r")\.? ([A-Z][a-z]{2,})\b")
+_TITLES = "|".join(_TITLES_M + _TITLES_F + ("Dr", "Doctor"))
+_TITLE_RE = re.compile(r"\b(" + _TITLES + r")\.? ([A-Z][a-z]{2,})\b")
 _SPEECH = "said|cried|replied|asked|answered|exclaimed|returned|whispered|continued"
-_SPEECH_RE = re.compile(r"\b(?:" + _SPEECH + r") ([A-Z][a-z]{2,})\b|\b([A-Z][a-z]{2,}) (?:" + _SPEECH + r")\b")
-_NAME_PRON_RE = re.compile(r"\b([A-Z][a-z]{2,})\b[^.!?;:\"\u201c\u201d\n]{0,50}?\b(he|him|his|himself|she|her|herself)\b")
+_SPEECH_RE = re.compile(
+    r"\b(?:" + _SPEECH + r") ([A-Z][a-z]{2,})\b|\b([A-Z][a-z]{2,}) (?:" + _SPEECH + r")\b")
+_NAME_PRON_RE = re.compile(  # a capitalised word, then the nearest he/she within the same clause
+    r"\b([A-Z][a-z]{2,})\b[^.!?;:\"\u201c\u201d\n]{0,50}?\b(he|him|his|himself|she|her|herself)\b")
 _MASC_PRON = {"he", "him", "his", "himself"}
-NAME_MIN_HITS = 5      # title or speech-verb contexts ("Mrs. Dombey", "said Agnes") needed to call a word a name
+NAME_MIN_HITS = 5      # title or speech-verb contexts ("Mrs. Dombey", "said Agnes") that make a word a name
 NAME_CAP_RATIO = 3     # and it must be capitalised at least this many times as often as not
-PLACE_NAME_SHARE = 0.1  # a WordNet place name becomes a person only if >= 10% of its uses are in name contexts
+PLACE_NAME_SHARE = 0.1  # a WordNet place becomes a person only if >= 10% of its uses are name contexts
 
 
 def prose_counts(files: list[Path], log=print) -> tuple[Counter, list[str], dict[str, int]]:
@@ -467,10 +473,11 @@ def _side(v, share: float, least: int) -> int:
 
 def person_names(cased: Counter, hits: Counter, titles: dict, prons: dict) -> dict[str, tuple[int, float]]:
     """Words the prose uses as person names -> (gender bits, share of their occurrences in a name context).
-    A name: >= NAME_MIN_HITS times after a title or beside a speech verb, and capitalised >= NAME_CAP_RATIO times
-    as often as lower-case (so "Rose", "Bill" stay nouns). Gender: a word never seen after a title (a first name:
-    Agnes) from the nearest following he/she (>= 85% of >= 6 votes); a surname (seen after titles: "Mrs. Dombey",
-    "Mr. Dombey") only when its titles are one-sided (>= 95%) and the pronouns do not disagree."""
+    A name: >= NAME_MIN_HITS times after a title or beside a speech verb, and capitalised >= NAME_CAP_RATIO
+    times as often as lower-case (so "Rose", "Bill" stay nouns). Gender: a word never seen after a title (a
+    first name: Agnes) from the nearest following he/she (>= 85% of >= 6 votes); a surname (seen after titles:
+    "Mrs. Dombey", "Mr. Dombey") only when its titles are one-sided (>= 95%) and the pronouns do not
+    disagree."""
     from asa_runtime.linguistics.lexicon import PRONOUNS
 
     out = {}
@@ -490,8 +497,8 @@ def person_names(cased: Counter, hits: Counter, titles: dict, prons: dict) -> di
     return out
 
 
-def build(wn, vn, extra_forms=(), names: dict[str, tuple[int, float]] | None = None, only_lemmas: set[str] | None = None,
-          log=print) -> tuple[Lexicon, dict]:
+def build(wn, vn, extra_forms=(), names: dict[str, tuple[int, float]] | None = None,
+          only_lemmas: set[str] | None = None, log=print) -> tuple[Lexicon, dict]:
     """The lexicon for WordNet's single-word noun and verb lemmas, their inflections and `extra_forms` (mapped
     back through morphy), plus corpus person `names` (name -> (gender bits, share of name contexts)).
     `only_lemmas` restricts it to those lemmas (tests build a tiny one)."""
@@ -532,7 +539,7 @@ def build(wn, vn, extra_forms=(), names: dict[str, tuple[int, float]] | None = N
                 sem, gen, plural_only = feats
                 plural = base != form or plural_only
                 if base == form and form.endswith("s") and len(bases) > 1:
-                    # "glasses" is a lemma and the plural of "glass": read as the plural when the singular is commoner
+                    # "glasses" is a lemma and the plural of "glass": the plural when "glass" is commoner
                     other = next(b for b in bases if b != form)
                     if _count(wn, other) >= _count(wn, form):
                         plural = True
@@ -556,7 +563,7 @@ def build(wn, vn, extra_forms=(), names: dict[str, tuple[int, float]] | None = N
                 subj, obj = subj | a, obj | o
             verb = LexEntry(0, 0, subj, obj)
         if propn is EMPTY and noun.sem:
-            propn = noun  # "the Queen", "Baker Street", "the General": a capitalised common noun reads as the noun
+            propn = noun  # "the Queen", "Baker Street", "the General": a capitalised common noun
         if flags:
             rows[form] = (noun, verb, propn, flags)
     person, loc = _bits(("HUMAN", "ANIMATE", "CONCRETE")), SEM_BIT["LOCATION"]
@@ -596,9 +603,9 @@ _QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": 
 
 
 def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
-    """Share of noun / verb / proper-noun / pronoun tokens the lexicon knows, on prose tagged by NLTK's averaged
-    perceptron tagger on Treebank tokens (Penn tags; be/have/do left out of verbs as auxiliaries, tokens with no
-    letter left out everywhere)."""
+    """Share of noun / verb / proper-noun / pronoun tokens the lexicon knows, on prose tagged by NLTK's
+    averaged perceptron tagger on Treebank tokens (Penn tags; be/have/do left out of verbs as auxiliaries,
+    tokens with no letter left out everywhere)."""
     import nltk
     from nltk.tokenize import word_tokenize
 
@@ -631,7 +638,7 @@ def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
         n_tok += len(toks)
         if n_tok >= max_tokens:
             break
-    share = lambda a, b: round(c[a] / max(c[b], 1), 4)  # noqa: E731
+    share = lambda a, b: round(c[a] / max(c[b], 1), 4)
     return {
         "tokens": n_tok, "noun_tokens": c["noun"], "verb_tokens": c["verb"], "propn_tokens": c["propn"],
         "noun_found": share("noun_found", "noun"), "noun_with_sem": share("noun_sem", "noun"),
@@ -643,7 +650,8 @@ def coverage(lex: Lexicon, paragraphs: list[str], max_tokens: int) -> dict:
 # ---------------------------------------------------------------------------------------------- CLI
 EXAMPLES = [("dog", "NOUN"), ("dogs", "NOUN"), ("idea", "NOUN"), ("teacher", "NOUN"), ("women", "NOUN"),
             ("king", "NOUN"), ("city", "NOUN"), ("Paris", "PROPN"), ("John", "PROPN"), ("himself", "PRON"),
-            ("Agnes", "PROPN"), ("Dombey", "PROPN"), ("bread", "NOUN"), ("morning", "NOUN"), ("ate", "VERB"), ("said", "VERB"), ("broke", "VERB")]
+            ("Agnes", "PROPN"), ("Dombey", "PROPN"), ("bread", "NOUN"), ("morning", "NOUN"), ("ate", "VERB"),
+            ("said", "VERB"), ("broke", "VERB")]
 
 
 def describe(e: LexEntry) -> str:
@@ -661,7 +669,7 @@ def describe(e: LexEntry) -> str:
 
 @click.command()
 @click.option("--nltk-data", type=click.Path(file_okay=False), default=None,
-              help="NLTK data folder searched first (default: $NLTK_DATA, ../shared/data/nltk_data, NLTK's own)")
+              help="NLTK data folder searched first (then $NLTK_DATA, ../shared/data/nltk_data, NLTK's own)")
 @click.option("--out", type=click.Path(dir_okay=False), default=str(ARTIFACT), show_default=True)
 @click.option("--prose", type=click.Path(file_okay=False), default=str(SHARED_PROSE), show_default=True,
               help="english_prose folder (*/*.jsonl.xz) for frequent forms and coverage; skipped if absent")
@@ -705,7 +713,8 @@ def main(nltk_data, out, prose, prose_top, coverage_tokens, person_names_on):
     t1 = time.time()
     lex2 = Lexicon.load(out)
     load_s = time.time() - t1
-    click.echo(f"entries: {len(lex2):,} surface forms; artifact {out}: {size / 1e6:.2f} MB; load {load_s:.3f}s")
+    click.echo(f"entries: {len(lex2):,} surface forms; artifact {out}: {size / 1e6:.2f} MB; "
+               f"load {load_s:.3f}s")
     click.echo("stats: " + json.dumps({k: v for k, v in stats.items() if k != "verbnet"}))
     if sample and coverage_tokens:
         cov = coverage(lex2, sample, coverage_tokens)

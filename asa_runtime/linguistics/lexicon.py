@@ -1,9 +1,10 @@
 """Lexical features per word: semantic bits of nominals, agreement bits, verbs' selectional restrictions.
 
 The table is built once from WordNet + VerbNet by `python -m training.build_lexicon` (see docs/lexicon.md) and
-shipped as artifacts/lexicon.npz: a string table of surface forms, one row id per form, a small table of distinct
-rows (noun entry id, verb entry id, proper-name entry id, flags) and a small table of distinct entries. Loading turns
-it into one dict form -> (noun, verb, propn, flags), so `lookup` is a couple of dict probes. Pronouns are a closed class and live here, in code. Depends only on numpy and the stdlib.
+shipped as artifacts/lexicon.npz: a string table of surface forms, one row id per form, a small table of
+distinct rows (noun entry id, verb entry id, proper-name entry id, flags) and a small table of distinct
+entries. Loading turns it into one dict form -> (noun, verb, propn, flags), so `lookup` is a couple of dict
+probes. Pronouns are a closed class and live here, in code. Depends only on numpy and the stdlib.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ FORMAT = "asa-lexicon/1"
 @dataclass(frozen=True)
 class LexEntry:
     sem: int = 0        # SEMANTIC bits (features.SEM_BIT) of a nominal; 0 = unknown
-    agr: int = 0        # AGREEMENT bits (features.AGR_BIT); a dimension with no bit set is unknown (you: no number)
-    subj_req: int = 0   # verbs: the subject must have at least one of these SEMANTIC bits (0 = no restriction)
-    obj_req: int = 0    # verbs: the direct object must have at least one of these SEMANTIC bits (0 = no restriction)
+    agr: int = 0        # AGREEMENT bits (features.AGR_BIT); a dimension with no bit set is unknown ("you")
+    subj_req: int = 0   # verbs: the subject must have at least one of these SEMANTIC bits (0 = free)
+    obj_req: int = 0    # verbs: the direct object must have at least one of these SEMANTIC bits (0 = free)
 
     def __bool__(self) -> bool:
         return bool(self.sem or self.agr or self.subj_req or self.obj_req)
@@ -51,8 +52,9 @@ def _agr(*names: str) -> int:
 # so "he" satisfies a verb that wants a CONCRETE object exactly as "the man" does.
 PERSON = _sem("HUMAN", "ANIMATE", "CONCRETE")
 
-# Closed class: form -> (sem, agreement names). Number left unset where English does not mark it (you, who), so
-# agreement checks treat it as compatible with both. Archaic forms (thou, thee, ye) because the training prose is 19th-century.
+# Closed class: form -> (sem, agreement names). Number left unset where English does not mark it (you, who),
+# so agreement checks treat it as compatible with both. Archaic forms (thou, thee, ye) because the training
+# prose is 19th-century.
 _PRONOUNS: dict[str, tuple[int, tuple[str, ...]]] = {}
 
 
@@ -119,7 +121,7 @@ class Lexicon:
         return isinstance(word, str) and _norm(word) in self._forms
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Lexicon":
+    def load(cls, path: str | Path | None = None) -> Lexicon:
         path = Path(path) if path is not None else ARTIFACT
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode("utf-8"))
@@ -162,9 +164,9 @@ class Lexicon:
     def lookup(self, word: str, upos: int) -> LexEntry:
         """Features of `word` (as written) read as part of speech `upos` (a features.UPOS id).
 
-        NOUN -> noun reading, PROPN -> proper-name reading (WordNet's capitalised senses), PRON -> the closed
-        pronoun table, then the noun reading; VERB -> selectional restrictions. Every other UPOS (AUX included:
-        auxiliaries select nothing) -> the empty entry."""
+        NOUN -> noun reading, PROPN -> proper-name reading (WordNet's capitalised senses, corpus names),
+        PRON -> the closed pronoun table, then the noun reading; VERB -> selectional restrictions. Every other
+        UPOS (AUX included: auxiliaries select nothing) -> the empty entry."""
         try:
             slot = _SLOT.get(upos)
             if slot is None:
@@ -190,7 +192,7 @@ class Lexicon:
                     self._cache.clear()
                 self._cache[ck] = e
             return e
-        except Exception:  # arbitrary input (non-str word, unhashable upos, ...) is an unknown word
+        except Exception:  # noqa: BLE001 - odd input (non-str word, unhashable upos) is an unknown word
             return EMPTY
 
     def is_noun(self, word: str) -> bool:
@@ -209,7 +211,7 @@ class Lexicon:
 
     def _fallback(self, key: str, slot: int) -> LexEntry:
         """Forms not in the table: possessive, hyphenated compound, then suffix stripping."""
-        if key.endswith("'s") or key.endswith("'"):
+        if key.endswith(("'s", "'")):
             base = key[:-2] if key.endswith("'s") else key[:-1]
             row = self._forms.get(base)
             return row[slot] if row is not None else EMPTY
