@@ -193,9 +193,18 @@ class Session:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             raise GenerationError("nothing to feed")
+        if ids.min() < 0 or ids.max() >= len(self.pieces):
+            raise GenerationError(f"token ids must lie in [0, {len(self.pieces)}) for this tokenizer")
         if len(ids) > self.room:
             raise GenerationError(f"{len(ids)} tokens do not fit: {self.room} of {self.ctx_size} context "
                                   f"positions left")
+        try:
+            return self._feed(ids, all_logits)
+        except BaseException:
+            self.reset()               # a half-fed chunk leaves plan, slots and cache out of step
+            raise
+
+    def _feed(self, ids: np.ndarray, all_logits: bool) -> torch.Tensor:
         outs, i = [], 0
         while i < len(ids):
             n, moves = self.slots.room(min(self.prefill_chunk, len(ids) - i), self._reachable)
@@ -216,6 +225,15 @@ class Session:
 
     def step(self, token: int) -> torch.Tensor:
         """Decode one token: extend the plan by one row, map it to slots, run the backend."""
+        if not 0 <= token < len(self.pieces):
+            raise GenerationError(f"token id {token} is outside the tokenizer's {len(self.pieces)} ids")
+        try:
+            return self._step(token)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _step(self, token: int) -> torch.Tensor:
         n, moves = self.slots.room(1, self._reachable)
         if moves is not None:
             self.backend.move_slots(*moves)

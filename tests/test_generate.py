@@ -154,6 +154,8 @@ def test_bad_input(tiny_checkpoint):
         list(stream_generate(lm, PROMPT, 5, ctx_size=8))
     with pytest.raises(GenerationError, match="temp"):
         list(stream_generate(lm, PROMPT, 5, temp=-1))
+    with pytest.raises(GenerationError, match="token ids"):
+        list(stream_generate(lm, [1, 2, lm.tokenizer.vocab_size], 5))
 
 
 def test_prepare_reuses_prefix_and_rewinds(tiny_checkpoint):

@@ -103,6 +103,8 @@ def test_bound_too_small(tiny_checkpoint):
     s = Session(lm, ctx_size=200, max_kv_size=8, prefill_chunk=4)
     with pytest.raises(CacheFull, match="too small"):
         s.feed(lm.tokenizer.encode(PARAGRAPHS[0])[:40])
+    assert s.tokens == [] and s.slots.n_used == 0          # a failed feed leaves a clean, usable session
+    assert s.feed(lm.tokenizer.encode(PARAGRAPHS[0])[:5]).shape == (lm.tokenizer.vocab_size,)
 
 
 def test_dense_model_cannot_evict(tiny_dense_checkpoint):
