@@ -1,8 +1,9 @@
 """int8 weight-only quantization of nn.Linear layers (laptops: 4x smaller weights than float32).
 
 Symmetric, per output channel: w ~= q * s with q int8 in [-127, 127] and s = max|w_row| / 127.
-Activations stay in floating point. On CPU the matmul runs through torch._weight_int8pack_mm (int8
-weights, float activations) when this torch build has it; otherwise the weight is dequantized in forward.
+Activations stay in floating point. On CPU a few rows (decode) run through torch._weight_int8pack_mm (int8
+weights, float activations) when this torch build has it; otherwise, and for prefill chunks, the weight is
+dequantized in forward. int8 saves memory; on the machines measured so far it is not faster than float32.
 A tied output head gets its own int8 copy; the embedding table stays float (it is a lookup, not a matmul).
 The perplexity cost is measured by bench/latency/bench_quant.py.
 """
@@ -65,7 +66,10 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         global _INT8PACK
-        if x.device.type == "cpu":
+        rows = x.numel() // x.shape[-1]
+        # int8pack_mm reads 4x fewer weight bytes but its CPU kernel is slow for many rows (measured:
+        # 40x slower than float32 at 512 rows): prefill chunks dequantize once and use the float matmul.
+        if x.device.type == "cpu" and rows <= 8:
             if _INT8PACK is None:
                 _INT8PACK = _has_int8pack_mm()
             if _INT8PACK and x.dtype == self.scales.dtype:

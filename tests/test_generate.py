@@ -214,3 +214,16 @@ def test_bf16_kv_cache_halves_memory(tiny_checkpoint, tiny_dense_checkpoint):
     torch.testing.assert_close(half, full, atol=0.05 * full.abs().max().item(), rtol=0.05)
     with pytest.raises(GenerationError, match="sparse"):
         load(tiny_dense_checkpoint, kv_dtype="bfloat16")
+
+
+@pytest.mark.parametrize("variant", ["sparse", "sparse-int8"])
+def test_union_prefill_equals_gather_prefill(tiny_checkpoint, variant):
+    """Prefill through one masked SDPA over the chunk's planned slots equals the kernel's per-query gathers."""
+    lm = load(tiny_checkpoint, planner=WindowPlanner(), quantize="int8" if "int8" in variant else None)
+    ids = lm.tokenizer.encode(PARAGRAPHS[3] + PARAGRAPHS[4])[:120]
+
+    def run(union):
+        lm.backend.union_prefill = union
+        return Session(lm, ctx_size=128, prefill_chunk=32).feed(ids, all_logits=True)
+    a, b = run(True), run(False)
+    torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)

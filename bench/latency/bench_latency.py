@@ -69,7 +69,7 @@ def fmt_mib(b):
 
 def markdown(res: dict) -> str:
     m = res["machine"]
-    lines = [f"# Latency: {res['model']}", "",
+    lines = [f"# Latency: {res['model']}" + (f", weights {res['weights']}" if res.get("weights") else ""), "",
              f"Machine: {m['host']}, {m['cpu']}, {m['cores']} cores, "
              f"{(m['memory_bytes'] or 0) / 2**30:.0f} GiB, torch {m['torch']}, {m['date']}. "
              f"Load average at start {res['loadavg_start']}, end {res['loadavg_end']} "
@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--modes", default="full", help="ASA modes to run (random model only), e.g. full,none")
     ap.add_argument("--dense-max", type=int, default=8192, help="skip dense runs above this context (O(N^2))")
     ap.add_argument("--threads", default="1", help="comma list of torch thread counts")
+    ap.add_argument("--dtype", default=None, help="weights: bfloat16 (AMX / avx512_bf16 CPUs) or float32")
+    ap.add_argument("--quantize", default=None, help="int8 weight-only")
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--max-kv-size", type=int, default=2048, help="also run bounded at contexts above it (0 = no)")
@@ -119,7 +121,7 @@ def main():
                 if mode == "none" and L > a.dense_max:
                     continue
                 base = dict(model=a.model, mode=mode, threads=threads, context=L, gen=a.gen,
-                            prefill_chunk=a.prefill_chunk)
+                            prefill_chunk=a.prefill_chunk, dtype=a.dtype, quantize=a.quantize)
                 bounds = [None] + ([a.max_kv_size] if a.max_kv_size and mode != "none" and L > a.max_kv_size
                                    else [])
                 for kv in bounds:
@@ -127,7 +129,7 @@ def main():
                     runs.append(r)
                     print(json.dumps(r), flush=True)
     desc = next((r["model_desc"] for r in runs if "model_desc" in r), a.model)
-    res = {"model": desc, "machine": common.machine(), "loadavg_start": start, "loadavg_end": common.loadavg(),
+    res = {"model": desc, "weights": a.quantize or a.dtype, "machine": common.machine(), "loadavg_start": start, "loadavg_end": common.loadavg(),
            "command": "python bench/latency/bench_latency.py " + " ".join(sys.argv[1:]), "runs": runs}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
