@@ -151,8 +151,15 @@ def save_artifact(path, feats: list[str], weights: np.ndarray, tagdict: dict[str
 
 
 def lex_strings(lex: dict[str, tuple[int, int, int]]) -> dict[str, tuple[str, str, str]]:
-    """Integer lexicon values -> the feature-value strings the templates use."""
-    return {w: (str(a), str(b), str(c)) for w, (a, b, c) in lex.items()}
+    """Integer lexicon values -> the feature-value strings the templates use (one tuple per distinct value)."""
+    memo: dict[tuple, tuple[str, str, str]] = {}
+    out = {}
+    for w, v in lex.items():
+        t = memo.get(v)
+        if t is None:
+            t = memo[v] = (str(v[0]), str(v[1]), str(v[2]))
+        out[w] = t
+    return out
 
 
 class CausalTagger:
@@ -185,14 +192,14 @@ class CausalTagger:
         self._p2_none = self._sum(prev2_features(None, lex))
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None) -> "CausalTagger":
+    def load(cls, path: str | os.PathLike | None = None) -> CausalTagger:
         with np.load(ARTIFACT if path is None else path, allow_pickle=False) as z:
             meta = json.loads(_unpack(z["meta"])[0])
             if meta.get("format") != FORMAT_VERSION or tuple(meta.get("upos", ())) != UPOS:
                 raise ValueError(f"tagger artifact {path or ARTIFACT}: unsupported format or tag set")
             feats = _unpack(z["features"])
             tagdict = dict(zip(_unpack(z["tagdict_words"]), z["tagdict_tags"].tolist()))
-            lex = dict(zip(_unpack(z["lex_words"]), map(tuple, z["lex_values"].tolist())))
+            lex = dict(zip(_unpack(z["lex_words"]), map(tuple, z["lex_values"].tolist())))  # small ints
             return cls(feats, z["weights"], tagdict, lex_strings(lex), meta)
 
     def _sum(self, feats: list[str]) -> np.ndarray:
