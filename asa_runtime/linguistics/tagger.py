@@ -24,7 +24,7 @@ from asa_runtime.linguistics.features import N_UPOS, UPOS
 
 ARTIFACT = Path(__file__).with_name("artifacts") / "tagger.npz"
 FORMAT_VERSION = 1
-_CACHE_MAX = 200_000  # per-word caches are dropped wholesale past this many entries (bounded memory)
+_CACHE_MAX = 50_000  # per-word caches (~0.3 KB an entry) are dropped wholesale past this many entries
 
 # Typographic quotes -> the ASCII ones UD EWT uses.
 _NORM = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201b": "'", "\u2032": "'", "`": "'",
