@@ -30,6 +30,11 @@ def kv_bytes_dense(cfg, n: int, elem: int = 4) -> int:
     return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * n * elem
 
 
+def kv_elem_size(cfg, session) -> int:
+    """Bytes per cached number (the dense comparison uses the same dtype as the cache measured)."""
+    return session.kv_bytes() // (2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * session.slots.n_slots)
+
+
 def worker(cfg: dict) -> dict:
     import torch
 
@@ -57,7 +62,8 @@ def worker(cfg: dict) -> dict:
     return {**cfg, "model_desc": desc,
             "prompt_tps": L / (t1 - t0), "prompt_tps_cpu": L / (c1 - c0),
             "ttft_s": t1 - t0, "gen_tps": n / (t2 - t1), "gen_tps_cpu": n / (c2 - c1),
-            "kv_cache_bytes": session.kv_bytes(), "kv_dense_bytes": kv_bytes_dense(lm.config, L + gen + 8),
+            "kv_cache_bytes": session.kv_bytes(),
+            "kv_dense_bytes": kv_bytes_dense(lm.config, L + gen + 8, elem=kv_elem_size(lm.config, session)),
             "kv_keys_held": int(session.slots.n_used), "evicted": int(session.slots.evicted),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_before_prompt_bytes": rss0, "loadavg_after": common.loadavg()}
