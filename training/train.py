@@ -338,13 +338,13 @@ def train(c: TrainConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens += x.numel() * d.world
-        loss_acc += loss.item()
+        loss_acc = loss_acc + loss.detach()                         # no host sync until the log line
         n_acc += 1
         elapsed = elapsed_before + time.time() - t0
 
         if step % c.log_every == 0 or step == c.max_steps:
             now = time.time()
-            rec = {"kind": "train", "step": step, "tokens": tokens, "loss": loss_acc / n_acc, "lr": lr,
+            rec = {"kind": "train", "step": step, "tokens": tokens, "loss": float(loss_acc) / n_acc, "lr": lr,
                    "grad_norm": None if gnorm is None else float(gnorm), "elapsed_s": round(elapsed, 2),
                    "tok_s": round((tokens - tok_log) / max(now - t_log, 1e-9), 1)}
             emit(rec)

@@ -12,7 +12,8 @@ Two phases, because the device machine cannot read ../shared/data (only the repo
         processes (same --max-steps; a --time-budget-s guard keeps the call inside its limit), final eval on
         the held-out books and WikiText-2 valid/test, H6 on both dense models (plan as trained, and
         bonds only: window 0, sinks 0), `asa-train compare`. Results come back in $OUT:
-        report.md, compare.json, *.png and reproduction.tar.gz (every run's metrics, summary, logs, H6 json).
+        report.md, compare.json, loss_curves.png and reproduction.tar.gz (results/ with every plot, and every
+        run's metrics, summary, logs, H6 json).
   3. here: unpack into training/results/ and commit (JSON, markdown, PNG; no weights).
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ def sh(args: list[str], log=None, **kw) -> subprocess.Popen:
                             stdout=log or None, stderr=subprocess.STDOUT if log else None, **kw)
 
 
+def prep_args(a) -> list[str]:
+    return ["prepare", "--out", a.prep, "--ctx", str(a.ctx), "--vocab-size", str(a.vocab_size), "--train-words",
+            str(a.train_words), "--valid-books", "4", "--valid-words", str(a.valid_words)] + \
+        (["--no-wikitext"] if a.no_wikitext else [])
+
+
 def run_ok(args: list[str]):
     p = sh(args)
     if p.wait() != 0:
@@ -45,8 +52,7 @@ def run_ok(args: list[str]):
 
 
 def local(a):
-    run_ok(["prepare", "--out", a.prep, "--ctx", str(a.ctx), "--vocab-size", str(a.vocab_size),
-            "--train-words", str(a.train_words), "--valid-books", "4", "--valid-words", str(a.valid_words)])
+    run_ok(prep_args(a))
     size = sum(f.stat().st_size for f in Path(a.prep).iterdir())
     print(f"{a.prep}: {size / 2**20:.1f} MiB (carry it to the device)")
 
@@ -60,9 +66,7 @@ def device(a):
     # 1. plans for every ASA mode (cached in the prepared folder; multiprocessing over all cores)
     for mode in ASA_MODES:
         t = time.time()
-        run_ok(["prepare", "--out", a.prep, "--ctx", str(a.ctx), "--vocab-size", str(a.vocab_size),
-                "--train-words", str(a.train_words), "--valid-books", "4", "--valid-words", str(a.valid_words),
-                "--mode", mode, "--k", str(a.k)])
+        run_ok(prep_args(a) + ["--mode", mode, "--k", str(a.k)])
         print(f"plans {mode}: {time.time() - t:.0f} s", flush=True)
     left = a.deadline_s - (time.time() - t0) - a.reserve_s
     print(f"prepare done at {time.time() - t0:.0f} s; training budget {left:.0f} s per run", flush=True)
@@ -77,7 +81,7 @@ def device(a):
                     "--preset", a.preset, "--batch-size", str(a.batch_size), "--max-steps", str(a.max_steps),
                     "--warmup", str(a.warmup), "--lr", str(a.lr), "--min-lr", str(a.lr / 10),
                     "--eval-every", str(a.eval_every), "--eval-windows", str(a.eval_windows), "--log-every", "25",
-                    "--time-budget-s", str(max(30, int(left))), "--device", "cuda"]
+                    "--time-budget-s", str(max(30, int(left))), "--device", a.device]
             if a.compile:
                 args.append("--compile")
             procs.append((name, sh(args, log=log), log))
@@ -94,7 +98,7 @@ def device(a):
             continue
         for tag, extra in (("trained", []), ("bonds", ["--window", "0", "--sinks", "0"])):
             p = sh(["h6", "--model", str(dense / "model"), "--data", a.prep, "--mode", "full", "--windows",
-                    str(a.h6_windows), "--device", "cuda", "--json", str(dense / f"h6_{tag}.json"), *extra])
+                    str(a.h6_windows), "--device", a.device, "--json", str(dense / f"h6_{tag}.json"), *extra])
             p.wait()
     print(f"h6 done at {time.time() - t0:.0f} s", flush=True)
 
@@ -102,15 +106,17 @@ def device(a):
     res = out / "results"
     p = sh(["compare", *[str(d) for d in sorted(runs.iterdir()) if d.is_dir()], "--out", str(res)])
     p.wait()
-    for f in res.iterdir():
-        shutil.copy(f, out / f.name)
-    shutil.rmtree(res)
+    for name in ("report.md", "compare.json", "loss_curves.png"):      # $OUT returns at most 8 files
+        if (res / name).is_file():
+            shutil.copy(res / name, out / name)
     with tarfile.open(out / "reproduction.tar.gz", "w:gz") as tar:
+        tar.add(res, arcname="results")
         for f in sorted(runs.rglob("*")):
             if f.is_file() and (f.suffix in (".json", ".jsonl", ".log") or f.name == "README.md") \
                     and "state" not in f.parts and f.name != "tokenizer.json":
                 tar.add(f, arcname=str(f.relative_to(runs.parent)))
         tar.add(Path(a.prep) / "meta.json", arcname="prep_meta.json")
+    shutil.rmtree(res)
     (out / "timing.json").write_text(json.dumps({"total_s": round(time.time() - t0, 1)}) + "\n")
     print(f"all done at {time.time() - t0:.0f} s", flush=True)
 
@@ -126,6 +132,7 @@ def main():
     ap.add_argument("--train-words", type=int, default=2_000_000)
     ap.add_argument("--valid-words", type=int, default=250_000)
     ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--no-wikitext", action="store_true", help="(dry runs) skip WikiText-2")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--batch-size", type=int, default=32)
@@ -136,6 +143,7 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=512, help="held-out windows per periodic eval")
     ap.add_argument("--h6-windows", type=int, default=128)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--device", default="cuda", help="cpu for a dry run of the pipeline")
     ap.add_argument("--deadline-s", type=float, default=560, help="whole device phase must end by then")
     ap.add_argument("--reserve-s", type=float, default=90, help="kept for final eval, H6 and the report")
     a = ap.parse_args()
