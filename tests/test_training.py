@@ -235,3 +235,41 @@ def test_cli_errors_are_one_line(prepared, tmp_path):
     assert r.exit_code == 1 and "missing config.json" in r.output
     r = CliRunner().invoke(cli, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "y")])
     assert r.exit_code == 1 and "not a prepared data folder" in r.output
+
+
+def _real_planner_or_skip():
+    try:
+        from asa_runtime.linguistics.planner import Planner
+        Planner(PlanConfig(mode="full", k=8)).plan(["The", " cat"])
+    except (ImportError, FileNotFoundError, OSError) as e:
+        pytest.skip(f"linguistic planner not available: {e}")
+
+
+@pytest.mark.parametrize("mode", ["full", "pos_only", "features_only", "random"])
+def test_real_planner_cache_obeys_contract_and_trains(prepared, tmp_path, mode):
+    """The cached plans of the real planner obey the AttentionPlan contract and drive a training step."""
+    _real_planner_or_skip()
+    import shutil
+    root = tmp_path / "prep"
+    shutil.copytree(prepared, root)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["plans"] = {}
+    (root / "meta.json").write_text(json.dumps(meta))
+    prepare_plans(root, mode, PlanConfig(mode=mode, k=16), splits=("valid",), workers=1, progress=False,
+                  log=lambda *_: None)
+    prep = Prepared.open(root)
+    plans = np.asarray(prep.plans("valid", mode)).astype(np.int32)
+    validate_rows(plans)
+    assert plans.shape[1:] == (CTX, 16) and (plans[..., 1] >= 0).any()
+    # equals planning the window directly from its pieces
+    from asa_runtime.linguistics.planner import Planner
+    pieces = prep.tokenizer().pieces
+    w = prep.windows("valid") - 1
+    direct = Planner(PlanConfig(mode=mode, k=16)).plan([pieces[t] for t in prep.tokens("valid")[w * CTX:(w + 1) * CTX]])
+    assert np.array_equal(plans[w], direct)
+    torch.manual_seed(0)
+    model = Transformer(_cfg(plan=PlanConfig(mode=mode, k=16)))
+    x, y, keys = prep.batch("valid", mode, np.arange(2))
+    logits = model(torch.from_numpy(x), torch.from_numpy(keys))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
