@@ -121,9 +121,14 @@ def from_model(model, tokenizer, planner=None, device="cpu", backend="torch", kv
         from .linguistics.planner import Planner
 
         planner = Planner(cfg.plan)
+    # in-memory weights have no file checksums: fingerprint the first values of every tensor instead
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().flatten()[:256].float().cpu().numpy().tobytes())
     be = make_backend(backend, model, device=device, kv_dtype=kv_dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, planner=planner, config=cfg, backend=be, device=device,
-                       model_hash=model_hash(cfg.to_dict()))
+                       model_hash=model_hash(cfg.to_dict(), dtype=f"{h.hexdigest()}/{kv_dtype}"))
 
 
 # ---- one sequence in flight ------------------------------------------------------------------------

@@ -90,34 +90,39 @@ class TorchBackend:
         self._head = matvec(self.model.output)
         return True
 
+    def _norm(self, norm, x):
+        # RMSNorm as one fused op; float32 models match the module exactly, others round like it does
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
+        return F.rms_norm(x.float(), norm.weight.shape, None, norm.eps).to(x.dtype) * norm.weight
+
     def _decode_fast(self, token: int, n_keys: int, pos: int, slot: int) -> torch.Tensor:
         m, cfg = self.model, self.cfg
         H, Hkv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        g, nqk, ffn = H // Hkv, (cfg.n_head + cfg.n_kv_head) * cfg.head_dim, cfg.ffn_hidden
-        scale = 1.0 / math.sqrt(hs)
+        nqk, ffn = (cfg.n_head + cfg.n_kv_head) * cfg.head_dim, cfg.ffn_hidden
         rc = m._rope(pos + 1)[pos]                                      # (hs/2, 2)
-        cos, sin = rc[:, 0], rc[:, 1]
+        rot_c = torch.view_as_complex(rc.contiguous())                  # (hs/2,) cos + i sin
         idx = None if n_keys < 0 else self._row[0, 0, :n_keys]          # (n,) slots, padding stripped
         x = m.tok_embeddings.weight[token]                              # (d,)
+        dt = x.dtype
         for li, layer in enumerate(m.layers):
             cache = layer.attention.kv_cache
-            qkv = self._qkv[li](layer.attention_norm(x))                # ((H + 2 Hkv) hs,)
-            qk = qkv[:nqk].float().view(H + Hkv, hs // 2, 2)
-            q0, q1 = qk[..., 0], qk[..., 1]
-            rot = torch.stack([q0 * cos - q1 * sin, q1 * cos + q0 * sin], -1).view(H + Hkv, hs).to(x.dtype)
+            qkv = self._qkv[li](self._norm(layer.attention_norm, x))    # ((H + 2 Hkv) hs,)
+            # RoPE on interleaved pairs = complex multiplication by cos + i sin (Llama / GGUF convention)
+            qk = torch.view_as_complex(qkv[:nqk].float().view(H + Hkv, hs // 2, 2))
+            rot = torch.view_as_real(qk * rot_c).view(H + Hkv, hs).to(dt)       # (H + Hkv, hs)
             cache.k[0, :, slot] = rot[H:]                               # (Hkv, hs)
             cache.v[0, :, slot] = qkv[nqk:].view(Hkv, hs)
             if idx is None:                                             # dense: slots 0..pos are positions
-                kg, vg = cache.k[0, :, : pos + 1], cache.v[0, :, : pos + 1]   # (Hkv, n, hs) views
+                kg, vg = cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]     # (1, Hkv, n, hs) views
             else:
-                kg, vg = cache.k[0].index_select(1, idx), cache.v[0].index_select(1, idx)  # (Hkv, n, hs)
-            q = rot[:H].float().view(Hkv, g, hs)                        # (Hkv, g, hs)
-            p = torch.softmax(torch.matmul(q, kg.float().transpose(1, 2)) * scale, -1)   # (Hkv, g, n)
-            y = torch.matmul(p, vg.float()).reshape(H * hs).to(x.dtype)                   # (H hs,)
-            x = x + self._wo[li](y)
-            gu = self._w13[li](layer.ffn_norm(x))                       # (2 ffn,)
+                kg, vg = cache.k.index_select(2, idx), cache.v.index_select(2, idx)  # (1, Hkv, n, hs)
+            q = rot[:H].float().view(1, H, 1, hs)                       # (1, H, 1, hs)
+            y = F.scaled_dot_product_attention(q, kg.float(), vg.float(), enable_gqa=H != Hkv)  # (1, H, 1, hs)
+            x = x + self._wo[li](y.view(H * hs).to(dt))
+            gu = self._w13[li](self._norm(layer.ffn_norm, x))           # (2 ffn,)
             x = x + self._w2[li](F.silu(gu[:ffn]) * gu[ffn:])
-        return self._head(m.norm(x)).float()                            # (V,)
+        return self._head(self._norm(m.norm, x)).float()                # (V,)
 
     # ---- cache ----------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -45,7 +45,7 @@ def worker(cfg: dict) -> dict:
     lm, desc = common.build_model(cfg["model"], cfg["mode"], quantize=cfg.get("quantize"), dtype=cfg.get("dtype"))
     L, gen = cfg["context"], cfg["gen"]
     ids = common.text_ids(lm.tokenizer, L)
-    session = Session(lm, ctx_size=L + gen + 8, max_kv_size=cfg.get("max_kv_size"),
+    session = Session(lm, ctx_size=L + gen + cfg.get("warmup", 0) + 8, max_kv_size=cfg.get("max_kv_size"),
                       prefill_chunk=cfg["prefill_chunk"])
     sampler = Sampler(temp=0.0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -53,6 +53,10 @@ def worker(cfg: dict) -> dict:
     logits = session.feed(ids)
     tok = sampler(logits[: session.n_vocab], ids)
     t1, c1 = time.perf_counter(), time.process_time()
+    for _ in range(cfg.get("warmup", 0)):       # llama-bench style warm-up: first-call costs are not speed
+        logits = session.step(tok)
+        tok = sampler(logits[: session.n_vocab], ())
+    t1w, c1w = time.perf_counter(), time.process_time()
     n = 0
     for _ in range(gen):
         logits = session.step(tok)
@@ -61,9 +65,9 @@ def worker(cfg: dict) -> dict:
     t2, c2 = time.perf_counter(), time.process_time()
     return {**cfg, "model_desc": desc,
             "prompt_tps": L / (t1 - t0), "prompt_tps_cpu": L / (c1 - c0),
-            "ttft_s": t1 - t0, "gen_tps": n / (t2 - t1), "gen_tps_cpu": n / (c2 - c1),
+            "ttft_s": t1 - t0, "gen_tps": n / (t2 - t1w), "gen_tps_cpu": n / (c2 - c1w),
             "kv_cache_bytes": session.kv_bytes(),
-            "kv_dense_bytes": kv_bytes_dense(lm.config, L + gen + 8, elem=kv_elem_size(lm.config, session)),
+            "kv_dense_bytes": kv_bytes_dense(lm.config, session.ctx_size, elem=kv_elem_size(lm.config, session)),
             "kv_keys_held": int(session.slots.n_used), "evicted": int(session.slots.evicted),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "rss_before_prompt_bytes": rss0, "loadavg_after": common.loadavg()}
@@ -111,7 +115,8 @@ def main():
     ap.add_argument("--threads", default="1", help="comma list of torch thread counts")
     ap.add_argument("--dtype", default=None, help="weights: bfloat16 (AMX / avx512_bf16 CPUs) or float32")
     ap.add_argument("--quantize", default=None, help="int8 weight-only")
-    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=8, help="decode steps before timing generation")
     ap.add_argument("--prefill-chunk", type=int, default=512)
     ap.add_argument("--max-kv-size", type=int, default=2048, help="also run bounded at contexts above it (0 = no)")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -127,7 +132,7 @@ def main():
                 if mode == "none" and L > a.dense_max:
                     continue
                 base = dict(model=a.model, mode=mode, threads=threads, context=L, gen=a.gen,
-                            prefill_chunk=a.prefill_chunk, dtype=a.dtype, quantize=a.quantize)
+                            prefill_chunk=a.prefill_chunk, dtype=a.dtype, quantize=a.quantize, warmup=a.warmup)
                 bounds = [None] + ([a.max_kv_size] if a.max_kv_size and mode != "none" and L > a.max_kv_size
                                    else [])
                 for kv in bounds:
