@@ -19,9 +19,9 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,10 +84,8 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
          backend: str = "torch", kv_dtype=None, planner=None) -> LoadedModel:
     """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError
     (all one-line) on bad input. `planner` overrides the planner built from the model's PlanConfig."""
-    from .checkpoint import load_checkpoint, read_config
+    from .checkpoint import load_checkpoint, parse_dtype, read_config
     from .registry import resolve
-
-    from .checkpoint import parse_dtype
 
     device = check_device(device)
     path = resolve(name_or_path)
@@ -510,6 +508,20 @@ def format_stats(r: GenerationResponse) -> str:
             f"{r.peak_memory / 2**20:.1f} MiB (KV cache {r.kv_cache_bytes / 2**20:.1f} MiB)")
 
 
-__all__ = ["load", "from_model", "LoadedModel", "Session", "prefill", "decode_one_token", "generate_step",
-           "stream_generate", "generate", "GenerationResponse", "GenerationError", "CacheFull",
-           "StreamingDetokenizer", "StopMatcher", "format_stats"]
+__all__ = [
+    "CacheFull",
+    "GenerationError",
+    "GenerationResponse",
+    "LoadedModel",
+    "Session",
+    "StopMatcher",
+    "StreamingDetokenizer",
+    "decode_one_token",
+    "format_stats",
+    "from_model",
+    "generate",
+    "generate_step",
+    "load",
+    "prefill",
+    "stream_generate",
+]

@@ -12,7 +12,7 @@ last entry is -1, so padding (-1) maps to -1 without a branch.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

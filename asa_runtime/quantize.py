@@ -10,8 +10,8 @@ The perplexity cost is measured by bench/latency/bench_quant.py.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 SCHEMES = ("int8",)
 
@@ -51,7 +51,7 @@ class Int8Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
-    def from_parts(cls, weight_int8: torch.Tensor, scales: torch.Tensor) -> "Int8Linear":
+    def from_parts(cls, weight_int8: torch.Tensor, scales: torch.Tensor) -> Int8Linear:
         """An Int8Linear over already quantized weights (e.g. several layers' rows concatenated)."""
         m = cls.__new__(cls)
         nn.Module.__init__(m)

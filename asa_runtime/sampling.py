@@ -7,8 +7,8 @@ never removes the most likely token, so a draw is always possible.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -4,12 +4,11 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from conftest import PARAGRAPHS
+from test_generate import needs_analyzer
 
 from asa_runtime.cli import main
 from asa_runtime.generate import generate, load
-
-from conftest import PARAGRAPHS
-from test_generate import needs_analyzer
 
 PROMPT = "The old lighthouse keeper"
 

@@ -1,13 +1,11 @@
 """The engine: KV-cache decode equals full recomputation (every plan mode), chunked prefill equals one-shot,
 greedy determinism, seeds, stop strings, streaming text, context limits, prefix reuse."""
-import numpy as np
 import pytest
 import torch
+from conftest import PARAGRAPHS, WindowPlanner, build_tiny_checkpoint
 
 from asa_runtime.config import PlanConfig
 from asa_runtime.generate import GenerationError, Session, generate, load, stream_generate
-
-from conftest import PARAGRAPHS, WindowPlanner, build_tiny_checkpoint
 
 PROMPT = PARAGRAPHS[0][:120]
 

@@ -2,12 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import PARAGRAPHS, WindowPlanner
+from test_generate import needs_analyzer
 
 from asa_runtime.generate import GenerationError, Session, load
 from asa_runtime.kv_policy import CacheFull, SlotMap
-
-from conftest import PARAGRAPHS, WindowPlanner
-from test_generate import needs_analyzer
 
 
 def test_slotmap_identity_without_bound():

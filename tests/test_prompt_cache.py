@@ -2,12 +2,11 @@
 refusal of another model's cache and of damaged files."""
 import pytest
 import torch
+from conftest import PARAGRAPHS, WindowPlanner, build_tiny_checkpoint
+from test_generate import needs_analyzer
 
 from asa_runtime.generate import Session, generate, load
 from asa_runtime.prompt_cache import PromptCacheError, load_prompt_cache, save_prompt_cache
-
-from conftest import PARAGRAPHS, WindowPlanner, build_tiny_checkpoint
-from test_generate import needs_analyzer
 
 
 def greedy_after(s, ids, n=15):

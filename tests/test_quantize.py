@@ -1,13 +1,12 @@
 """int8 weight-only quantization: per-channel scales, both matmul paths, whole-model replacement."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from conftest import PARAGRAPHS, WindowPlanner
+from torch import nn
 
 import asa_runtime.quantize as q
 from asa_runtime.generate import Session, load
-
-from conftest import PARAGRAPHS, WindowPlanner
 
 
 def test_quantize_weight_per_channel():

@@ -4,8 +4,15 @@ import math
 import pytest
 import torch
 
-from asa_runtime.sampling import (Sampler, SamplerConfig, apply_repeat_penalty, draw, min_p_filter, top_k_filter,
-                                  top_p_filter)
+from asa_runtime.sampling import (
+    Sampler,
+    SamplerConfig,
+    apply_repeat_penalty,
+    draw,
+    min_p_filter,
+    top_k_filter,
+    top_p_filter,
+)
 
 
 def kept(logits):
@@ -71,12 +78,11 @@ def test_greedy_is_argmax_and_ignores_seed():
 def test_seed_reproducible_and_seeds_differ():
     x = torch.zeros(1000)                                    # uniform: every draw is informative
     cfg = dict(temp=1.0, top_k=0, top_p=1.0, min_p=0.0)
-    a = [Sampler(seed=7, **cfg)(x) for _ in range(1)] + [None]
     s1, s2, s3 = Sampler(seed=7, **cfg), Sampler(seed=7, **cfg), Sampler(seed=8, **cfg)
     d1 = [s1(x) for _ in range(30)]
     assert d1 == [s2(x) for _ in range(30)]
     assert d1 != [s3(x) for _ in range(30)]
-    assert a[0] == d1[0]
+    assert len(set(d1)) > 20                                 # draws, not a constant
 
 
 def test_draws_follow_the_filtered_distribution():

@@ -52,4 +52,4 @@ def make_backend(name: str, model, device="cpu", kv_dtype=None) -> Backend:
     raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "make_backend"]

@@ -15,18 +15,17 @@ model's Linear layers are re-pointed at row slices of the fused tensors, so noth
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model, device="cpu", kv_dtype=None, fast_decode: bool = True, union_prefill: bool = True):
+    def __init__(self, model, device="cpu", kv_dtype=None, fast_decode: bool = True,
+                 union_prefill: bool = True):
         self.model = model
         self.cfg = model.cfg
         self.device = torch.device(device)
@@ -40,8 +39,8 @@ class TorchBackend:
         self._pos_np = np.zeros(1, dtype=np.int64)
         self._slot_np = np.zeros(1, dtype=np.int64)
         self._row_np = np.full((1, 1, model.cfg.plan.k), -1, dtype=np.int64)
-        self._idx, self._pos, self._slot, self._row = (torch.from_numpy(a) for a in
-                                                       (self._idx_np, self._pos_np, self._slot_np, self._row_np))
+        self._idx, self._pos, self._slot, self._row = (
+            torch.from_numpy(a) for a in (self._idx_np, self._pos_np, self._slot_np, self._row_np))
         self._slot_ar: torch.Tensor | None = None    # (S,) arange for the dense baseline's mask
         self.fast_decode = fast_decode and self._fuse_weights()
         self.union_prefill = union_prefill
@@ -118,7 +117,7 @@ class TorchBackend:
             else:
                 kg, vg = cache.k.index_select(2, idx), cache.v.index_select(2, idx)  # (1, Hkv, n, hs)
             q = rot[:H].float().view(1, H, 1, hs)                       # (1, H, 1, hs)
-            y = F.scaled_dot_product_attention(q, kg.float(), vg.float(), enable_gqa=H != Hkv)  # (1, H, 1, hs)
+            y = F.scaled_dot_product_attention(q, kg.float(), vg.float(), enable_gqa=H != Hkv)  # (1,H,1,hs)
             x = x + self._wo[li](y.view(H * hs).to(dt))
             gu = self._w13[li](self._norm(layer.ffn_norm, x))           # (2 ffn,)
             x = x + self._w2[li](F.silu(gu[:ffn]) * gu[ffn:])
@@ -162,7 +161,8 @@ class TorchBackend:
         for i, c in enumerate(caches):
             k, v = tensors[2 * i], tensors[2 * i + 1]
             if tuple(k.shape[0:1] + k.shape[2:]) != (c.k.shape[1], c.k.shape[3]) or k.shape[1] > c.k.shape[2]:
-                raise ValueError(f"cache tensor of shape {tuple(k.shape)} does not fit cache {tuple(c.k.shape)}")
+                raise ValueError(f"cache tensor of shape {tuple(k.shape)} does not fit cache "
+                                 f"{tuple(c.k.shape)}")
             n = k.shape[1]
             c.k[0, :, :n].copy_(k)
             c.v[0, :, :n].copy_(v)
@@ -176,7 +176,7 @@ class TorchBackend:
         m = self.model
         rc = m._rope(int(input_pos[-1]) + 1)[input_pos]             # positions are ascending: last is max
         attn_mask = None
-        if keys is None:                                            # dense: slot == position, mask by position
+        if keys is None:                                            # dense: slot == position, mask by it
             attn_mask = self._slot_ar[None, :] <= input_pos[:, None]  # (T, S)
         x = m.tok_embeddings(idx)                                   # (1, T, d)
         for layer in m.layers:

@@ -73,7 +73,8 @@ class Chat:
         if ids is None:
             raise GenerationError(f"message too long for the context ({ctx} tokens)")
         out = []
-        for r in stream_generate(self.lm, ids, max_new, sampler=self.sampler, stop=STOPS, session=self.session):
+        for r in stream_generate(self.lm, ids, max_new, sampler=self.sampler, stop=STOPS,
+                                 session=self.session):
             out.append(r.text)
             self.last = r
             yield r.text

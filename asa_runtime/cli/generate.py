@@ -42,7 +42,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from asa_runtime.kv_policy import CacheFull
     from asa_runtime.registry import RegistryError
 
-    return (RegistryError, CheckpointError, GenerationError, CacheFull, OSError, UnicodeDecodeError, ValueError)
+    return (RegistryError, CheckpointError, GenerationError, CacheFull, OSError, UnicodeDecodeError,
+            ValueError)
 
 
 def one_line(e: BaseException) -> str:
@@ -62,7 +63,8 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
         try:
             prompt = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise click.ClickException(f"{file} is not UTF-8 text (invalid byte at offset {e.start})") from None
+            raise click.ClickException(f"{file} is not UTF-8 text (invalid byte at offset {e.start})") \
+                from None
     if not prompt.strip():
         raise click.ClickException("empty prompt" + (f" ({file} has no text)" if file else ""))
     return prompt

@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
+import common
 
 
 def kv_bytes_dense(cfg, n: int, elem: int = 4) -> int:
