@@ -79,6 +79,26 @@ def analyzer_info() -> dict:
     return {"version": getattr(linguistics, "__version__", None), "artifacts": arts}
 
 
+def model_analyzer(path, raw_config: dict):
+    """The analyzer a model was trained with: its folder's analyzer/ copy, else the package's artifacts
+    when their sha256 match what config.json recorded. A mismatch would silently change every plan, so
+    it is an error."""
+    from .linguistics.analyzer import Analyzer
+
+    path = Path(path)
+    want = (raw_config.get("analyzer") or {}).get("artifacts") or {}
+    local = path / ANALYZER_DIR
+    if local.is_dir() and any(local.iterdir()):
+        have = {p.name: sha256_file(p) for p in sorted(local.iterdir()) if p.is_file()}
+        if want and have != want:
+            raise CheckpointError(f"{local}: analyzer artifacts differ from those recorded in config.json")
+        return Analyzer.load(local)
+    if want and analyzer_info()["artifacts"] != want:
+        raise CheckpointError(f"{path.name} was trained with analyzer artifacts that are neither in its folder "
+                              f"nor in this package (sha256 mismatch); reinstall the matching asa-runtime")
+    return Analyzer.default()
+
+
 def model_state(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Persistent weights, contiguous, on CPU; a tied output head is dropped (it is the embedding)."""
     sd = model.state_dict()
@@ -108,8 +128,10 @@ def _shard(state: dict[str, torch.Tensor], shard_bytes: int) -> list[dict[str, t
 
 
 def save_checkpoint(path, model, tokenizer: Tokenizer, card: str | None = None, dtype=None,
-                    shard_bytes: int = 16 * 2**20, meta: dict | None = None) -> Path:
-    """Write the model folder at `path` (created; existing files of the same names are replaced)."""
+                    shard_bytes: int = 16 * 2**20, meta: dict | None = None, copy_analyzer: bool = True) -> Path:
+    """Write the model folder at `path` (created; existing files of the same names are replaced).
+    copy_analyzer=False records the analyzer artifacts' sha256 without copying them (the models shipped
+    inside the package use the package's own artifacts; see model_analyzer)."""
     from safetensors.torch import save_file
 
     from . import __version__
@@ -140,7 +162,7 @@ def save_checkpoint(path, model, tokenizer: Tokenizer, card: str | None = None, 
 
     tokenizer.save(path / TOKENIZER)
     info = analyzer_info()
-    if info["artifacts"]:
+    if info["artifacts"] and copy_analyzer:
         (path / ANALYZER_DIR).mkdir(exist_ok=True)
         for name in info["artifacts"]:
             shutil.copyfile(ARTIFACTS / name, path / ANALYZER_DIR / name)

@@ -103,9 +103,10 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
 
         quantize_model(ck.model, quantize)
     if planner is None and not ck.config.plan.dense:
+        from .checkpoint import model_analyzer
         from .linguistics.planner import Planner
 
-        planner = Planner(ck.config.plan)
+        planner = Planner(ck.config.plan, analyzer=model_analyzer(path, raw))
     be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype)
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
                        path=path, device=device, model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}"),
