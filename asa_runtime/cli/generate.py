@@ -12,27 +12,9 @@ import click
 
 from asa_runtime.backends import BACKENDS
 
-from . import main
+from . import OneLineCommand, main  # noqa: F401  (OneLineCommand re-exported for chat)
 
 DEVICES = ("cpu", "cuda", "mps")
-
-
-class OneLineCommand(click.Command):
-    """A click command whose usage errors print as one `Error: ...` line (exit code 2)."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as e:
-            e.ctx = None                       # no "Usage: ..." banner and hint: one line only
-            raise
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as e:          # raised by the command body (e.g. prompt and file both given)
-            e.ctx = None
-            raise
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
