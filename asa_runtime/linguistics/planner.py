@@ -29,7 +29,7 @@ import numpy as np
 from ..config import PlanConfig
 from .analyzer import Analyzer, AnalyzerState
 from .features import AGR_BIT
-from .rules import NOMINAL_MASK, POS_COMPAT, PRON, feature_block
+from .rules import NOMINAL_MASK, POS_COMPAT, PRON, VERB, agreement_conflict, feature_block
 from .segment import SPACE, Segmenter
 
 ANTECEDENT_MEMORY = 32           # nominal words remembered for cross-sentence pronoun antecedents
@@ -97,10 +97,16 @@ class IncrementalPlan:
             for p in pieces:
                 self.st.push(p)
             return None
-        out = np.full((len(pieces), self.cfg.k), -1, dtype=np.int32)
+        # rows are collected flat and scattered once: a numpy assignment per row would cost more than the row
+        flat: list[int] = []
+        lens = np.empty(len(pieces), dtype=np.int64)
+        row = self._row
         for t, p in enumerate(pieces):
-            keys = self._row(p)
-            out[t, : len(keys)] = keys
+            keys = row(p)
+            flat += keys
+            lens[t] = len(keys)
+        out = np.full((len(pieces), self.cfg.k), -1, dtype=np.int32)
+        out[np.arange(self.cfg.k)[None, :] < lens[:, None]] = flat
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -190,10 +196,24 @@ class IncrementalPlan:
         else:
             cands = [j for j in span if w_kind[j] != SPACE]
         if use_feat and q_has:
-            cands = [j for j in cands
-                     if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
-                             and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
-                                               w_subj[j], w_obj[j], w_clause[j] == cl, use_pos))]
+            if use_pos:
+                # Only three kinds of pair can be blocked (rules.feature_block): verb -> nominal (subject
+                # selection), nominal -> verb with an object restriction, pronoun -> nominal (agreement,
+                # binding). Test the cheap role condition first; call the rule only for those pairs.
+                q_nom = NOMINAL_MASK >> uq & 1
+                want_nom = (uq == VERB and rq) or uq == PRON
+                want_verb = q_nom and sq
+                if want_nom or want_verb:
+                    cands = [j for j in cands
+                             if not (((want_nom and NOMINAL_MASK >> w_upos[j] & 1) or
+                                      (want_verb and w_upos[j] == VERB and w_obj[j]))
+                                     and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
+                                                       w_subj[j], w_obj[j], w_clause[j] == cl, True))]
+            else:
+                cands = [j for j in cands
+                         if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
+                                 and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
+                                                   w_subj[j], w_obj[j], w_clause[j] == cl, False))]
         for j in cands:
             e = w_start[j + 1]
             if e - w_start[j] == 1:
@@ -211,14 +231,22 @@ class IncrementalPlan:
         if not is_pron or aq & AGR_BIT["REFLEXIVE"]:
             return ()
         sent, sq = st.w_sent[w], st.w_sem[w]
+        w_sent, w_sem, w_agr, w_start = st.w_sent, st.w_sem, st.w_agr, st.w_start
+        use_feat, use_pos = self._use_feat, self._use_pos
         toks = []
         for j in reversed(self._antecedents):
-            if st.w_sent[j] == sent:
+            if w_sent[j] == sent:
                 continue                     # same sentence: the bonded scan decides
-            if self._use_feat and feature_block(uq, sq, aq, 0, 0, st.w_text[w], st.w_upos[j], st.w_sem[j],
-                                                st.w_agr[j], 0, 0, False, self._use_pos):
-                continue
-            toks.extend(range(st.w_start[j + 1] - 1, st.w_start[j] - 1, -1))
+            if use_feat:
+                # across sentences only agreement can block a pronoun -> nominal pair (binding needs one
+                # clause); features_only reads roles from the features, so it asks the full rule
+                if use_pos:
+                    if agreement_conflict(aq, sq, w_agr[j], w_sem[j]):
+                        continue
+                elif feature_block(uq, sq, aq, 0, 0, st.w_text[w], st.w_upos[j], w_sem[j], w_agr[j],
+                                   0, 0, False, False):
+                    continue
+            toks.extend(range(w_start[j + 1] - 1, w_start[j] - 1, -1))
         return toks
 
     def _strided(self, i: int):
