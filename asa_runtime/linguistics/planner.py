@@ -97,16 +97,20 @@ class IncrementalPlan:
             for p in pieces:
                 self.st.push(p)
             return None
-        # rows are collected flat and scattered once: a numpy assignment per row would cost more than the row
-        flat: list[int] = []
-        lens = np.empty(len(pieces), dtype=np.int64)
+        # rows are collected flat and scattered per block of rows: one numpy assignment per row would cost
+        # more than building the row, and a block bounds the Python ints held at once
+        n, K = len(pieces), self.cfg.k
+        out = np.full((n, K), -1, dtype=np.int32)
+        cols = np.arange(K)[None, :]
         row = self._row
-        for t, p in enumerate(pieces):
-            keys = row(p)
-            flat += keys
-            lens[t] = len(keys)
-        out = np.full((len(pieces), self.cfg.k), -1, dtype=np.int32)
-        out[np.arange(self.cfg.k)[None, :] < lens[:, None]] = flat
+        for s in range(0, n, 1024):
+            flat: list[int] = []
+            lens = np.empty(min(1024, n - s), dtype=np.int64)
+            for t, p in enumerate(pieces[s:s + 1024]):
+                keys = row(p)
+                flat += keys
+                lens[t] = len(keys)
+            out[s:s + len(lens)][cols < lens[:, None]] = flat
         return out
 
     # ------------------------------------------------------------------------------------------
