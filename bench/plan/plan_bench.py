@@ -1,7 +1,7 @@
 """Analyzer + planner benchmark (CPU, one core): throughput, a 32k-token plan's time and peak memory,
 extend() cost versus context length, and plan statistics per mode on WikiText-2.
 
-    python bench/plan_bench.py [--tokens 32768] [--stats-tokens 200000] [--out bench/results]
+    python bench/plan/plan_bench.py [--tokens 32768] [--stats-tokens 200000] [--out bench/results]
 
 Writes plan_bench.json and plan_bench.md. Pieces come from the asa-small tokenizer when it is installed,
 otherwise from word-level pre-tokenization (stated in the results)."""
@@ -25,7 +25,7 @@ from asa_runtime.config import PlanConfig  # noqa: E402
 from asa_runtime.linguistics.pieces import word_pieces  # noqa: E402
 from asa_runtime.linguistics.planner import Planner  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -123,7 +123,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--stats-tokens", type=int, default=100_000)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "plan" / "results"))
     a = ap.parse_args()
     text = prose(a.tokens * 8)
     pieces, tok_name = load_pieces(text)
@@ -143,7 +143,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "plan_bench.json").write_text(json.dumps(res, indent=2))
-    lines = [f"# Plan bench\n\nMachine: {res['machine']}. Pieces: {tok_name}. Command: `python bench/plan_bench.py`\n",
+    lines = [f"# Plan bench\n\nMachine: {res['machine']}. Pieces: {tok_name}. Command: `python bench/plan/plan_bench.py`\n",
              "| mode | analyze+plan tok/s (CPU time) | (wall time) |", "|---|---|---|"]
     lines += [f"| {m} | {v['cpu_tok_s']:,.0f} | {v['wall_tok_s']:,.0f} |" for m, v in res["throughput_tok_s"].items()]
     p = res["plan_32k"]
