@@ -7,19 +7,21 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-MODES = ("full", "pos_only", "features_only", "none", "random")
+MODES = ("full", "pos_only", "features_only", "none", "random", "random_bonds")
 
 
 @dataclass
 class PlanConfig:
-    mode: str = "full"          # full | pos_only | features_only | none (dense causal) | random (control)
+    # full | pos_only | features_only | none (dense causal) | random (control: the whole row drawn at random)
+    # | random_bonds (control: self, word, sinks and window kept; only the bonded keys drawn at random)
+    mode: str = "full"
     k: int = 64                 # max keys per query (row length of the AttentionPlan)
     window: int = 16            # local window: the last `window` tokens (0 = off)
     sinks: int = 4              # the first `sinks` tokens of the sequence (0 = off)
     stride: int = 0             # strided global keys: every `stride`-th earlier token (0 = off)
     lookback_words: int = 96    # how many earlier words the bonding search inspects (bounds cost: O(N*L))
     cross_sentence: bool = True  # pronouns may bond to antecedents in earlier sentences
-    seed: int = 0               # for mode "random"
+    seed: int = 0               # for the random controls
 
     def __post_init__(self):
         if self.mode not in MODES:

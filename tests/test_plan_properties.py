@@ -14,7 +14,7 @@ from asa_runtime.linguistics.planner import Planner
 
 WORDS = ("the a dog dogs man woman idea ate saw himself herself him her he she it they them John Mary "
          "quickly big and that who said . , ; ! ? \" ' 's n't un believ able \n\n \n").split(" ")
-SPARSE_MODES = ["full", "pos_only", "features_only", "random"]
+SPARSE_MODES = ["full", "pos_only", "features_only", "random", "random_bonds"]
 
 # token pieces: English-ish words with and without leading spaces, punctuation, newlines, subword splits
 piece = st.one_of(st.sampled_from(WORDS).map(lambda w: " " + w), st.sampled_from(WORDS),
@@ -137,3 +137,22 @@ def test_modes_differ_in_density_on_prose(mode):
         assert n < n_pos                              # feature blocks remove some POS-compatible bonds
     elif mode == "features_only":
         assert n > n_pos                              # no POS gate: denser
+
+
+def test_random_bonds_control_keeps_the_local_part_and_randomises_the_rest():
+    pieces = word_pieces("The man said that the boy hurt himself. He smiled, and the dog barked loudly. " * 20)
+    cfg = dict(k=32, window=4, sinks=2)
+    full = Planner(PlanConfig(mode="full", **cfg)).plan(pieces)
+    rb = Planner(PlanConfig(mode="random_bonds", **cfg)).plan(pieces)
+    validate_rows(rb)
+    assert np.array_equal((full >= 0).sum(1), (rb >= 0).sum(1))              # same row lengths
+    changed = rows_with_bonds = 0
+    for i in range(len(pieces)):
+        f = set(full[i][full[i] >= 0].tolist())
+        r = set(rb[i][rb[i] >= 0].tolist())
+        local = {p for p in f if p < 2 or p >= i - 4}                        # sinks, window, self
+        assert local <= r                                                     # the local part is kept
+        if len(f - local) >= 2:                                               # rows with long-range bonds
+            rows_with_bonds += 1
+            changed += f != r
+    assert rows_with_bonds > 50 and changed >= 0.9 * rows_with_bonds          # their bonded part is redrawn

@@ -28,7 +28,7 @@ from asa_runtime.tokenizer import Tokenizer
 from . import corpus
 
 SPLITS = ("train", "valid", "wt2_valid", "wt2_test")
-PLAN_MODES = ("full", "pos_only", "features_only", "random")
+PLAN_MODES = ("full", "pos_only", "features_only", "random", "random_bonds")
 
 
 # ---- planner hook ------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class IncrementalPlan:
     def __init__(self, planner: Planner):
         self.cfg = cfg = planner.cfg
         self.st: AnalyzerState = planner.analyzer.start()
-        mode = "full" if cfg.mode == "random" else cfg.mode
+        mode = "full" if cfg.mode in ("random", "random_bonds") else cfg.mode
         self._use_pos = mode in ("full", "pos_only")
         self._use_feat = mode in ("full", "features_only")
         self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
@@ -148,6 +148,8 @@ class IncrementalPlan:
         if cfg.mode == "random":
             out = self._random_row(i, len(out))
             out.sort()
+        elif cfg.mode == "random_bonds":
+            out = self._random_bonds_row(i, out, ns, lo)
         return out
 
     def _row_in_priority_order(self, w: int, i: int, ws: int) -> list[int]:
@@ -275,6 +277,28 @@ class IncrementalPlan:
                     break
         return list(picked) + [i]
 
+    def _random_bonds_row(self, i: int, row: list[int], ns: int, lo: int) -> list[int]:
+        """Control: keep the row's self / word / sink / window keys ([0, ns) and [lo, i]); replace the keys
+        the rules chose (bonds, antecedents, strided) by as many uniform draws from [ns, lo), seeded per row.
+        It separates "linguistic" from "local": same row lengths, same local part, random long-range part."""
+        kept = [p for p in row if p < ns or p >= lo]
+        need = len(row) - len(kept)
+        span = lo - ns
+        if need <= 0 or span <= 0:
+            return row
+        if need >= span:
+            drawn = list(range(ns, lo))
+        else:
+            rng = np.random.default_rng((self.cfg.seed, i, 1))
+            picked: dict[int, None] = {}
+            while len(picked) < need:
+                for p in rng.integers(ns, lo, size=2 * need).tolist():
+                    picked.setdefault(p)
+                    if len(picked) == need:
+                        break
+            drawn = list(picked)
+        return sorted(kept + drawn)
+
     # ------------------------------------------------------------------------------------------
     def reachable(self) -> np.ndarray:
         """Sorted positions that any FUTURE row may still select (for KV-cache eviction). Everything else
@@ -283,8 +307,8 @@ class IncrementalPlan:
         n = len(st.tok_word)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if cfg.mode == "random":
-            return np.arange(n, dtype=np.int64)          # the control may pick anything
+        if cfg.mode in ("random", "random_bonds"):
+            return np.arange(n, dtype=np.int64)          # the controls may pick anything
         keep = set(range(min(cfg.sinks, n)))
         keep.update(range(max(0, n - cfg.window), n))
         w = st.tok_word[-1]

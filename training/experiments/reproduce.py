@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ASA_MODES = ("full", "pos_only", "features_only", "random")
+ASA_MODES = ("full", "pos_only", "features_only", "random", "random_bonds")
 ALL_MODES = ("none",) + ASA_MODES
 
 
@@ -64,7 +64,7 @@ def device(a):
     runs.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     # 1. plans for every ASA mode (cached in the prepared folder; multiprocessing over all cores)
-    for mode in ASA_MODES:
+    for mode in [m for m in ASA_MODES if m in a.modes]:
         t = time.time()
         run_ok(prep_args(a) + ["--mode", mode, "--k", str(a.k)])
         print(f"plans {mode}: {time.time() - t:.0f} s", flush=True)
@@ -74,7 +74,7 @@ def device(a):
     # 2. the 10 runs at once on the one GPU
     procs = []
     for seed in a.seeds:
-        for mode in ALL_MODES:
+        for mode in a.modes:
             name = f"{mode}_s{seed}"
             log = open(runs / f"{name}.log", "w")
             args = ["train", "--data", a.prep, "--out", str(runs / name), "--mode", mode, "--seed", str(seed),
@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--no-wikitext", action="store_true", help="(dry runs) skip WikiText-2")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES,
+                    help="modes to train (random_bonds: the control that keeps the local window and sinks)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-steps", type=int, default=4000)
     ap.add_argument("--warmup", type=int, default=200)
