@@ -81,7 +81,9 @@ class Attention(nn.Module):
         if keys is None:                                          # dense causal baseline
             if attn_mask is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv)
-            else:
+            else:                                                 # cached: only the slots written so far
+                S = attn_mask.shape[-1]
+                k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=H != Hkv)
         else:
             y = sparse_attention(q, k, v, keys)                   # (B, H, T, hs)
@@ -166,7 +168,7 @@ class Transformer(nn.Module):
         if self.has_cache:
             slots = input_pos if slots is None else slots
             if keys is None:                                       # dense with a cache: mask by position
-                S = self.layers[0].attention.kv_cache.k.shape[2]
+                S = int(input_pos.max()) + 1                       # dense never evicts: slot == position
                 attn_mask = torch.arange(S, device=idx.device)[None, :] <= input_pos[:, None]  # (T, S)
         keys = None if keys is None else keys.to(idx.device)
         x = self.tok_embeddings(idx)                               # (B, T, d)

@@ -47,7 +47,6 @@ class TokenFeatures:
 class Analyzer:
     """Shipped tagger + lexicon. Stateless; `start()` returns the per-sequence state."""
 
-    VERSION = "1"
 
     def __init__(self, tagger, lexicon):
         self.tagger = tagger
