@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from asa_runtime.config import PlanConfig
 from asa_runtime.model import apply_rope, rope_cache

@@ -1,6 +1,5 @@
 """One device call: the engine on CUDA against the CPU (greedy tokens and logits of asa-small), and CUDA
 decode speed. Run on the device machine: python3 bench/latency/device_check.py"""
-import time
 
 import torch
 
