@@ -133,7 +133,7 @@ def test_subword_pieces_attend_to_the_earlier_pieces_of_their_word():
     pieces = ["The", " un", "believ", "able", " story"]
     rows = Planner(PlanConfig(mode="full", k=64, window=0, sinks=0)).plan(pieces)
     assert {1, 2} <= set(rows[3].tolist())            # "able" sees "un", "believ"
-    assert {1, 2, 3} <= set(rows[4].tolist()) or {3} <= set(rows[4].tolist())
+    assert {1, 2, 3} <= set(rows[4].tolist())            # "story" bonds to every piece of its modifier
 
 
 @pytest.mark.parametrize("mode", ["full", "pos_only", "features_only"])
