@@ -75,7 +75,7 @@ class IncrementalPlan:
         self._use_feat = mode in ("full", "features_only")
         self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
         self._done_word = -1          # last word index known to be complete
-        self._cache_key = None        # (word, upos, sem, agr, subj, obj): the bonded list depends on nothing else
+        self._cache_key = None        # what _bonded read about the query word: same key, same bonded list
         self._cache_bonded: list[int] = []
 
     def __len__(self) -> int:
@@ -181,11 +181,11 @@ class IncrementalPlan:
     def _bonded(self, w: int) -> list[int]:
         """Tokens of the earlier words of w's sentence that w bonds with, most recent first."""
         st = self.st
-        key = (w, st.w_upos[w], st.w_sem[w], st.w_agr[w], st.w_subj[w], st.w_obj[w])
+        # everything the scan reads about the query word (its pieces may still change it)
+        key = (w, st.w_upos[w], st.w_sem[w], st.w_agr[w], st.w_subj[w], st.w_obj[w], st.w_clause[w], st.w_text[w])
         if key == self._cache_key:
             return self._cache_bonded
-        uq, sq, aq, rq, oq, cl = key[1], key[2], key[3], key[4], key[5], st.w_clause[w]
-        qtext = st.w_text[w]
+        uq, sq, aq, rq, oq, cl, qtext = key[1:]
         q_has = sq | aq | rq | oq
         cq = POS_COMPAT[uq]
         use_pos, use_feat = self._use_pos, self._use_feat
