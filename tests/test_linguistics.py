@@ -140,3 +140,13 @@ def test_subword_pieces_attend_to_the_earlier_pieces_of_their_word():
 def test_every_mode_keeps_the_token_itself(mode):
     a = A("Colorless green ideas sleep furiously.", mode=mode)
     assert all(i in r for i, r in enumerate(a.rows))
+
+
+def test_newline_after_a_full_stop_ends_the_sentence_even_before_lowercase():
+    from asa_runtime.linguistics.segment import Segmenter
+
+    seg = Segmenter()
+    # "\n\n" as ONE token, as a BPE tokenizer gives it: the '.' closing must not weaken the newline's boundary
+    sents = [seg.push(p)[3] for p in ["It", " ended", ".", "\n\n", "the", " next", " began", ".", " and", " so"]]
+    assert sents[4] > sents[1]                                  # the newline wins over the lowercase
+    assert sents[8] == sents[6]                                 # "began. and": lowercase, no newline

@@ -16,6 +16,7 @@ which would let later characters change earlier words (not causal at token granu
 from __future__ import annotations
 
 WORD, PUNCT, SPACE = 0, 1, 2
+_NO, _SOFT, _HARD = 0, 1, 2         # pending sentence boundary: none; after a terminator; after a newline
 
 _APOSTROPHES = "'\u2019"
 _CLOSERS = set("\"'\u2019\u201d)]}\u00bb")
@@ -34,16 +35,15 @@ def _is_wordchar(c: str) -> bool:
 class Segmenter:
     """Incremental segmenter. `push(piece)` returns (word_index, starts_new_word, kind, sentence_index)."""
 
-    __slots__ = ("word", "word_text", "word_kind", "sent", "_pending", "_prev_word_lower", "_words_in_sent")
+    __slots__ = ("word", "word_text", "word_kind", "sent", "_pending", "_prev_word_lower")
 
     def __init__(self):
         self.word = -1            # index of the current word
         self.word_text = ""       # text of the current word so far (no surrounding whitespace)
         self.word_kind = SPACE
         self.sent = 0
-        self._pending = False     # a sentence boundary waits for the next word
+        self._pending = _NO       # a sentence boundary waits for the next word
         self._prev_word_lower = ""
-        self._words_in_sent = 0
 
     def _close_word(self):
         """Called when the current word is complete (a new word starts)."""
@@ -51,7 +51,7 @@ class Segmenter:
             core = self.word_text.rstrip("".join(_CLOSERS))
             if core and core[-1] in _TERMINATORS:
                 if not (core == "." and self._prev_word_lower in ABBREVIATIONS):
-                    self._pending = True
+                    self._pending = max(self._pending, _SOFT)    # never weakens a newline's boundary
         if self.word_kind != SPACE:
             self._prev_word_lower = self.word_text.lower()
 
@@ -63,16 +63,13 @@ class Segmenter:
             first = text[:1]
             if first in _CLOSERS and kind == PUNCT:
                 pass                                   # closing quote stays with its sentence
-            elif first.islower() and self._pending != "hard":
-                self._pending = False                  # "etc. and so on": no new sentence
+            elif first.islower() and self._pending == _SOFT:
+                self._pending = _NO                    # "etc. and so on": no new sentence
             else:
                 self.sent += 1
-                self._pending = False
-                self._words_in_sent = 0
+                self._pending = _NO
         self.word_text = text
         self.word_kind = kind
-        if kind != SPACE:
-            self._words_in_sent += 1
 
     def push(self, piece: str):
         if not piece:
@@ -81,7 +78,7 @@ class Segmenter:
         if c0.isspace():
             text = piece.lstrip()
             if "\n" in piece[: len(piece) - len(text)]:
-                self._pending = "hard"                 # newline: always a boundary before the next word
+                self._pending = _HARD                  # newline: always a boundary before the next word
             if not text:
                 self._open_word("", SPACE)
                 return self.word, True, SPACE, self.sent
@@ -102,13 +99,11 @@ class Segmenter:
     # --- state for prompt caches -------------------------------------------------------------
     def state(self) -> dict:
         return {"word": self.word, "word_text": self.word_text, "word_kind": self.word_kind, "sent": self.sent,
-                "pending": self._pending if self._pending != "hard" else 2, "prev": self._prev_word_lower,
-                "wis": self._words_in_sent}
+                "pending": self._pending, "prev": self._prev_word_lower}
 
     @classmethod
     def from_state(cls, d: dict) -> "Segmenter":
         s = cls()
         s.word, s.word_text, s.word_kind, s.sent = d["word"], d["word_text"], d["word_kind"], d["sent"]
-        s._pending = "hard" if d["pending"] == 2 else bool(d["pending"])
-        s._prev_word_lower, s._words_in_sent = d["prev"], d["wis"]
+        s._pending, s._prev_word_lower = int(d["pending"]), d["prev"]
         return s
