@@ -156,3 +156,58 @@ def test_random_bonds_control_keeps_the_local_part_and_randomises_the_rest():
             rows_with_bonds += 1
             changed += f != r
     assert rows_with_bonds > 50 and changed >= 0.9 * rows_with_bonds          # their bonded part is redrawn
+
+
+def _bonded_reference(st_, w, cfg):
+    """Plain statement of the bonding rule: the earlier words of w's sentence within the lookback that are
+    POS-compatible (pos modes) and not blocked by rules.feature_block (feature modes), all their tokens,
+    ascending. No cache, no inlined rule."""
+    from asa_runtime.linguistics.rules import POS_COMPAT, feature_block
+    from asa_runtime.linguistics.segment import SPACE
+    if st_.w_kind[w] == SPACE:
+        return []
+    use_pos = cfg.mode in ("full", "pos_only")
+    use_feat = cfg.mode in ("full", "features_only")
+    lo = max(st_.w_sent_first[w], w - cfg.lookback_words)
+    out = []
+    for j in range(lo, w):
+        if use_pos and not POS_COMPAT[st_.w_upos[w]] >> st_.w_upos[j] & 1:
+            continue
+        if not use_pos and st_.w_kind[j] == SPACE:
+            continue
+        if use_feat and feature_block(st_.w_upos[w], st_.w_sem[w], st_.w_agr[w], st_.w_subj[w], st_.w_obj[w],
+                                      st_.w_text[w], st_.w_upos[j], st_.w_sem[j], st_.w_agr[j], st_.w_subj[j],
+                                      st_.w_obj[j], st_.w_clause[j] == st_.w_clause[w], use_pos):
+            continue
+        out += range(st_.w_start[j], st_.w_start[j + 1])
+    return out
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_incremental_bonded_lists_equal_the_plain_rule(pieces, cfg):
+    """The planner caches bonded lists per query key within a sentence and inlines two feature rules;
+    after every token its answer must equal the rule applied from scratch."""
+    if cfg.mode in ("random", "random_bonds"):
+        cfg = PlanConfig(**{**cfg.to_dict(), "mode": "full"})
+    inc = Planner(cfg).incremental()
+    for p in pieces:
+        inc.extend(p)
+        w = inc.st.tok_word[-1]
+        toks, s0 = inc._bonded(w)
+        assert toks[s0:] == _bonded_reference(inc.st, w, cfg)
+
+
+def test_incremental_bonded_lists_on_prose_with_features():
+    """The same on real prose (nouns, verbs and pronouns with lexical features, long sentences)."""
+    text = ("The old man who had seen the children said that he would feed them himself, and the woman "
+            "thanked him. She ate the bread quickly; the idea ate nothing. They said the dogs saw themselves "
+            "in the water while John and Mary watched her and the boys laughed at him and his big dogs. ") * 3
+    for mode in ("full", "pos_only", "features_only"):
+        cfg = PlanConfig(mode=mode, k=64, lookback_words=20)
+        inc = Planner(cfg).incremental()
+        for p in word_pieces(text):
+            inc.extend(p)
+            w = inc.st.tok_word[-1]
+            toks, s0 = inc._bonded(w)
+            assert toks[s0:] == _bonded_reference(inc.st, w, cfg)

@@ -107,14 +107,16 @@ class AnalyzerState:
         # tagger context: last two complete non-space words of the current sentence (text, tag)
         self._ctx: list[tuple[str, int]] = []
         self._ctx_sent = -1
+        self._clause_base = 0         # clause index the current word starts from (before its own opener)
 
     def __len__(self) -> int:
         return len(self.tok_word)
 
     def push(self, piece: str) -> int:
         """Consume one token piece; return the index of the word it belongs to."""
-        prev_word, prev_raw = self.seg.word, self.seg.word_text
-        w, new, kind, sent = self.seg.push(piece)
+        seg = self.seg
+        prev_word, prev_raw = seg.word, seg.word_text
+        w, new, kind, sent = seg.push(piece)
         if new:
             if prev_word >= 0 and self.w_kind[prev_word] != SPACE:
                 # the previous word is complete: it enters the tagger context of its sentence
@@ -129,11 +131,16 @@ class AnalyzerState:
             self.w_sent.append(sent)
             self.w_sent_first.append(w if first else self.w_sent_first[-1])
             self.w_text.append("")
+            # clause: a new sentence or a clause opener starts a new local domain
+            self._clause_base = 0 if w == 0 else self.w_clause[-1] + first
             self.w_clause.append(0)
-            for arr in (self.w_upos, self.w_sem, self.w_agr, self.w_subj, self.w_obj):
-                arr.append(0)
-        text = self.seg.word_text.translate(_QUOTE_MAP)
-        self.w_text[w] = text.lower()
+            self.w_upos.append(0)
+            self.w_sem.append(0)
+            self.w_agr.append(0)
+            self.w_subj.append(0)
+            self.w_obj.append(0)
+        text = seg.word_text.translate(_QUOTE_MAP)
+        low = self.w_text[w] = text.lower()
         # --- tag the word (prefix so far) from the words before it --------------------------------
         if kind == SPACE:
             upos = _X
@@ -141,20 +148,14 @@ class AnalyzerState:
             upos = _SYM if text[0] in _SYMBOL_CHARS else _PUNCT
         else:
             ctx = self._ctx if self._ctx_sent == sent else ()
-            p1, t1 = ctx[-1] if len(ctx) >= 1 else (None, -1)
-            p2, t2 = ctx[-2] if len(ctx) >= 2 else (None, -1)
+            n = len(ctx)
+            p1, t1 = ctx[-1] if n >= 1 else (None, -1)
+            p2, t2 = ctx[-2] if n >= 2 else (None, -1)
             upos = self.tagger.tag(text, p1, p2, t1, t2)
-        self.w_upos[w] = upos
-        if kind != SPACE and kind != PUNCT:
             e = self.lexicon.lookup(text, upos)
             self.w_sem[w], self.w_agr[w], self.w_subj[w], self.w_obj[w] = e.sem, e.agr, e.subj_req, e.obj_req
-        # --- clause: a new sentence or a clause opener starts a new local domain --------------------
-        if w == 0:
-            base = 0
-        else:
-            base = self.w_clause[w - 1] + (1 if self.w_sent[w - 1] != sent else 0)
-        opener = upos == _SCONJ or self.w_text[w] in CLAUSE_OPENERS
-        self.w_clause[w] = base + (1 if opener else 0)
+        self.w_upos[w] = upos
+        self.w_clause[w] = self._clause_base + (upos == _SCONJ or low in CLAUSE_OPENERS)
         self.tok_word.append(w)
         self.tok_upos.append(upos)
         return w

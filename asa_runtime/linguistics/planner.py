@@ -21,6 +21,7 @@ The kept keys are then sorted ascending and padded with -1.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from itertools import islice
 
@@ -34,6 +35,8 @@ from .segment import SPACE, Segmenter
 
 ANTECEDENT_MEMORY = 32           # nominal words remembered for cross-sentence pronoun antecedents
 _PERSONS = AGR_BIT["PERS1"] | AGR_BIT["PERS2"] | AGR_BIT["PERS3"]
+_BCACHE_MAX = 256                # query keys cached per sentence before the cache is reset
+_NO_TOKENS: list[int] = []
 
 
 class Planner:
@@ -75,8 +78,8 @@ class IncrementalPlan:
         self._use_feat = mode in ("full", "features_only")
         self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
         self._done_word = -1          # last word index known to be complete
-        self._cache_key = None        # what _bonded read about the query word: same key, same bonded list
-        self._cache_bonded: list[int] = []
+        self._bcache: dict = {}       # _bonded: query key -> [next word to scan, bonded tokens ascending]
+        self._bcache_sent = -1        # ... for the sentence starting at this word
 
     def __len__(self) -> int:
         return len(self.st)
@@ -129,19 +132,23 @@ class IncrementalPlan:
         lo = min(ws, max(0, i - cfg.window)) if cfg.window else ws   # self + own word + window: [lo, i]
         ns = min(cfg.sinks, lo)                                      # sinks: [0, ns), disjoint from [lo, i]
         if self.fast_path and (i + 1 - lo) + ns < K:
-            # Fast path: the contiguous terms fit. Bonded tokens and antecedents come most recent first and
-            # in strictly descending order (antecedents lie in earlier sentences), so no set is needed.
+            # Fast path: the contiguous terms fit. The bonded tokens come ascending and all lie after the
+            # antecedents (those are in earlier sentences), so the most recent `budget` of them in [ns, lo)
+            # are one slice found by bisection, and no set is needed.
             budget = K - (i + 1 - lo) - ns
-            extra = [p for p in self._bonded(w) if ns <= p < lo][:budget]
-            if cfg.cross_sentence and len(extra) < budget:
-                extra += [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
+            toks, s0 = self._bonded(w)
+            b = bisect_left(toks, lo, s0)
+            extra = toks[max(bisect_left(toks, ns, s0, b), b - budget):b]
+            if cfg.cross_sentence and len(extra) < budget and self._is_pronoun(w):
+                ant = [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
+                extra = ant[::-1] + extra
             if cfg.stride and len(extra) < budget:
                 have = set(extra)
                 more = (p for p in self._strided(i) if ns <= p < lo and p not in have)
                 extra += islice(more, budget - len(extra))        # lazy: O(K), not O(i / stride)
-                extra.sort(reverse=True)
+                extra.sort()
             out = list(range(ns))
-            out += extra[::-1]
+            out += extra
             out += range(lo, i + 1)
         else:
             out = self._row_in_priority_order(w, i, ws)
@@ -171,63 +178,108 @@ class IncrementalPlan:
         if (take(range(i - 1, ws - 1, -1))
                 or (cfg.sinks and take(range(min(cfg.sinks, i))))
                 or (cfg.window and take(range(i - 1, max(-1, i - 1 - cfg.window), -1)))
-                or take(self._bonded(w))
+                or take(self._bonded_recent_first(w))
                 or (cfg.cross_sentence and take(self._antecedent_tokens(w)))
                 or (cfg.stride and take(self._strided(i)))):
             pass
         out.sort()
         return out
 
-    def _bonded(self, w: int) -> list[int]:
-        """Tokens of the earlier words of w's sentence that w bonds with, most recent first."""
+    def _bonded(self, w: int) -> tuple[list[int], int]:
+        """Tokens of the earlier words of w's sentence that w bonds with, ascending, and the index of the first
+        one inside the lookback (`lookback_words` words).
+
+        Incremental: whether w bonds with an earlier word j depends only on w's own analysis (its UPOS, and its
+        features and clause where a feature rule can apply) and on j, which is complete and final. So lists are
+        cached per such query key within the sentence, and each call only scans the words added since that key
+        was last asked: O(new words) per word instead of O(sentence)."""
         st = self.st
-        # everything the scan reads about the query word (its pieces may still change it)
-        key = (w, st.w_upos[w], st.w_sem[w], st.w_agr[w], st.w_subj[w], st.w_obj[w], st.w_clause[w], st.w_text[w])
-        if key == self._cache_key:
-            return self._cache_bonded
-        uq, sq, aq, rq, oq, cl, qtext = key[1:]
-        q_has = sq | aq | rq | oq
-        cq = POS_COMPAT[uq]
+        if st.w_kind[w] == SPACE:
+            return _NO_TOKENS, 0
+        uq = st.w_upos[w]
+        sq, aq, rq, oq = st.w_sem[w], st.w_agr[w], st.w_subj[w], st.w_obj[w]
         use_pos, use_feat = self._use_pos, self._use_feat
-        w_upos, w_kind, w_start = st.w_upos, st.w_kind, st.w_start
-        w_sem, w_agr, w_subj, w_obj, w_clause = st.w_sem, st.w_agr, st.w_subj, st.w_obj, st.w_clause
-        lo = max(st.w_sent_first[w], w - self.cfg.lookback_words)
-        toks: list[int] = []
-        if w_kind[w] == SPACE:
-            self._cache_key, self._cache_bonded = key, toks
-            return toks
-        span = range(w - 1, lo - 1, -1)
-        if use_pos:                                   # X (whitespace) is compatible with nothing
-            cands = [j for j in span if cq >> w_upos[j] & 1]
-        else:
-            cands = [j for j in span if w_kind[j] != SPACE]
-        if use_feat and q_has:
+        # Only three kinds of pair can be blocked by features (rules.feature_block): verb -> nominal (subject
+        # selection), nominal -> verb with an object restriction, pronoun -> nominal (agreement, binding).
+        want_nom = want_verb = False
+        if use_feat and (sq | aq | rq | oq):
             if use_pos:
-                # Only three kinds of pair can be blocked (rules.feature_block): verb -> nominal (subject
-                # selection), nominal -> verb with an object restriction, pronoun -> nominal (agreement,
-                # binding). Test the cheap role condition first; call the rule only for those pairs.
-                q_nom = NOMINAL_MASK >> uq & 1
                 want_nom = (uq == VERB and rq) or uq == PRON
-                want_verb = q_nom and sq
-                if want_nom or want_verb:
+                want_verb = bool(NOMINAL_MASK >> uq & 1 and sq)
+            else:
+                want_nom = want_verb = True                # features_only: roles come from the features
+        filt = want_nom or want_verb
+        cl, qtext = st.w_clause[w], st.w_text[w]
+        # the key holds exactly what the filter below reads about the query
+        if not filt:
+            key = uq
+        elif use_pos and uq == VERB:
+            key = (uq, rq, cl)
+        elif use_pos and uq != PRON:
+            key = (uq, sq, cl)
+        else:
+            key = (uq, sq, aq, rq, oq, cl, qtext)
+        first = st.w_sent_first[w]
+        lo = max(first, w - self.cfg.lookback_words)
+        cache = self._bcache
+        if first != self._bcache_sent or len(cache) > _BCACHE_MAX:
+            cache.clear()
+            self._bcache_sent = first
+        ent = cache.get(key)
+        if ent is None:
+            ent = cache[key] = [lo, []]
+        j0, toks = ent
+        w_start = st.w_start
+        if j0 < w:
+            span = range(max(j0, lo), w)
+            w_upos, w_kind = st.w_upos, st.w_kind
+            if use_pos:                                   # X (whitespace) is compatible with nothing
+                cq = POS_COMPAT[uq]
+                cands = [j for j in span if cq >> w_upos[j] & 1]
+            else:
+                cands = [j for j in span if w_kind[j] != SPACE]
+            if filt:
+                w_sem, w_agr, w_subj, w_obj, w_clause = st.w_sem, st.w_agr, st.w_subj, st.w_obj, st.w_clause
+                if use_pos and uq == VERB:
+                    # rules.feature_block, verb -> nominal: subject selection inside the clause
+                    cands = [j for j in cands
+                             if not (NOMINAL_MASK >> w_upos[j] & 1 and w_clause[j] == cl and w_sem[j]
+                                     and not w_sem[j] & rq)]
+                elif use_pos and uq != PRON:
+                    # rules.feature_block, nominal -> verb: the verb's object restriction inside the clause
+                    cands = [j for j in cands
+                             if not (w_upos[j] == VERB and w_obj[j] and w_clause[j] == cl and not sq & w_obj[j])]
+                elif use_pos:                             # pronouns: agreement and binding, the full rule
                     cands = [j for j in cands
                              if not (((want_nom and NOMINAL_MASK >> w_upos[j] & 1) or
                                       (want_verb and w_upos[j] == VERB and w_obj[j]))
                                      and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
                                                        w_subj[j], w_obj[j], w_clause[j] == cl, True))]
-            else:
-                cands = [j for j in cands
-                         if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
-                                 and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
-                                                   w_subj[j], w_obj[j], w_clause[j] == cl, False))]
-        for j in cands:
-            e = w_start[j + 1]
-            if e - w_start[j] == 1:
-                toks.append(e - 1)
-            else:
-                toks.extend(range(e - 1, w_start[j] - 1, -1))
-        self._cache_key, self._cache_bonded = key, toks
-        return toks
+                else:
+                    cands = [j for j in cands
+                             if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
+                                     and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
+                                                       w_subj[j], w_obj[j], w_clause[j] == cl, False))]
+            for j in cands:
+                a, e = w_start[j], w_start[j + 1]
+                if e - a == 1:
+                    toks.append(a)
+                else:
+                    toks.extend(range(a, e))
+            ent[0] = w
+        s0 = bisect_left(toks, w_start[lo]) if lo > first else 0
+        if s0 > 64 and 2 * s0 > len(toks):              # drop what fell out of the lookback, amortised O(1)
+            del toks[:s0]
+            s0 = 0
+        return toks, s0
+
+    def _bonded_recent_first(self, w: int):
+        toks, s0 = self._bonded(w)
+        return reversed(toks[s0:])
+
+    def _is_pronoun(self, w: int) -> bool:
+        st = self.st
+        return st.w_upos[w] == PRON if self._use_pos else bool(st.w_agr[w] & _PERSONS)
 
     def _antecedent_tokens(self, w: int):
         """Pronoun query: agreeing nominal antecedents in earlier sentences, most recent first."""
@@ -347,6 +399,8 @@ class IncrementalPlan:
         st._ctx = [(a, int(b)) for a, b in meta["ctx"]]
         st._ctx_sent = int(meta["ctx_sent"])
         st.seg = Segmenter.from_state(meta["seg"])
+        w = len(st.w_clause) - 1                          # derived, not stored: the format stays as it was
+        st._clause_base = 0 if w <= 0 else st.w_clause[w - 1] + (st.w_sent[w - 1] != st.w_sent[w])
         self._antecedents = deque((int(x) for x in arrays["antecedents"]), maxlen=ANTECEDENT_MEMORY)
         self._done_word = int(meta["done_word"])
-        self._cache_key, self._cache_bonded = None, []
+        self._bcache, self._bcache_sent = {}, -1
