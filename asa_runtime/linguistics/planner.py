@@ -74,6 +74,7 @@ class IncrementalPlan:
         self.cfg = cfg = planner.cfg
         self.st: AnalyzerState = planner.analyzer.start()
         mode = "full" if cfg.mode in ("random", "random_bonds") else cfg.mode
+        self._control = cfg.mode if cfg.mode != mode else None   # the random controls rewrite rows
         self._use_pos = mode in ("full", "pos_only")
         self._use_feat = mode in ("full", "features_only")
         self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
@@ -100,24 +101,52 @@ class IncrementalPlan:
             for p in pieces:
                 self.st.push(p)
             return None
-        # rows are collected flat and scattered per block of rows: one numpy assignment per row would cost
-        # more than building the row, and a block bounds the Python ints held at once
+        # Per block of rows: a fast-path row is sinks [0, ns) + its chosen keys + the run [lo, i], so only the
+        # chosen keys are collected in Python (flat) and numpy lays out the two ranges; other rows are written
+        # whole. One numpy assignment per row would cost more than building the row.
         n, K = len(pieces), self.cfg.k
-        out = np.full((n, K), -1, dtype=np.int32)
+        out = np.empty((n, K), dtype=np.int32)
         cols = np.arange(K)[None, :]
-        row = self._row
+        parts = self._row_parts
         for s in range(0, n, 1024):
+            m = min(1024, n - s)
             flat: list[int] = []
-            lens = np.empty(min(1024, n - s), dtype=np.int64)
-            for t, p in enumerate(pieces[s:s + 1024]):
-                keys = row(p)
-                flat += keys
-                lens[t] = len(keys)
-            out[s:s + len(lens)][cols < lens[:, None]] = flat
+            nss, lens, los, ii, whole = [], [], [], [], []
+            for t, p in enumerate(pieces[s:s + m]):
+                ns, extra, lo, i = parts(p)
+                if ns < 0:                                    # a whole row: lay out nothing, write it below
+                    whole.append((t, extra))
+                    ns, extra, lo = 0, (), i + 1
+                flat += extra
+                nss.append(ns)
+                lens.append(len(extra))
+                los.append(lo)
+                ii.append(i)
+            ns_a = np.array(nss)[:, None]
+            base = ns_a + np.array(lens)[:, None]                # (m, 1) first column of the run
+            lo_a = np.array(los)[:, None]
+            end = base + np.array(ii)[:, None] + 1 - lo_a        # (m, 1) one past the run
+            blk = np.where(cols < ns_a, cols, np.where((cols >= base) & (cols < end), lo_a + cols - base, -1))
+            blk[(cols >= ns_a) & (cols < base)] = flat
+            for t, row in whole:
+                blk[t, len(row):] = -1
+                blk[t, :len(row)] = row
+            out[s:s + m] = blk
         return out
 
     # ------------------------------------------------------------------------------------------
     def _row(self, piece: str) -> list[int]:
+        ns, extra, lo, i = self._row_parts(piece)
+        if ns < 0:
+            return extra
+        out = list(range(ns))
+        out += extra
+        out += range(lo, i + 1)
+        return out
+
+    def _row_parts(self, piece: str) -> tuple[int, list[int], int, int]:
+        """Consume one piece; its row as (ns, extra, lo, i): sinks [0, ns), then `extra` (ascending), then
+        [lo, i]. Rows of another shape come as (-1, row, 0, i)."""
         st, cfg = self.st, self.cfg
         w = st.push(piece)
         i = len(st.tok_word) - 1
@@ -147,17 +176,19 @@ class IncrementalPlan:
                 more = (p for p in self._strided(i) if ns <= p < lo and p not in have)
                 extra += islice(more, budget - len(extra))        # lazy: O(K), not O(i / stride)
                 extra.sort()
+            if self._control is None:
+                return ns, extra, lo, i
             out = list(range(ns))
             out += extra
             out += range(lo, i + 1)
         else:
             out = self._row_in_priority_order(w, i, ws)
-        if cfg.mode == "random":
+        if self._control == "random":
             out = self._random_row(i, len(out))
             out.sort()
-        elif cfg.mode == "random_bonds":
+        elif self._control == "random_bonds":
             out = self._random_bonds_row(i, out, ns, lo)
-        return out
+        return -1, out, 0, i
 
     def _row_in_priority_order(self, w: int, i: int, ws: int) -> list[int]:
         """General path (the contiguous terms alone reach K): take terms strictly in priority order."""
