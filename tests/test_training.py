@@ -273,3 +273,35 @@ def test_real_planner_cache_obeys_contract_and_trains(prepared, tmp_path, mode):
     logits = model(torch.from_numpy(x), torch.from_numpy(keys))
     torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.from_numpy(y).flatten()).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_plans_from_another_analyzer_are_redone_and_refused_by_train(prepared, tmp_path):
+    """Plans depend on the analyzer's artifacts: a cached plan made with another tagger is planned again,
+    and training refuses a folder whose plans do not match the package's analyzer."""
+    _real_planner_or_skip()
+    import shutil
+
+    from training.train import model_config
+    root = tmp_path / "prep"
+    shutil.copytree(prepared, root)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["plans"] = {}
+    (root / "meta.json").write_text(json.dumps(meta))
+    cfg = PlanConfig(mode="pos_only", k=16)
+    prepare_plans(root, "pos_only", cfg, splits=("valid",), workers=1, progress=False, log=lambda *_: None)
+    path = root / "valid.plan.pos_only.i16"
+    good = path.read_bytes()
+    meta = json.loads((root / "meta.json").read_text())
+    assert meta["plans"]["pos_only"]["analyzer"]["artifacts"]
+    # pretend the plans came from another tagger, and spoil them
+    meta["plans"]["pos_only"]["analyzer"] = {"version": "0", "artifacts": {"tagger.npz": "0" * 64}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    path.write_bytes(b"\xff" * len(good))
+    tc = TrainConfig(data=str(root), out=str(tmp_path / "run"), mode="pos_only", preset="test")
+    with pytest.raises(ValueError, match="another analyzer"):
+        model_config(tc, Prepared.open(root))
+    logs = []
+    prepare_plans(root, "pos_only", cfg, splits=("valid",), workers=1, progress=False, log=logs.append)
+    assert any("another analyzer" in m for m in logs)
+    assert path.read_bytes() == good
+    model_config(tc, Prepared.open(root))                      # matches again

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from asa_runtime.checkpoint import analyzer_info
 from asa_runtime.config import PlanConfig
 from asa_runtime.tokenizer import Tokenizer
 
@@ -204,7 +205,12 @@ def prepare_plans(root, mode: str, plan_cfg: PlanConfig | None = None, splits=SP
     entry = prep.meta["plans"].get(mode)
     if entry and entry["config"] != plan_cfg.to_dict():
         raise ValueError(f"{root}: {mode} plans exist with another plan config; use a new folder")
-    entry = entry or {"config": plan_cfg.to_dict(), "k": plan_cfg.k, "splits": []}
+    # plans depend on the analyzer's artifacts too (a new tagger changes every plan): stale ones are redone
+    ana = analyzer_info() if factory is default_planner else None
+    if entry and entry.get("analyzer") != ana:
+        log(f"plans {mode}: made with another analyzer; planning again")
+        entry = None
+    entry = entry or {"config": plan_cfg.to_dict(), "k": plan_cfg.k, "splits": [], "analyzer": ana}
     K, ctx = plan_cfg.k, prep.ctx
     workers = workers if workers is not None else max(1, (os.cpu_count() or 1))
     for split in splits:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from asa_runtime.checkpoint import save_checkpoint
+from asa_runtime.checkpoint import analyzer_info, save_checkpoint
 from asa_runtime.config import MODES, PRESETS, ModelConfig, PlanConfig
 from asa_runtime.model import Transformer
 
@@ -197,7 +197,12 @@ def model_config(c: TrainConfig, prep: Prepared) -> ModelConfig:
     else:
         if c.mode not in prep.meta.get("plans", {}):
             raise ValueError(f"{prep.root} has no {c.mode!r} plans; run `asa-train prepare --mode {c.mode}`")
-        plan = PlanConfig.from_dict(prep.meta["plans"][c.mode]["config"])
+        entry = prep.meta["plans"][c.mode]
+        if entry.get("analyzer") is not None and entry["analyzer"] != analyzer_info():
+            # the checkpoint records the package's analyzer; plans from another one would not match it
+            raise ValueError(f"{prep.root}: {c.mode!r} plans were made with another analyzer; "
+                             f"run `asa-train prepare --mode {c.mode}` again")
+        plan = PlanConfig.from_dict(entry["config"])
     vocab = -(-prep.meta["vocab_size"] // 64) * 64     # padded to a multiple of 64 for the GPU
     kw = {**PRESETS[c.preset], "vocab_size": vocab, "max_seq_len": prep.ctx, **c.overrides, "plan": plan}
     return ModelConfig(**kw)
