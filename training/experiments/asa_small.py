@@ -18,7 +18,7 @@ Phases (the device cannot read ../shared/data, so tokens are made here and carri
   5. here:    python -m training.experiments.asa_small install --from <files_at>  -> asa_runtime/models/asa-small
 
 Retraining asa-small alone (its plans changed, e.g. a new tagger; the dense twin does not read plans):
-  start --only asa --max-steps 5170 (the recorded step count), then watch / finish / install as above; finish
+  start --train asa --max-steps 5170 (the recorded step count), then watch / finish / install as above; finish
   takes the twin's rows from the committed training/results/asa_small.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 PREP = REPO / "runs" / "asa_prep"
 RUNS = REPO / "runs" / "asa_small"
 RESULTS = REPO / "training" / "results" / "asa_small"
-MODES = {"asa": "full", "dense": "none"}
+MODES = {"asa": "full", "dense": "none", "random_bonds": "random_bonds"}
+DEFAULT = ("asa", "dense")          # what a plain `start` trains; random_bonds is the control twin
 TRAIN_ARGS = ["--preset", "small", "--batch-size", "16", "--lr", "1.5e-3", "--min-lr", "1.5e-4", "--warmup", "300",
               "--seed", "0", "--eval-every", "500", "--eval-windows", "64", "--log-every", "50",
               "--ckpt-every", "500", "--final-eval", "valid,wt2_valid,wt2_test"]
@@ -75,9 +76,10 @@ def start(a):
     gpu_tests = subprocess.Popen([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-x", "-n", "4", "-p",
                                   "no:cacheprovider", "tests/test_kernels_triton.py"], cwd=REPO, env=env(),
                                  stdout=gpu_log, stderr=subprocess.STDOUT)
-    subprocess.run([sys.executable, "-m", "training.cli", "prepare", "--out", str(PREP), "--ctx", "2048",
-                    "--vocab-size", "12288", "--train-words", "0", "--valid-books", "4", "--valid-words", "300000",
-                    "--mode", "full", "--k", "64"], env=env(), check=True)
+    for mode in sorted({MODES[n] for n in _names(a)} - {"none"}):
+        subprocess.run([sys.executable, "-m", "training.cli", "prepare", "--out", str(PREP), "--ctx", "2048",
+                        "--vocab-size", "12288", "--train-words", "0", "--valid-books", "4", "--valid-words", "300000",
+                        "--mode", mode, "--k", "64"], env=env(), check=True)
     print(f"plans ready at {time.time() - t0:.0f} s", flush=True)
     rc = gpu_tests.wait()
     print(f"Triton GPU tests: exit {rc}; " + (RUNS / "gpu_tests.log").read_text().strip().splitlines()[-1], flush=True)
@@ -114,12 +116,16 @@ def start(a):
 
 
 def _names(a) -> list[str]:
-    return [a.only] if a.only else list(MODES)
+    names = a.train.split(",") if a.train else list(DEFAULT)
+    bad = [n for n in names if n not in MODES]
+    if bad:
+        raise SystemExit(f"--train: unknown model(s) {bad}; choose from {list(MODES)}")
+    return names
 
 
 def _trained() -> list[str]:
     plan = RUNS / "plan.json"
-    return json.loads(plan.read_text()).get("trained", list(MODES)) if plan.is_file() else list(MODES)
+    return json.loads(plan.read_text()).get("trained", list(DEFAULT)) if plan.is_file() else list(DEFAULT)
 
 
 def status():
@@ -186,9 +192,11 @@ def finish(a):
         time.sleep(20)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     res = {"plan": json.loads((RUNS / "plan.json").read_text())}
-    kept = json.loads((RESULTS / "asa_small_results.json").read_text()) if len(names) < len(MODES) else {}
+    kept = json.loads((RESULTS / "asa_small_results.json").read_text())
     for n in MODES:
         if n not in names:                 # not retrained: its committed results stand
+            if n not in kept:
+                continue
             res[n] = kept[n]
             shutil.copy(RESULTS / f"{n}_metrics.jsonl", out / f"{n}_metrics.jsonl")
             continue
@@ -202,24 +210,40 @@ def finish(a):
     (out / "asa_small_results.json").write_text(json.dumps(res, indent=1))
     ck = load_checkpoint(RUNS / "asa" / "model", device="cpu")
     save_checkpoint(out / "asa-small", ck.model, ck.tokenizer, card="(card written at install)",
-                    dtype=torch.float16, meta=ck.meta)
+                    dtype=torch.float16, meta=ck.meta, copy_analyzer=False)
+    for f in (out / "asa-small").iterdir():          # at most 8 files come back: install rebuilds the rest
+        if not (f.name == "config.json" or f.name.endswith(".safetensors")):
+            f.unlink()
     print(json.dumps({n: {"ppl_by_context": res[n]["ppl_by_context"], "final": res[n]["summary"]["final"]}
-                      for n in MODES}, indent=1))
+                      for n in MODES if n in res}, indent=1))
 
 
 def card(res: dict) -> str:
     """The model card, from the results the device run wrote."""
     asa, dense = res["asa"], res["dense"]
     s = asa["summary"]
-    fin = {n: res[n]["summary"]["final"] for n in MODES}
+    fin = {n: res[n]["summary"]["final"] for n in MODES if n in res}
+    rb = res.get("random_bonds")                      # the control twin, when it was trained
     ctx_rows = "\n".join(f"| {L} | {asa['ppl_by_context'][L]['ppl']:.2f} | {dense['ppl_by_context'][L]['ppl']:.2f} |"
-                         for L in asa["ppl_by_context"])
+                         + (f" {rb['ppl_by_context'][L]['ppl']:.2f} |" if rb else "") for L in asa["ppl_by_context"])
+    ctx_head = "| context | asa-small | dense twin |" + (" random_bonds twin |" if rb else "")
+    ctx_rule = "|---|---|---|" + ("---|" if rb else "")
+    rb_row = ""
+    rb_note = ""
+    if rb:
+        f = fin["random_bonds"]
+        rb_row = (f"\n| random_bonds twin | {f['valid']['ppl_bpe']:.2f} | {f['valid']['ppl_word']:.1f} | "
+                  f"{f['wt2_valid']['ppl_bpe']:.0f} | {f['wt2_test']['ppl_bpe']:.0f} |")
+        rb_note = ("\n\nThe random_bonds twin is the control: the same plans' self, word, sink and window keys, and as "
+                   "many other keys drawn at random from the rest of the past instead of the linguistically "
+                   "bonded ones (same data, steps, seed, trained beside asa-small). If it matches asa-small, the "
+                   "gain is locality, not the linguistic choice of long-range keys.")
     samples = "\n\n".join(f"**{p}**{t}" for p, t in asa["samples"].items())
     from asa_runtime.linguistics.tagger import CausalTagger
     acc = CausalTagger.load().meta.get("test_accuracy")
     acc = f"{100 * acc:.1f}%" if acc else "(not recorded)"
     gap = 100 * (1 - fin["dense"]["valid"]["ppl_bpe"] / fin["asa"]["valid"]["ppl_bpe"])
-    alone = res["plan"].get("trained", list(MODES)) == ["asa"]
+    alone = "dense" not in res["plan"].get("trained", list(DEFAULT))
     sharing = ("alone on the GPU (retrained after the analyzer changed; the twin is from the first run, with the "
                "same data, steps, seed and schedule)" if alone else "while sharing the GPU with its dense twin")
     return f"""# asa-small
@@ -247,15 +271,15 @@ One H100, {s['steps']} steps of 16 x 2048 tokens ({s['tokens'] / 1e6:.0f}M token
 | model | held-out books | per word | WikiText-2 valid | WikiText-2 test |
 |---|---|---|---|---|
 | asa-small (full) | {fin['asa']['valid']['ppl_bpe']:.2f} | {fin['asa']['valid']['ppl_word']:.1f} | {fin['asa']['wt2_valid']['ppl_bpe']:.0f} | {fin['asa']['wt2_test']['ppl_bpe']:.0f} |
-| dense twin | {fin['dense']['valid']['ppl_bpe']:.2f} | {fin['dense']['valid']['ppl_word']:.1f} | {fin['dense']['wt2_valid']['ppl_bpe']:.0f} | {fin['dense']['wt2_test']['ppl_bpe']:.0f} |
+| dense twin | {fin['dense']['valid']['ppl_bpe']:.2f} | {fin['dense']['valid']['ppl_word']:.1f} | {fin['dense']['wt2_valid']['ppl_bpe']:.0f} | {fin['dense']['wt2_test']['ppl_bpe']:.0f} |{rb_row}
 
 The dense twin is better at the training context ({gap:.0f}% lower perplexity). WikiText-2 here is the
-*tokenized* release with `<unk>` and ` @-@ ` markup, far from 19th-century fiction: both models do badly on it.
+*tokenized* release with `<unk>` and ` @-@ ` markup, far from 19th-century fiction: both models do badly on it.{rb_note}
 
 ## Perplexity by context length (first ~128k held-out tokens, non-overlapping windows, every token scored)
 
-| context | asa-small | dense twin |
-|---|---|---|
+{ctx_head}
+{ctx_rule}
 {ctx_rows}
 
 Trained at 2048. Past it the dense twin degrades fast (RoPE positions it never saw, attending everywhere);
@@ -308,7 +332,8 @@ def install(a):
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "asa_small_results.json", out / "asa_small_results.json")
     for n in MODES:
-        shutil.copy(src / f"{n}_metrics.jsonl", out / f"{n}_metrics.jsonl")
+        if (src / f"{n}_metrics.jsonl").is_file():
+            shutil.copy(src / f"{n}_metrics.jsonl", out / f"{n}_metrics.jsonl")
     print(f"installed {dst} ({sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 
@@ -317,8 +342,9 @@ def main():
     ap.add_argument("phase", choices=["start", "watch", "finish", "install"])
     ap.add_argument("--budget-s", type=float, default=1500, help="start: training wall time for both runs")
     ap.add_argument("--probe-steps", type=int, default=30)
-    ap.add_argument("--only", choices=list(MODES), default=None,
-                    help="start: train this model only (the other keeps its committed results)")
+    ap.add_argument("--train", default=None,
+                    help=f"start: comma list of models to train, of {list(MODES)} (default asa,dense); the others "
+                         "keep their committed results")
     ap.add_argument("--max-steps", type=int, default=0, help="start: fixed step count instead of a probe")
     ap.add_argument("--call-s", type=float, default=560, help="start: return after this long (the call's limit)")
     ap.add_argument("--seconds", type=float, default=540, help="watch: how long to watch")
