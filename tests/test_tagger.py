@@ -128,6 +128,24 @@ def test_fast_path_equals_reference_on_ewt(tagger, ewt_test):
                                        rtol=1e-5, atol=1e-4)
 
 
+@needs_ewt
+def test_tags_on_ewt_dev_follow_the_reference_features(tagger):
+    """tag() (cached, decomposed, tag-dictionary shortcut) decides as the plain sum over features() does,
+    with the model's own previous tags as in the analyzer."""
+    from training.build_tagger import read_conllu
+
+    dev = read_conllu(EWT / "en_ewt-ud-dev.conllu.xz")
+    for words, _ in random.Random(3).sample(dev, 40):
+        tags = tagger.tag_sentence(words)
+        for i, w in enumerate(words):
+            args = (w, words[i - 1] if i else None, words[i - 2] if i > 1 else None,
+                    tags[i - 1] if i else -1, tags[i - 2] if i > 1 else -1)
+            ref = tagger.tagdict.get(normalize(w), -1)
+            if ref < 0:
+                ref = int(tagger.reference_scores(*args).argmax())
+            assert tags[i] == ref == tagger.tag(*args), (words, i)
+
+
 def test_read_conllu_skips_multiword_and_empty_nodes(tmp_path):
     from training.build_tagger import read_conllu
 
