@@ -208,12 +208,13 @@ def finish(a):
         res[n]["samples"] = {p: generate(lm, p, max_tokens=80, temp=0.8, top_p=0.95, seed=0) for p in PROMPTS}
         shutil.copy(RUNS / n / "metrics.jsonl", out / f"{n}_metrics.jsonl")
     (out / "asa_small_results.json").write_text(json.dumps(res, indent=1))
-    ck = load_checkpoint(RUNS / "asa" / "model", device="cpu")
-    save_checkpoint(out / "asa-small", ck.model, ck.tokenizer, card="(card written at install)",
-                    dtype=torch.float16, meta=ck.meta, copy_analyzer=False)
-    for f in (out / "asa-small").iterdir():          # at most 8 files come back: install rebuilds the rest
-        if not (f.name == "config.json" or f.name.endswith(".safetensors")):
-            f.unlink()
+    if "asa" in names:                                  # a run of the control twin alone ships no model
+        ck = load_checkpoint(RUNS / "asa" / "model", device="cpu")
+        save_checkpoint(out / "asa-small", ck.model, ck.tokenizer, card="(card written at install)",
+                        dtype=torch.float16, meta=ck.meta, copy_analyzer=False)
+        for f in (out / "asa-small").iterdir():      # at most 8 files come back: install rebuilds the rest
+            if not (f.name == "config.json" or f.name.endswith(".safetensors")):
+                f.unlink()
     print(json.dumps({n: {"ppl_by_context": res[n]["ppl_by_context"], "final": res[n]["summary"]["final"]}
                       for n in MODES if n in res}, indent=1))
 
@@ -236,16 +237,22 @@ def card(res: dict) -> str:
                   f"{f['wt2_valid']['ppl_bpe']:.0f} | {f['wt2_test']['ppl_bpe']:.0f} |")
         rb_note = ("\n\nThe random_bonds twin is the control: the same plans' self, word, sink and window keys, and as "
                    "many other keys drawn at random from the rest of the past instead of the linguistically "
-                   "bonded ones (same data, steps, seed, trained beside asa-small). If it matches asa-small, the "
+                   "bonded ones (same data, steps, seed and schedule). If it matches asa-small, the "
                    "gain is locality, not the linguistic choice of long-range keys.")
     samples = "\n\n".join(f"**{p}**{t}" for p, t in asa["samples"].items())
     from asa_runtime.linguistics.tagger import CausalTagger
     acc = CausalTagger.load().meta.get("test_accuracy")
     acc = f"{100 * acc:.1f}%" if acc else "(not recorded)"
     gap = 100 * (1 - fin["dense"]["valid"]["ppl_bpe"] / fin["asa"]["valid"]["ppl_bpe"])
-    alone = "dense" not in res["plan"].get("trained", list(DEFAULT))
-    sharing = ("alone on the GPU (retrained after the analyzer changed; the twin is from the first run, with the "
-               "same data, steps, seed and schedule)" if alone else "while sharing the GPU with its dense twin")
+    trained = res["plan"].get("trained", list(DEFAULT))
+    if "asa" not in trained:
+        sharing = "while sharing the GPU with its dense twin"          # the model itself is from the first run
+    elif "dense" in trained:
+        sharing = "while sharing the GPU with its dense twin"
+    else:
+        sharing = ("beside " + ", ".join(n for n in trained if n != "asa") if len(trained) > 1 else "alone") + \
+            (" on the GPU (retrained after the analyzer changed; the dense twin is from the first run, with the "
+             "same data, steps, seed and schedule)")
     return f"""# asa-small
 
 An 18.9M-parameter Llama-style decoder (8 layers, d_model 384, 6 heads, SwiGLU 1024, RoPE, tied embeddings,
@@ -309,6 +316,19 @@ def install(a):
     from asa_runtime.tokenizer import Tokenizer
 
     src = Path(a.src)
+    res = json.loads((src / "asa_small_results.json").read_text())
+    dst = REPO / "asa_runtime" / "models" / "asa-small"
+    out = REPO / "training" / "results" / "asa_small"
+    out.mkdir(parents=True, exist_ok=True)
+    for n in MODES:
+        if (src / f"{n}_metrics.jsonl").is_file():
+            shutil.copy(src / f"{n}_metrics.jsonl", out / f"{n}_metrics.jsonl")
+    shutil.copy(src / "asa_small_results.json", out / "asa_small_results.json")
+    if not (src / "asa-small").is_dir():
+        # only a twin was trained: the shipped weights stay, the card gains its rows (README.md is not hashed)
+        (dst / "README.md").write_text(card(res))
+        print(f"results installed; {dst / 'README.md'} rewritten")
+        return
     cfg = json.loads((src / "asa-small" / "config.json").read_text())
     tok_path = PREP / "tokenizer.json"
     if hashlib.sha256(tok_path.read_bytes()).hexdigest() != cfg["tokenizer"]["sha256"]:
@@ -320,20 +340,12 @@ def install(a):
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if unexpected or any(m != "output.weight" for m in missing):
         raise SystemExit(f"weights do not match: missing {missing}, unexpected {unexpected}")
-    res = json.loads((src / "asa_small_results.json").read_text())
-    dst = REPO / "asa_runtime" / "models" / "asa-small"
     if dst.exists():
         shutil.rmtree(dst)
     if cfg["analyzer"]["artifacts"] != analyzer_info()["artifacts"]:
         raise SystemExit("the package's analyzer artifacts are not the ones the model was trained with")
     save_checkpoint(dst, model, Tokenizer.from_file(tok_path), card=card(res), dtype=torch.float16,
                     meta=cfg.get("meta"), copy_analyzer=False)    # the package's artifacts (sha256 checked)
-    out = REPO / "training" / "results" / "asa_small"
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(src / "asa_small_results.json", out / "asa_small_results.json")
-    for n in MODES:
-        if (src / f"{n}_metrics.jsonl").is_file():
-            shutil.copy(src / f"{n}_metrics.jsonl", out / f"{n}_metrics.jsonl")
     print(f"installed {dst} ({sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 
