@@ -233,8 +233,9 @@ def card(res: dict) -> str:
     rb_note = ""
     if rb:
         f = fin["random_bonds"]
+        wt2 = [f"{f[k]['ppl_bpe']:.0f}" if k in f else "not run" for k in ("wt2_valid", "wt2_test")]
         rb_row = (f"\n| random_bonds twin | {f['valid']['ppl_bpe']:.2f} | {f['valid']['ppl_word']:.1f} | "
-                  f"{f['wt2_valid']['ppl_bpe']:.0f} | {f['wt2_test']['ppl_bpe']:.0f} |")
+                  f"{wt2[0]} | {wt2[1]} |")
         rb_note = ("\n\nThe random_bonds twin is the control: the same plans' self, word, sink and window keys, and as "
                    "many other keys drawn at random from the rest of the past instead of the linguistically "
                    "bonded ones (same data, steps, seed and schedule). If it matches asa-small, the "
