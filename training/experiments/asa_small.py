@@ -37,10 +37,14 @@ REPO = Path(__file__).resolve().parents[2]
 PREP = REPO / "runs" / "asa_prep"
 RUNS = REPO / "runs" / "asa_small"
 RESULTS = REPO / "training" / "results" / "asa_small"
-MODES = {"asa": "full", "dense": "none", "random_bonds": "random_bonds"}
+MODES = {"asa": "full", "dense": "none", "random_bonds": "random_bonds",          # name -> plan mode
+         "asa_seed1": "full", "random_bonds_seed1": "random_bonds"}                  # second training seed
+SEEDS = {"asa_seed1": 1, "random_bonds_seed1": 1}                                   # others: seed 0
+LABELS = {"random_bonds": "random_bonds twin", "asa_seed1": "asa-small, seed 1 (not shipped)",
+          "random_bonds_seed1": "random_bonds twin, seed 1"}
 DEFAULT = ("asa", "dense")          # what a plain `start` trains; random_bonds is the control twin
 TRAIN_ARGS = ["--preset", "small", "--batch-size", "16", "--lr", "1.5e-3", "--min-lr", "1.5e-4", "--warmup", "300",
-              "--seed", "0", "--eval-every", "500", "--eval-windows", "64", "--log-every", "50",
+              "--eval-every", "500", "--eval-windows", "64", "--log-every", "50",
               "--ckpt-every", "500", "--final-eval", "valid,wt2_valid,wt2_test"]
 CONTEXTS = (512, 1024, 2048, 4096, 8192)
 PROMPTS = ("It was a dark and stormy night, and",
@@ -55,7 +59,8 @@ def env():
 
 def train_cmd(name: str, out: Path, max_steps: int, extra=()):
     return [sys.executable, "-m", "training.cli", "train", "--data", str(PREP), "--out", str(out),
-            "--mode", MODES[name], "--max-steps", str(max_steps), *TRAIN_ARGS, *extra]
+            "--mode", MODES[name], "--max-steps", str(max_steps), "--seed", str(SEEDS.get(name, 0)), *TRAIN_ARGS,
+            *extra]
 
 
 def last_metric(path: Path, kind="train"):
@@ -224,26 +229,35 @@ def card(res: dict) -> str:
     asa, dense = res["asa"], res["dense"]
     s = asa["summary"]
     fin = {n: res[n]["summary"]["final"] for n in MODES if n in res}
-    rb = res.get("random_bonds")                      # the control twin, when it was trained
+    extra = [n for n in LABELS if n in res]          # control twins and seed replicates, when trained
+    ctxs = list(asa["ppl_by_context"])
     ctx_rows = "\n".join(f"| {L} | {asa['ppl_by_context'][L]['ppl']:.2f} | {dense['ppl_by_context'][L]['ppl']:.2f} |"
-                         + (f" {rb['ppl_by_context'][L]['ppl']:.2f} |" if rb else "") for L in asa["ppl_by_context"])
-    ctx_head = "| context | asa-small | dense twin |" + (" random_bonds twin |" if rb else "")
-    ctx_rule = "|---|---|---|" + ("---|" if rb else "")
+                         + "".join(f" {res[n]['ppl_by_context'][L]['ppl']:.2f} |" for n in extra) for L in ctxs)
+    ctx_head = "| context | asa-small | dense twin |" + "".join(f" {LABELS[n]} |" for n in extra)
+    ctx_rule = "|---|---|---|" + "---|" * len(extra)
     rb_row = ""
-    rb_note = ""
-    if rb:
-        f = fin["random_bonds"]
-        last = list(asa["ppl_by_context"])[-1]
+    for n in extra:
+        f = fin[n]
         wt2 = [f"{f[k]['ppl_bpe']:.0f}" if k in f else "not run" for k in ("wt2_valid", "wt2_test")]
-        rb_row = (f"\n| random_bonds twin | {f['valid']['ppl_bpe']:.2f} | {f['valid']['ppl_word']:.1f} | "
-                  f"{wt2[0]} | {wt2[1]} |")
+        rb_row += f"\n| {LABELS[n]} | {f['valid']['ppl_bpe']:.2f} | {f['valid']['ppl_word']:.1f} | {wt2[0]} | {wt2[1]} |"
+    rb_note = ""
+    if "random_bonds" in res:
+        last = ctxs[-1]
+
+        def runs(prefix):
+            return [n for n in (prefix, prefix + "_seed1") if n in res]
+
+        def vals(names, key):
+            v = [fin[n]["valid"]["ppl_bpe"] if key == "valid" else res[n]["ppl_by_context"][key]["ppl"] for n in names]
+            return " / ".join(f"{x:.2f}" for x in v)
+
+        a_n, r_n = runs("asa"), runs("random_bonds")
         rb_note = ("\n\nThe random_bonds twin is the control: the same plans' self, word, sink and window keys, and as "
                    "many other keys drawn at random from the rest of the past instead of the linguistically "
-                   "bonded ones (same data, steps, seed and schedule). If it matches asa-small, the "
-                   "gain is locality, not the linguistic choice of long-range keys. One seed each: at the "
-                   f"training context it is {f['valid']['ppl_bpe']:.2f} against asa-small's "
-                   f"{fin['asa']['valid']['ppl_bpe']:.2f}; past it, at {last}, "
-                   f"{rb['ppl_by_context'][last]['ppl']:.1f} against {asa['ppl_by_context'][last]['ppl']:.1f}.")
+                   "bonded ones (same data, steps and schedule). If it matches asa-small, the gain is locality, "
+                   f"not the linguistic choice of long-range keys. Training seeds {' / '.join(str(SEEDS.get(n, 0)) for n in r_n)}: "
+                   f"at the training context it is {vals(r_n, 'valid')} against asa-small's {vals(a_n, 'valid')}; "
+                   f"past it, at {last}, {vals(r_n, last)} against {vals(a_n, last)}.")
     samples = "\n\n".join(f"**{p}**{t}" for p, t in asa["samples"].items())
     from asa_runtime.linguistics.tagger import CausalTagger
     acc = CausalTagger.load().meta.get("test_accuracy")
