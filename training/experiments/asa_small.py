@@ -20,6 +20,13 @@ Phases (the device cannot read ../shared/data, so tokens are made here and carri
 Retraining asa-small alone (its plans changed, e.g. a new tagger; the dense twin does not read plans):
   start --train asa --max-steps 5170 (the recorded step count), then watch / finish / install as above; finish
   takes the twin's rows from the committed training/results/asa_small.
+Control twins: start --train random_bonds --max-steps 5170 (seed-1 replicates: asa_seed1,random_bonds_seed1).
+
+Since asa-small itself is in the repository (42 MB that travel), the 49 MB token file no longer fits the
+64 MiB a device call carries. `pack` (here) writes runs/carry_prep: tokens xz-compressed for 16-bit data
+(23 MB), the held-out split and tokenizer, and a meta without the WikiText-2 splits (so the twins are scored on
+the held-out books only). Carry runs/carry_prep and begin the device command with
+`python3 -m training.experiments.asa_small unpack &&`.
 """
 from __future__ import annotations
 
@@ -368,9 +375,38 @@ def install(a):
     print(f"installed {dst} ({sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 1e6:.1f} MB)")
 
 
+CARRY = REPO / "runs" / "carry_prep"
+_XZ16 = [{"id": 0x21, "preset": 9, "lc": 0, "lp": 1, "pb": 1}]   # LZMA2 tuned for 16-bit tokens
+
+
+def pack(a):
+    import lzma
+
+    CARRY.mkdir(parents=True, exist_ok=True)
+    for name in ("train.tokens.u16", "valid.tokens.u16", "tokenizer.json"):
+        data = (PREP / name).read_bytes()
+        (CARRY / (name + ".xz")).write_bytes(lzma.compress(data, format=lzma.FORMAT_XZ, filters=_XZ16))
+    meta = json.loads((PREP / "meta.json").read_text())
+    meta["splits"] = {k: v for k, v in meta["splits"].items() if k in ("train", "valid")}
+    meta["plans"] = {}                                  # planned on the device, on all its cores
+    (CARRY / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    size = sum(f.stat().st_size for f in CARRY.iterdir())
+    print(f"{CARRY}: {size / 1e6:.1f} MB to carry")
+
+
+def unpack(a):
+    import lzma
+
+    PREP.mkdir(parents=True, exist_ok=True)
+    for f in CARRY.glob("*.xz"):
+        (PREP / f.name[:-3]).write_bytes(lzma.decompress(f.read_bytes()))
+    shutil.copy(CARRY / "meta.json", PREP / "meta.json")
+    print(f"{PREP}: unpacked")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("phase", choices=["start", "watch", "finish", "install"])
+    ap.add_argument("phase", choices=["pack", "unpack", "start", "watch", "finish", "install"])
     ap.add_argument("--budget-s", type=float, default=1500, help="start: training wall time for both runs")
     ap.add_argument("--probe-steps", type=int, default=30)
     ap.add_argument("--train", default=None,
@@ -383,7 +419,7 @@ def main():
     ap.add_argument("--out", default="runs/asa_small_out")
     ap.add_argument("--from", dest="src", default="runs/asa_small_out")
     a = ap.parse_args()
-    {"start": start, "watch": watch, "finish": finish, "install": install}[a.phase](a)
+    {"pack": pack, "unpack": unpack, "start": start, "watch": watch, "finish": finish, "install": install}[a.phase](a)
 
 
 if __name__ == "__main__":
