@@ -245,16 +245,22 @@ def _real_planner_or_skip():
         pytest.skip(f"linguistic planner not available: {e}")
 
 
-@pytest.mark.parametrize("mode", ["full", "pos_only", "features_only", "random"])
-def test_real_planner_cache_obeys_contract_and_trains(prepared, tmp_path, mode):
-    """The cached plans of the real planner obey the AttentionPlan contract and drive a training step."""
-    _real_planner_or_skip()
+def _copy_without_plans(prepared, tmp_path):
+    """A copy of the prepared folder whose meta lists no cached plans (tokens kept)."""
     import shutil
     root = tmp_path / "prep"
     shutil.copytree(prepared, root)
     meta = json.loads((root / "meta.json").read_text())
     meta["plans"] = {}
     (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["full", "pos_only", "features_only", "random"])
+def test_real_planner_cache_obeys_contract_and_trains(prepared, tmp_path, mode):
+    """The cached plans of the real planner obey the AttentionPlan contract and drive a training step."""
+    _real_planner_or_skip()
+    root = _copy_without_plans(prepared, tmp_path)
     prepare_plans(root, mode, PlanConfig(mode=mode, k=16), splits=("valid",), workers=1, progress=False,
                   log=lambda *_: None)
     prep = Prepared.open(root)
@@ -279,14 +285,8 @@ def test_plans_from_another_analyzer_are_redone_and_refused_by_train(prepared, t
     """Plans depend on the analyzer's artifacts: a cached plan made with another tagger is planned again,
     and training refuses a folder whose plans do not match the package's analyzer."""
     _real_planner_or_skip()
-    import shutil
-
     from training.train import model_config
-    root = tmp_path / "prep"
-    shutil.copytree(prepared, root)
-    meta = json.loads((root / "meta.json").read_text())
-    meta["plans"] = {}
-    (root / "meta.json").write_text(json.dumps(meta))
+    root = _copy_without_plans(prepared, tmp_path)
     cfg = PlanConfig(mode="pos_only", k=16)
     prepare_plans(root, "pos_only", cfg, splits=("valid",), workers=1, progress=False, log=lambda *_: None)
     path = root / "valid.plan.pos_only.i16"

@@ -316,8 +316,7 @@ class IncrementalPlan:
         """Pronoun query: agreeing nominal antecedents in earlier sentences, most recent first."""
         st = self.st
         uq, aq = st.w_upos[w], st.w_agr[w]
-        is_pron = (uq == PRON) if self._use_pos else bool(aq & _PERSONS)
-        if not is_pron or aq & AGR_BIT["REFLEXIVE"]:
+        if not self._is_pronoun(w) or aq & AGR_BIT["REFLEXIVE"]:
             return ()
         sent, sq = st.w_sent[w], st.w_sem[w]
         w_sent, w_sem, w_agr, w_start = st.w_sent, st.w_sem, st.w_agr, st.w_start

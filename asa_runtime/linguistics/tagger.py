@@ -162,6 +162,11 @@ def lex_strings(lex: dict[str, tuple[int, int, int]]) -> dict[str, tuple[str, st
     return out
 
 
+def _tag_or_none(t: int) -> int:
+    """Tag ids outside [-1, N_UPOS) count as absent (-1)."""
+    return t if -1 <= t < N_UPOS else -1
+
+
 class CausalTagger:
     def __init__(self, feats: list[str], weights: np.ndarray, tagdict: dict[str, int],
                  lex: dict[str, tuple[str, str, str]], meta: dict | None = None):
@@ -239,10 +244,7 @@ class CausalTagger:
 
     def scores(self, word: str, prev1: str | None, prev2: str | None, tag1: int, tag2: int) -> np.ndarray:
         """Perceptron scores (N_UPOS,) of the features `features(...)` lists (the tag dictionary aside)."""
-        if not -1 <= tag1 < N_UPOS:
-            tag1 = -1
-        if not -1 <= tag2 < N_UPOS:
-            tag2 = -1
+        tag1, tag2 = _tag_or_none(tag1), _tag_or_none(tag2)
         _, wv, lo, s3, s2, sh, c = self._cur.get(word) or self._current(word)
         if prev1 is None:
             p1v, l1 = self._p1_none
@@ -263,10 +265,7 @@ class CausalTagger:
 
     def reference_scores(self, word: str, prev1: str | None, prev2: str | None, tag1: int, tag2: int) -> np.ndarray:
         """The same scores as `scores`, summed plainly over `features(...)` (slow; for tests and checks)."""
-        if not -1 <= tag1 < N_UPOS:
-            tag1 = -1
-        if not -1 <= tag2 < N_UPOS:
-            tag2 = -1
+        tag1, tag2 = _tag_or_none(tag1), _tag_or_none(tag2)
         return self._sum(features(word, prev1, prev2, tag1, tag2, self.lex))
 
     def tag(self, word: str, prev1: str | None, prev2: str | None, tag1: int, tag2: int) -> int:

@@ -271,9 +271,7 @@ def card(res: dict) -> str:
     acc = f"{100 * acc:.1f}%" if acc else "(not recorded)"
     gap = 100 * (1 - fin["dense"]["valid"]["ppl_bpe"] / fin["asa"]["valid"]["ppl_bpe"])
     trained = res["plan"].get("trained", list(DEFAULT))
-    if "asa" not in trained:
-        sharing = "while sharing the GPU with its dense twin"          # the model itself is from the first run
-    elif "dense" in trained:
+    if "asa" not in trained or "dense" in trained:   # the shipped weights come from the first run (with the twin)
         sharing = "while sharing the GPU with its dense twin"
     else:
         sharing = ("beside " + ", ".join(n for n in trained if n != "asa") if len(trained) > 1 else "alone") + \
