@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .errors import CheckpointError  # noqa: F401  (re-exported: callers catch checkpoint.CheckpointError)
+from .model import Transformer
 from .tokenizer import Tokenizer
 
 FORMAT = "asa-checkpoint/1"
@@ -35,8 +37,6 @@ ARTIFACTS = Path(__file__).parent / "linguistics" / "artifacts"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class CheckpointError(Exception):
-    """A model folder that cannot be read (missing, truncated, corrupted or inconsistent)."""
 
 
 @dataclass
@@ -100,8 +100,9 @@ def model_analyzer(path, raw_config: dict):
 
 
 def model_state(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Persistent weights, contiguous, on CPU; a tied output head is dropped (it is the embedding)."""
-    sd = model.state_dict()
+    """Persistent weights under Llama names (split projections), contiguous, on CPU; a tied output head is
+    dropped (it is the embedding)."""
+    sd = model.llama_state_dict() if hasattr(model, "llama_state_dict") else model.state_dict()
     cfg = getattr(model, "cfg", None)
     if cfg is not None and cfg.tie_embeddings:
         sd.pop("output.weight", None)
@@ -244,8 +245,6 @@ def read_weights(path, raw: dict | None = None, verify: bool = True) -> dict[str
 
 def load_checkpoint(path, device="cpu", dtype=None) -> Checkpoint:
     """Load a model folder. dtype None: float32 on CPU (half-precision files are upcast), else as stored."""
-    from .model import Transformer
-
     path = Path(path)
     cfg, raw = read_config(path)
     tok_path = path / TOKENIZER
@@ -258,12 +257,16 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Checkpoint:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids, model only {cfg.vocab_size}")
 
-    state = read_weights(path, raw)
+    try:
+        state = Transformer.fuse_state_dict(read_weights(path, raw))
+    except RuntimeError as e:          # projections of inconsistent shapes cannot be concatenated
+        raise CheckpointError(f"{path}: inconsistent projection shapes ({_one_line(e)})") from None
     try:
         model = Transformer(cfg)
     except Exception as e:
         raise CheckpointError(f"{path / CONFIG}: invalid model config ({_one_line(e)})") from None
-    expected = model_state(model)
+    expected = {k: v for k, v in model.state_dict().items()
+                if not (cfg.tie_embeddings and k == "output.weight")}
     missing = sorted(expected.keys() - state.keys())
     extra = sorted(state.keys() - expected.keys())
     if missing:

@@ -1,16 +1,13 @@
-"""Generation engine: the Python API that the CLI, the chat and the benchmarks share.
+"""Generation engine: the Python API that the CLI, the chat, the server and the benchmarks share.
 
-    lm = load("asa-small")                                   # model + tokenizer + planner (+ backend)
+    lm = load("asa-small")                                   # weights + tokenizer + planner + backend
     for r in stream_generate(lm, "Once upon a time", max_tokens=64, temp=0.7, seed=1):
         print(r.text, end="", flush=True)
     text = generate(lm, "Once upon a time", max_tokens=64)
 
-Shaped after gpt-fast (`prefill`, `decode_one_token` over a static cache written by index) and mlx-lm
-(`generate_step` generator -> `stream_generate` yielding text + statistics). A `Session` is one sequence
-in flight: token positions, the incremental plan, the slot map and the backend's KV cache. Each decode
-step extends the plan by one row, maps it to cache slots and calls the backend. The backend (torch now;
-ONNX Runtime / MLX later) only sees ids, slot rows, positions and slots, so sampling, plans, the KV policy
-and the CLI do not change with it.
+Shaped after mlx-lm (`generate_step` generator -> `stream_generate` yielding text + statistics) over
+gpt-fast-style sessions (asa_runtime/session.py: a static cache written by index, prefill then one-token
+decode steps). A LoadedModel is shared and read-only; each generation runs on its own Session.
 """
 from __future__ import annotations
 
@@ -19,29 +16,28 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .backends import Backend, make_backend
+from .checkpoint import load_checkpoint, model_analyzer, parse_dtype, read_config
 from .config import ModelConfig
-from .kv_policy import CacheFull, SlotMap
+from .errors import BackendError, CacheFull, GenerationError
+from .linguistics.planner import Planner
+from .quantize import quantize_model
+from .registry import resolve
 from .sampling import Sampler, SamplerConfig
-
-DEFAULT_PREFILL_CHUNK = 512
-
-
-class GenerationError(ValueError):
-    """Bad input to the engine (the CLI prints its one-line message)."""
+from .session import DEFAULT_PREFILL_CHUNK, Session
+from .streaming import StopMatcher, StreamingDetokenizer
 
 
 # ---- loading ---------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """What `load` returns: everything needed to start sessions on one model."""
+    """What `load` returns: everything needed to start sessions on one model (shared, read-only)."""
     model: torch.nn.Module | None
     tokenizer: object
     planner: object | None                   # None: dense baseline (mode "none")
@@ -82,11 +78,9 @@ def model_hash(config_dict: dict, quantize: str | None = None, dtype: str | None
 
 def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=None,
          backend: str = "torch", kv_dtype=None, planner=None) -> LoadedModel:
-    """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError
-    (all one-line) on bad input. `planner` overrides the planner built from the model's PlanConfig."""
-    from .checkpoint import load_checkpoint, parse_dtype, read_config
-    from .registry import resolve
-
+    """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError /
+    BackendError (all one-line) on bad input. `planner` overrides the planner built from the model's
+    PlanConfig."""
     device = check_device(device)
     path = resolve(name_or_path)
     try:
@@ -99,26 +93,21 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
                               "baseline attends the cache in the model's dtype)")
     _, raw = read_config(path)
     if quantize:
-        from .quantize import quantize_model
-
+        if backend != "torch":
+            raise BackendError(f"--quantize is a torch-backend option (backend {backend!r} got no int8 path)")
         quantize_model(ck.model, quantize)
     if planner is None and not ck.config.plan.dense:
-        from .checkpoint import model_analyzer
-        from .linguistics.planner import Planner
-
         planner = Planner(ck.config.plan, analyzer=model_analyzer(path, raw))
-    be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype)
+    be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype, source=path)
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
                        path=path, device=device, model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}"),
                        quantize=quantize, meta=ck.meta)
 
 
 def from_model(model, tokenizer, planner=None, device="cpu", backend="torch", kv_dtype=None) -> LoadedModel:
-    """Wrap an in-memory model (tests, training evaluation) like `load` does."""
+    """Wrap an in-memory model (tests, training evaluation) like `load` does. The model is not changed."""
     cfg = model.cfg
     if planner is None and not cfg.plan.dense:
-        from .linguistics.planner import Planner
-
         planner = Planner(cfg.plan)
     # in-memory weights have no file checksums: fingerprint the first values of every tensor instead
     h = hashlib.sha256()
@@ -128,251 +117,6 @@ def from_model(model, tokenizer, planner=None, device="cpu", backend="torch", kv
     be = make_backend(backend, model, device=device, kv_dtype=kv_dtype)
     return LoadedModel(model=model, tokenizer=tokenizer, planner=planner, config=cfg, backend=be, device=device,
                        model_hash=model_hash(cfg.to_dict(), dtype=f"{h.hexdigest()}/{kv_dtype}"))
-
-
-# ---- one sequence in flight ------------------------------------------------------------------------
-@dataclass
-class _Mark:
-    n_pos: int
-    n_used: int
-    compactions: int
-    plan_state: dict | None
-    logits: torch.Tensor
-
-
-class Session:
-    """KV cache + plan + slot map of one sequence. One session per LoadedModel at a time (the torch
-    backend keeps its cache on the model)."""
-
-    MAX_MARKS = 4
-
-    def __init__(self, lm: LoadedModel, ctx_size: int | None = None, max_kv_size: int | None = None,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
-        self.lm = lm
-        self.ctx_size = int(ctx_size or lm.config.max_seq_len)
-        if self.ctx_size < 2:
-            raise GenerationError(f"ctx_size must be >= 2, got {self.ctx_size}")
-        if prefill_chunk < 1:
-            raise GenerationError(f"prefill chunk must be >= 1, got {prefill_chunk}")
-        n_slots = self.ctx_size
-        if max_kv_size:
-            if max_kv_size < 1:
-                raise GenerationError(f"max_kv_size must be >= 1, got {max_kv_size}")
-            if lm.dense and max_kv_size < self.ctx_size:
-                raise GenerationError("--max-kv-size needs a sparse ASA plan: this model is dense (mode none), "
-                                      "every cached key stays selectable")
-            n_slots = min(max_kv_size, self.ctx_size)
-        self.prefill_chunk = prefill_chunk
-        self.slots = SlotMap(self.ctx_size, n_slots)
-        self.backend = lm.backend
-        self.pieces = lm.tokenizer.pieces
-        # a model may have more output rows than the tokenizer has ids: those are never sampled
-        self.n_vocab = min(lm.config.vocab_size, lm.tokenizer.vocab_size)
-        self.dense = lm.dense
-        self._row = np.full(lm.config.plan.k, -1, dtype=np.int64)   # decode step's slot row, reused
-        self.reset()
-
-    def reset(self) -> None:
-        self.backend.reset(self.slots.n_slots)
-        self.slots.reset()
-        self.plan = None if self.dense else self.lm.planner.incremental()
-        self.tokens: list[int] = []
-        self.marks: list[_Mark] = []
-        self.last_logits: torch.Tensor | None = None
-
-    @property
-    def n_past(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def room(self) -> int:
-        """Positions left in the context."""
-        return self.ctx_size - len(self.tokens)
-
-    def _reachable(self) -> np.ndarray:
-        return self.plan.reachable()
-
-    def feed(self, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
-        """Prefill `ids` in chunks; returns the last token's logits (V,), or (len(ids), V) if all_logits."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
-            raise GenerationError("nothing to feed")
-        if ids.min() < 0 or ids.max() >= len(self.pieces):
-            raise GenerationError(f"token ids must lie in [0, {len(self.pieces)}) for this tokenizer")
-        if len(ids) > self.room:
-            raise GenerationError(f"{len(ids)} tokens do not fit: {self.room} of {self.ctx_size} context "
-                                  f"positions left")
-        try:
-            return self._feed(ids, all_logits)
-        except BaseException:
-            self.reset()               # a half-fed chunk leaves plan, slots and cache out of step
-            raise
-
-    def _feed(self, ids: np.ndarray, all_logits: bool) -> torch.Tensor:
-        outs, i = [], 0
-        while i < len(ids):
-            n, moves = self.slots.room(min(self.prefill_chunk, len(ids) - i), self._reachable)
-            if moves is not None:
-                self.backend.move_slots(*moves)
-            chunk = ids[i: i + n]
-            pos, sl = self.slots.assign(n)
-            rows = None
-            if not self.dense:
-                prow = self.plan.extend_many([self.pieces[t] for t in chunk.tolist()])   # (n, K) positions
-                rows = self.slots.map_rows(prow)                                     # (n, K) slots
-            out = self.backend.prefill(chunk, rows, pos, sl, all_logits=all_logits)
-            outs.append(out)
-            self.tokens.extend(chunk.tolist())
-            i += n
-        self.last_logits = outs[-1] if not all_logits else outs[-1][-1]
-        return torch.cat(outs) if all_logits else self.last_logits
-
-    def step(self, token: int) -> torch.Tensor:
-        """Decode one token: extend the plan by one row, map it to slots, run the backend."""
-        if not 0 <= token < len(self.pieces):
-            raise GenerationError(f"token id {token} is outside the tokenizer's {len(self.pieces)} ids")
-        try:
-            return self._step(token)
-        except BaseException:
-            self.reset()
-            raise
-
-    def _step(self, token: int) -> torch.Tensor:
-        n, moves = self.slots.room(1, self._reachable)
-        if moves is not None:
-            self.backend.move_slots(*moves)
-        pos, sl = self.slots.assign(1)
-        row = None
-        if not self.dense:
-            prow = self.plan.extend(self.pieces[token])                       # (K,) positions
-            row = self.slots.map_rows(prow, out=self._row)                    # (K,) slots
-        self.last_logits = self.backend.decode(token, row, int(pos[0]), int(sl[0]))
-        self.tokens.append(int(token))
-        return self.last_logits
-
-    # ---- reuse of a common prefix (chat turns, prompt caches) ------------------------------------
-    def mark(self) -> None:
-        """Remember the state at the current end so a later prompt sharing this prefix can rewind to it."""
-        if self.last_logits is None:
-            return
-        state = None if self.dense else _copy_state(self.plan.state_dict())
-        self.marks = [m for m in self.marks if m.n_pos != self.n_past][-(self.MAX_MARKS - 1):]
-        self.marks.append(_Mark(self.n_past, self.slots.n_used, self.slots.compactions, state,
-                                self.last_logits.clone()))
-
-    def prepare(self, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
-        """Bring the session to `ids`, reusing the longest cached prefix it can: returns (last logits,
-        number of tokens actually computed)."""
-        ids = list(ids)
-        common = _common_prefix(self.tokens, ids)
-        if common < len(self.tokens):
-            usable = [m for m in self.marks
-                      if m.n_pos <= common and m.compactions == self.slots.compactions]
-            if usable:
-                self._rewind(max(usable, key=lambda m: m.n_pos))
-            else:
-                self.reset()
-        rest = ids[len(self.tokens):]
-        if rest:
-            logits = self.feed(rest)
-        elif self.last_logits is not None:
-            logits = self.last_logits
-        else:                                                  # empty session, empty prompt
-            raise GenerationError("empty prompt")
-        self.mark()
-        return logits, len(rest)
-
-    def _rewind(self, m: _Mark) -> None:
-        if m.n_pos == self.n_past:
-            self.last_logits = m.logits
-            return
-        self.slots.truncate(m.n_pos, m.n_used)
-        if not self.dense:
-            self.plan = self.lm.planner.incremental_from_state(_copy_state(m.plan_state))
-        del self.tokens[m.n_pos:]
-        self.last_logits = m.logits
-        self.marks = [x for x in self.marks if x.n_pos <= m.n_pos]
-
-    def kv_bytes(self) -> int:
-        return self.backend.cache_bytes()
-
-
-def _copy_state(state: dict) -> dict:
-    return {"arrays": {k: np.array(v, copy=True) for k, v in state["arrays"].items()},
-            "meta": json.loads(json.dumps(state["meta"]))}
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-# gpt-fast style free functions over a session
-def prefill(session: Session, ids: Sequence[int]) -> torch.Tensor:
-    return session.feed(ids)
-
-
-def decode_one_token(session: Session, token: int) -> torch.Tensor:
-    return session.step(token)
-
-
-# ---- streaming text --------------------------------------------------------------------------------
-class StreamingDetokenizer:
-    """Text of a growing token list, emitted as new segments. Holds back an incomplete UTF-8 character
-    (a trailing U+FFFD) until its bytes arrive. Decoding restarts at the last clean boundary, so a step
-    costs O(tokens since then), not O(all tokens) (byte-level BPE decodes by concatenation)."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.pending: list[int] = []
-
-    def add(self, token: int) -> str:
-        self.pending.append(int(token))
-        text = self.tok.decode(self.pending)
-        if text.endswith("\ufffd") and len(self.pending) < 8:
-            return ""
-        self.pending = []
-        return text
-
-    def flush(self) -> str:
-        text = self.tok.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
-
-
-class StopMatcher:
-    """Finds stop strings in streamed text; holds back a tail that could still become a stop string."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.buf = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, stopped)."""
-        self.buf += text
-        if not self.stops:
-            out, self.buf = self.buf, ""
-            return out, False
-        hits = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.buf = self.buf[: min(hits)], ""
-            return out, True
-        hold = 0                                    # longest tail that is a proper prefix of a stop string
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(self.buf)), hold, -1):
-                if self.buf.endswith(s[:k]):
-                    hold = k
-                    break
-        out = self.buf[: len(self.buf) - hold]
-        self.buf = self.buf[len(self.buf) - hold:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out
 
 
 # ---- generation ------------------------------------------------------------------------------------
@@ -418,11 +162,14 @@ def generate_step(session: Session, logits: torch.Tensor, sampler: Sampler,
 def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: int = 256, *,
                     sampler: Sampler | None = None, stop: Sequence[str] = (), session: Session | None = None,
                     ctx_size: int | None = None, max_kv_size: int | None = None,
-                    prefill_chunk: int = DEFAULT_PREFILL_CHUNK, prompt_cache: str | Path | None = None,
-                    stop_at_eos: bool = True, **sampler_kw) -> Iterator[GenerationResponse]:
+                    prefill_chunk: int = DEFAULT_PREFILL_CHUNK, stop_at_eos: bool = True,
+                    on_prompt: Callable[[Session, int], None] | None = None,
+                    **sampler_kw) -> Iterator[GenerationResponse]:
     """Stream a completion of `prompt` (text or token ids). Sampling options (temp, top_k, top_p, min_p,
-    repeat_penalty, repeat_last_n, seed) go to `Sampler` unless a `sampler` is given. The last response
-    has finish_reason set and carries any text held back until then."""
+    repeat_penalty, repeat_last_n, seed) go to `Sampler` unless a `sampler` is given. `session` continues
+    an existing sequence (its cached prefix is reused); `on_prompt(session, n_computed)` runs once the
+    prompt is in the cache (the CLI saves its prompt cache there). The last response has finish_reason
+    set and carries any text held back until then."""
     t0 = time.perf_counter()
     tok = lm.tokenizer
     ids = tok.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
@@ -439,17 +186,11 @@ def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: in
     if len(ids) >= session.ctx_size:
         raise GenerationError(f"prompt has {len(ids)} tokens but the context holds {session.ctx_size} "
                               f"(raise --ctx-size or shorten the prompt)")
-    if prompt_cache is not None:
-        from .prompt_cache import load_prompt_cache, save_prompt_cache
-
-        if Path(prompt_cache).exists():
-            load_prompt_cache(prompt_cache, session)
-
     t_p = time.perf_counter()
     logits, computed = session.prepare(ids)
     prompt_time = time.perf_counter() - t_p
-    if prompt_cache is not None and computed:
-        save_prompt_cache(prompt_cache, session)
+    if on_prompt is not None:
+        on_prompt(session, computed)
     prompt_tps = computed / prompt_time if computed and prompt_time > 0 else 0.0
 
     detok, stops = StreamingDetokenizer(tok), StopMatcher(stop)
@@ -517,12 +258,10 @@ __all__ = [
     "Session",
     "StopMatcher",
     "StreamingDetokenizer",
-    "decode_one_token",
     "format_stats",
     "from_model",
     "generate",
     "generate_step",
     "load",
-    "prefill",
     "stream_generate",
 ]

@@ -16,9 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-
-class CacheFull(RuntimeError):
-    """The policy can still select more keys than the bounded cache holds."""
+from .errors import CacheFull
 
 
 class SlotMap:
@@ -106,16 +104,21 @@ class SlotMap:
     def cached_positions(self) -> np.ndarray:
         return self.slot2pos[: self.n_used].copy()
 
-    # ---- persistence (prompt cache) --------------------------------------------------------------
+    # ---- state (prompt caches) ----------------------------------------------------------------------
     def state(self) -> dict:
+        """{"slot2pos": (n_used,) int64 the position each kept row holds, "n_pos": positions assigned}."""
         return {"slot2pos": self.slot2pos[: self.n_used].copy(), "n_pos": self.n_pos}
 
-    def load_state(self, slot2pos: np.ndarray, n_pos: int) -> None:
-        n = len(slot2pos)
+    def load_state(self, state: dict) -> None:
+        """Inverse of state(). Raises CacheFull if it does not fit, ValueError if it is not a slot map."""
+        slot2pos = np.asarray(state["slot2pos"], dtype=np.int64)
+        n, n_pos = len(slot2pos), int(state["n_pos"])
         if n > self.n_slots or n_pos > self.ctx_size:
             raise CacheFull(f"saved cache holds {n} keys over {n_pos} positions; this session has "
                             f"{self.n_slots} slots and a context of {self.ctx_size}")
+        if n and (slot2pos.min() < 0 or slot2pos.max() >= n_pos or np.any(np.diff(slot2pos) <= 0)):
+            raise ValueError("slot map positions must be ascending and inside the saved prefix")
         self.reset()
         self.slot2pos[:n] = slot2pos
         self.pos2slot[slot2pos] = np.arange(n, dtype=np.int64)
-        self.n_used, self.n_pos = n, int(n_pos)
+        self.n_used, self.n_pos = n, n_pos

@@ -1,16 +1,24 @@
 """The ASA model: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, no biases) whose attention reads an
 AttentionPlan. Mode "none" is dense causal SDPA; every other mode calls kernels.sparse_attention.
 
+One forward for everything: training, prefill and one-token decode all run the modules below; backends
+call `Transformer.forward` / `Transformer.decode_one` (or an export of them), never a copy of the math.
+The KV cache is not part of the model: `make_cache()` returns per-layer cache objects (mlx-lm's hook) that
+a Session owns and passes in, so many sequences can share one set of weights.
+
 Shapes: B batch, T new tokens, S cache slots, H query heads, Hkv key/value heads, hs head size, K plan width.
-Weights use Llama names so the same tensors run densely in llama.cpp (exporters/gguf).
+Projections are fused (wqkv = [wq; wk; wv], w13 = [w1 (gate); w3 (up)]) for fewer, larger matmuls; on disk
+and in `llama_state_dict` they are split under Llama names, so the same tensors run in llama.cpp.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import sparse_attention
+from kernels.torch_sparse import UnionPlan, union_attention
 
 from .config import ModelConfig
 
@@ -22,8 +30,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # half precision: normalise in float32, round like Llama's reference, then scale
+        return F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype) * self.weight
 
 
 def rope_cache(max_pos: int, hs: int, theta: float, device=None) -> torch.Tensor:
@@ -41,43 +51,107 @@ def apply_rope(x: torch.Tensor, rc: torch.Tensor) -> torch.Tensor:
     return out.flatten(-2).type_as(x)
 
 
-class KVCache(nn.Module):
-    """Static cache written by index (gpt-fast). Slots are cache rows; the runtime maps token positions
-    to slots (identity unless it evicts), and plan rows given to the model already hold slots."""
+def _mv(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # one-token decode: a matrix-vector product is faster than linear on a 1-row batch (bf16 most of all)
+    return torch.mv(lin.weight, x) if type(lin) is nn.Linear else lin(x)
+
+
+# ---- KV cache --------------------------------------------------------------------------------------
+class KVCache:
+    """One layer's static cache written by index (gpt-fast). Slots are cache rows; the runtime maps token
+    positions to slots (identity unless it evicts), and plan rows given to the model already hold slots."""
 
     def __init__(self, batch: int, slots: int, n_kv_head: int, hs: int, dtype=torch.float32, device=None):
-        super().__init__()
         shape = (batch, n_kv_head, slots, hs)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # stale rows need no zeroing: every row a step reads was written earlier in the same sequence
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (B, Hkv, S, hs)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        # slots: (T,); k, v: (B, Hkv, T, hs)
+        # slots: (T,); k, v: (B, Hkv, T, hs) -> the whole cache (B, Hkv, S, hs)
         self.k.index_copy_(2, slots, k.to(self.k.dtype))
         self.v.index_copy_(2, slots, v.to(self.v.dtype))
         return self.k, self.v
 
 
+class ModelCache(list):
+    """The per-layer KVCache list of one sequence (what `Transformer.make_cache` returns), with the cache
+    state protocol every backend's cache follows (asa_runtime/backends: `Cache`)."""
+
+    @property
+    def n_slots(self) -> int:
+        return self[0].k.shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self[0].k.dtype
+
+    def nbytes(self) -> int:
+        return sum(c.k.numel() * c.k.element_size() + c.v.numel() * c.v.element_size() for c in self)
+
+    @torch.inference_mode()
+    def move_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        """Copy rows src -> dst (compaction: dst[i] <= src[i], both ascending)."""
+        dev = self[0].k.device
+        s = torch.from_numpy(np.ascontiguousarray(src, dtype=np.int64)).to(dev)
+        d = torch.from_numpy(np.ascontiguousarray(dst, dtype=np.int64)).to(dev)
+        for c in self:
+            c.k.index_copy_(2, d, c.k.index_select(2, s))       # index_select copies first: overlap is safe
+            c.v.index_copy_(2, d, c.v.index_select(2, s))
+
+    @torch.inference_mode()
+    def state(self, n: int) -> dict[str, torch.Tensor]:
+        """Rows 0..n-1 of sequence 0: {"layers.{l}.k" / ".v": (Hkv, n, hs)} on the CPU."""
+        out = {}
+        for i, c in enumerate(self):
+            out[f"layers.{i}.k"] = c.k[0, :, :n].to("cpu").clone()
+            out[f"layers.{i}.v"] = c.v[0, :, :n].to("cpu").clone()
+        return out
+
+    @torch.inference_mode()
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of state(): fill rows 0..n-1. Raises ValueError if the tensors do not fit."""
+        for i, c in enumerate(self):
+            try:
+                k, v = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
+            except KeyError as e:
+                raise ValueError(f"cache state lacks {e.args[0]}") from None
+            want = (c.k.shape[1], c.k.shape[3])
+            for t in (k, v):
+                if t.dim() != 3 or (t.shape[0], t.shape[2]) != want or t.shape[1] > c.k.shape[2] \
+                        or t.shape != k.shape:
+                    raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache "
+                                     f"{tuple(c.k.shape)}")
+            n = k.shape[1]
+            c.k[0, :, :n].copy_(k)
+            c.v[0, :, :n].copy_(v)
+
+
+# ---- layers ----------------------------------------------------------------------------------------
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         hs = cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_head * hs, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * hs, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * hs, bias=False)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * hs, bias=False)
         self.wo = nn.Linear(cfg.n_head * hs, cfg.d_model, bias=False)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x, rc, keys, slots, attn_mask):
+    def project(self, x, rc):
+        """x: (B, T, d) -> q (B, H, T, hs), k and v (B, Hkv, T, hs), RoPE applied to q and k."""
         B, T, _ = x.shape
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
-        q = self.wq(x).view(B, T, H, hs).transpose(1, 2)          # (B, H, T, hs)
-        k = self.wk(x).view(B, T, Hkv, hs).transpose(1, 2)        # (B, Hkv, T, hs)
-        v = self.wv(x).view(B, T, Hkv, hs).transpose(1, 2)        # (B, Hkv, T, hs)
-        q, k = apply_rope(q, rc), apply_rope(k, rc)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(slots, k, v)              # (B, Hkv, S, hs)
+        q, k, v = self.wqkv(x).split([H * hs, Hkv * hs, Hkv * hs], -1)
+        q = q.reshape(B, T, H, hs).transpose(1, 2)                # (B, H, T, hs)
+        k = k.reshape(B, T, Hkv, hs).transpose(1, 2)              # (B, Hkv, T, hs)
+        v = v.reshape(B, T, Hkv, hs).transpose(1, 2)              # (B, Hkv, T, hs)
+        return apply_rope(q, rc), apply_rope(k, rc), v
+
+    def forward(self, x, rc, keys, slots, attn_mask, cache: KVCache | None):
+        B, T, _ = x.shape
+        H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        q, k, v = self.project(x, rc)
+        if cache is not None:
+            k, v = cache.update(slots, k, v)                      # (B, Hkv, S, hs)
         if keys is None:                                          # dense causal baseline
             if attn_mask is None:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv)
@@ -85,20 +159,52 @@ class Attention(nn.Module):
                 S = attn_mask.shape[-1]
                 k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=H != Hkv)
+        elif isinstance(keys, UnionPlan):                         # CPU prefill layout (kernels/torch_sparse)
+            y = union_attention(q, k, v, keys)
         else:
             y = sparse_attention(q, k, v, keys)                   # (B, H, T, hs)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hs))
+
+    def decode_one(self, h, rot, idx, pos: int, slot: int, cache: KVCache, attn_out: list | None):
+        """One token of one sequence on 1-D vectors. h: (d,); rot: (hs/2,) complex cos + i sin of the
+        position; idx: (n,) planned slots, or None for the dense baseline (slots 0..pos are positions)."""
+        H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        nqk = (H + Hkv) * hs
+        dt = h.dtype
+        qkv = _mv(self.wqkv, h)                                   # ((H + 2 Hkv) hs,)
+        # RoPE on interleaved pairs = complex multiplication by cos + i sin (Llama / GGUF convention)
+        qk = torch.view_as_complex(qkv[:nqk].float().view(H + Hkv, hs // 2, 2))
+        r = torch.view_as_real(qk * rot).view(H + Hkv, hs).to(dt)  # (H + Hkv, hs)
+        cache.k[0, :, slot] = r[H:]                               # (Hkv, hs)
+        cache.v[0, :, slot] = qkv[nqk:].view(Hkv, hs)
+        if idx is None:
+            kg, vg = cache.k[:, :, : pos + 1], cache.v[:, :, : pos + 1]          # (1, Hkv, n, hs) views
+        else:
+            kg, vg = cache.k.index_select(2, idx), cache.v.index_select(2, idx)  # (1, Hkv, n, hs)
+        q = r[:H].float().view(1, H, 1, hs)                       # (1, H, 1, hs)
+        kg, vg = kg.float(), vg.float()
+        y = F.scaled_dot_product_attention(q, kg, vg, enable_gqa=H != Hkv)       # (1, H, 1, hs)
+        if attn_out is not None:                                  # the weights, for the bonds view only
+            kr = kg[0].repeat_interleave(H // Hkv, 0)             # (H, n, hs)
+            p = torch.softmax((kr @ q[0, :, 0, :, None])[..., 0] * hs ** -0.5, -1)  # (H, n)
+            attn_out.append(p.mean(0))                            # (n,)
+        return _mv(self.wo, y.view(H * hs).to(dt))
 
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)   # gate
-        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)   # up
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)   # down
+        self.ffn = cfg.ffn_hidden
+        self.w13 = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=False)   # [gate; up]
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)        # down
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).split(self.ffn, -1)
+        return self.w2(F.silu(gate) * up)
+
+    def decode_one(self, h):
+        gu = _mv(self.w13, h)                                     # (2 ffn,)
+        return _mv(self.w2, F.silu(gu[: self.ffn]) * gu[self.ffn:])
 
 
 class Block(nn.Module):
@@ -109,9 +215,18 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, rc, keys, slots, attn_mask):
-        x = x + self.attention(self.attention_norm(x), rc, keys, slots, attn_mask)
+    def forward(self, x, rc, keys, slots, attn_mask, cache=None):
+        x = x + self.attention(self.attention_norm(x), rc, keys, slots, attn_mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
+
+    def decode_one(self, x, rot, idx, pos, slot, cache, attn_out=None):
+        x = x + self.attention.decode_one(self.attention_norm(x), rot, idx, pos, slot, cache, attn_out)
+        return x + self.feed_forward.decode_one(self.ffn_norm(x))
+
+
+# ---- the model -------------------------------------------------------------------------------------
+_SPLITS = {"attention.wqkv.weight": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+           "feed_forward.w13.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight")}
 
 
 class Transformer(nn.Module):
@@ -127,6 +242,8 @@ class Transformer(nn.Module):
         self._rope_len = 0
         self.register_buffer("rope", torch.empty(0), persistent=False)
         self.apply(self._init)
+        # checkpoints (and old training states) hold the split Llama-named projections: fuse them on load
+        self._register_load_state_dict_pre_hook(self._fuse_on_load)
 
     @staticmethod
     def _init(m):
@@ -135,46 +252,89 @@ class Transformer(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def _rope(self, upto: int) -> torch.Tensor:
+    # ---- weight layouts -------------------------------------------------------------------------
+    @staticmethod
+    def fuse_state_dict(state: dict, prefix: str = "") -> dict:
+        """Split Llama-named projections (wq, wk, wv / w1, w3) -> this model's fused ones, in place."""
+        for key in [k for k in state if k.startswith(prefix) and k.endswith("attention.wq.weight")]:
+            base = key[: -len("attention.wq.weight")]
+            for fused, parts in _SPLITS.items():
+                if all(base + p in state for p in parts):
+                    state[base + fused] = torch.cat([state.pop(base + p) for p in parts])
+        return state
+
+    def _fuse_on_load(self, state, prefix, *args, **kwargs):
+        self.fuse_state_dict(state, prefix)
+
+    def llama_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under Llama names with split projections (checkpoints, GGUF, MLX). Tensors are
+        views of the model's own (no copy); `output.weight` is present even when tied."""
+        cfg, out = self.cfg, {}
+        hs = cfg.head_dim
+        qkv_split = [cfg.n_head * hs, cfg.n_kv_head * hs, cfg.n_kv_head * hs]
+        for k, v in self.state_dict().items():
+            for fused, parts in _SPLITS.items():
+                if k.endswith(fused):
+                    base = k[: -len(fused)]
+                    sizes = qkv_split if fused.startswith("attention") else [cfg.ffn_hidden] * 2
+                    out.update({base + p: t for p, t in zip(parts, v.split(sizes))})
+                    break
+            else:
+                out[k] = v
+        return out
+
+    # ---- caches and positions -------------------------------------------------------------------
+    def make_cache(self, n_slots: int, dtype=None, batch: int = 1) -> ModelCache:
+        """Empty per-layer KV caches of n_slots rows for one sequence (the Session owns them)."""
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        dev = self.tok_embeddings.weight.device
+        return ModelCache(KVCache(batch, n_slots, self.cfg.n_kv_head, self.cfg.head_dim, dtype, dev)
+                          for _ in self.layers)
+
+    def rope_table(self, upto: int) -> torch.Tensor:
+        """(P, hs/2, 2) cos/sin for positions < P (P >= upto), grown on demand."""
         if upto > self._rope_len:
             n = max(upto, 2 * self._rope_len, self.cfg.max_seq_len)
             self.rope = rope_cache(n, self.cfg.head_dim, self.cfg.rope_theta, self.tok_embeddings.weight.device)
             self._rope_len = n
         return self.rope
 
-    def setup_caches(self, batch: int, slots: int, dtype=None):
-        dtype = dtype or self.tok_embeddings.weight.dtype
-        dev = self.tok_embeddings.weight.device
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, slots, self.cfg.n_kv_head, self.cfg.head_dim, dtype, dev)
-
-    def clear_caches(self):
-        for layer in self.layers:
-            layer.attention.kv_cache = None
-
-    @property
-    def has_cache(self) -> bool:
-        return self.layers[0].attention.kv_cache is not None
-
-    def forward(self, idx, keys=None, input_pos=None, slots=None):
-        """idx: (B, T) token ids. keys: (B, T, K) plan rows (cache slots when a cache is set up; token
-        positions otherwise), or None for the dense baseline. input_pos: (T,) token positions (RoPE);
-        defaults to 0..T-1. slots: (T,) cache rows to write (defaults to input_pos)."""
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self, idx, keys=None, input_pos=None, slots=None, cache: ModelCache | None = None,
+                last_only: bool = False):
+        """idx: (B, T) token ids. keys: (B, T, K) plan rows (cache slots when a cache is given; token
+        positions otherwise), a kernels.torch_sparse.UnionPlan of them, or None for the dense baseline.
+        input_pos: (T,) ascending token positions (RoPE), default 0..T-1. slots: (T,) cache rows to write
+        (default input_pos). last_only: project only the last position to the vocabulary (prefill)."""
         B, T = idx.shape
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device)
-        rc = self._rope(int(input_pos.max()) + 1)[input_pos]       # (T, hs/2, 2)
+        rc = self.rope_table(int(input_pos[-1]) + 1)[input_pos]   # (T, hs/2, 2)
         attn_mask = None
-        if self.has_cache:
+        if cache is not None:
             slots = input_pos if slots is None else slots
             if keys is None:                                       # dense with a cache: mask by position
-                S = int(input_pos.max()) + 1                       # dense never evicts: slot == position
+                S = int(input_pos[-1]) + 1                         # dense never evicts: slot == position
                 attn_mask = torch.arange(S, device=idx.device)[None, :] <= input_pos[:, None]  # (T, S)
-        keys = None if keys is None else keys.to(idx.device)
+        if isinstance(keys, torch.Tensor):
+            keys = keys.to(idx.device)
         x = self.tok_embeddings(idx)                               # (B, T, d)
-        for layer in self.layers:
-            x = layer(x, rc, keys, slots, attn_mask)
-        return self.output(self.norm(x))                           # (B, T, vocab)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rc, keys, slots, attn_mask, None if cache is None else cache[i])
+        if last_only:
+            x = x[:, -1:]                                          # (B, 1, d)
+        return self.output(self.norm(x))                           # (B, T or 1, vocab)
+
+    def decode_one(self, token: int, idx: torch.Tensor | None, pos: int, slot: int, cache: ModelCache,
+                   attn_out: list | None = None) -> torch.Tensor:
+        """One token of one sequence (the decode step, few large ops): logits (V,) float32. idx: (n,) the
+        plan row's slots without padding, or None (dense). attn_out, if a list, receives per layer the
+        head-averaged attention weights over idx (n,)."""
+        rot = torch.view_as_complex(self.rope_table(pos + 1)[pos].contiguous())   # (hs/2,)
+        x = self.tok_embeddings.weight[token]                      # (d,)
+        for layer, c in zip(self.layers, cache):
+            x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out)
+        return _mv(self.output, self.norm(x)).float()              # (V,)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

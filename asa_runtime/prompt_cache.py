@@ -1,12 +1,13 @@
-"""Prompt cache: the state of a processed prefix (KV cache rows, slot map, planner/analyzer state, last
-logits) in one safetensors file, with JSON metadata in its header. A cache made by another model (other
-config, weights, dtype or quantization: `LoadedModel.model_hash`) is refused.
+"""Prompt cache files: a Session's `state()` (KV cache rows, slot map, plan/analyzer state, tokens, last
+logits) in one safetensors file, JSON metadata in its header. Only the edges (CLI, server) open these
+files; the engine sees states. A cache made by another model (other config, weights, dtype or
+quantization: `LoadedModel.model_hash`) is refused. Written atomically: a crash never leaves half a file.
 
     layers.{l}.k / layers.{l}.v   (Hkv, n_used, hs)   cache rows 0..n_used-1
     tokens                        (n_pos,) int64
     slot2pos                      (n_used,) int64     which position each kept row holds (eviction)
     last_logits                   (V,) float32
-    plan.{name}                   planner state arrays (IncrementalPlan.state_dict()["arrays"])
+    plan.{name}                   planner state arrays
     header: format, model_hash, json = {n_pos, plan_meta, dense}
 """
 from __future__ import annotations
@@ -15,49 +16,28 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from .generate import GenerationError, Session
+from .errors import GenerationError, PromptCacheError, one_line
 
 FORMAT = "asa-prompt-cache/1"
 
 
-class PromptCacheError(GenerationError):
-    """A prompt cache that cannot be used (one-line message)."""
-
-
-def save_prompt_cache(path, session: Session) -> Path:
+def write_state(path, state: dict, model_hash: str) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    if session.last_logits is None:
-        raise PromptCacheError("nothing to save: the session holds no tokens")
-    n_used = session.slots.n_used
-    tensors: dict[str, torch.Tensor] = {}
-    kv = session.backend.read_cache(n_used)
-    for i in range(0, len(kv), 2):
-        tensors[f"layers.{i // 2}.k"] = kv[i].contiguous()
-        tensors[f"layers.{i // 2}.v"] = kv[i + 1].contiguous()
-    tensors["tokens"] = torch.tensor(session.tokens, dtype=torch.int64)
-    tensors["slot2pos"] = torch.from_numpy(session.slots.state()["slot2pos"])
-    tensors["last_logits"] = session.last_logits.detach().float().cpu().contiguous()
-    plan_meta = None
-    if not session.dense:
-        state = session.plan.state_dict()
-        for k, v in state["arrays"].items():
-            tensors[f"plan.{k}"] = torch.from_numpy(np.ascontiguousarray(v))
-        plan_meta = state["meta"]
-    meta = {"format": FORMAT, "model_hash": session.lm.model_hash,
-            "json": json.dumps({"n_pos": session.slots.n_pos, "plan_meta": plan_meta, "dense": session.dense})}
+    tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
+    meta = {"format": FORMAT, "model_hash": model_hash, "json": json.dumps(state["meta"])}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)                                     # never leave a half-written cache behind
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def load_prompt_cache(path, session: Session) -> int:
-    """Restore `session` from the file; returns the number of cached tokens."""
+def read_state(path, model_hash: str) -> dict:
+    """The state stored in `path`, checked to come from the model with this hash."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -66,39 +46,33 @@ def load_prompt_cache(path, session: Session) -> int:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own types for truncated / garbled files
-        raise PromptCacheError(f"{path}: unreadable prompt cache ({' '.join(str(e).split())})") from None
+        raise PromptCacheError(f"{path}: unreadable prompt cache ({one_line(e)})") from None
     if meta.get("format") != FORMAT:
         raise PromptCacheError(f"{path}: not an ASA prompt cache (format {meta.get('format')!r})")
-    if meta.get("model_hash") != session.lm.model_hash:
+    if meta.get("model_hash") != model_hash:
         raise PromptCacheError(f"{path}: prompt cache was made by another model (or another dtype / "
                                f"quantization); delete it or pass another file")
     try:
         info = json.loads(meta["json"])
-        n_layer = session.lm.config.n_layer
-        kv = [tensors[f"layers.{i}.{kind}"] for i in range(n_layer) for kind in ("k", "v")]
-        tokens = tensors["tokens"].tolist()
-        slot2pos = tensors["slot2pos"].numpy().astype(np.int64)
-        last = tensors["last_logits"]
-        plan_arrays = {k[len("plan."):]: v.numpy() for k, v in tensors.items() if k.startswith("plan.")}
-    except (KeyError, ValueError, TypeError) as e:
-        raise PromptCacheError(f"{path}: incomplete prompt cache (missing {e})") from None
-    if bool(info.get("dense")) != session.dense or len(tokens) != info["n_pos"]:
-        raise PromptCacheError(f"{path}: inconsistent prompt cache")
-    if len(tokens) >= session.ctx_size or len(slot2pos) > session.slots.n_slots:
-        raise PromptCacheError(f"{path}: cached prefix ({len(tokens)} tokens, {len(slot2pos)} cached keys) "
-                               f"does not fit this context ({session.ctx_size}) / KV size "
-                               f"({session.slots.n_slots})")
-    session.reset()
+    except (KeyError, ValueError) as e:
+        raise PromptCacheError(f"{path}: incomplete prompt cache ({one_line(e)})") from None
+    return {"tensors": tensors, "meta": info}
+
+
+def save_prompt_cache(path, session) -> Path:
+    """Write `session`'s state to `path`."""
     try:
-        session.backend.write_cache(kv)
-        session.slots.load_state(slot2pos, len(tokens))
-        if not session.dense:
-            session.plan = session.lm.planner.incremental_from_state(
-                {"arrays": plan_arrays, "meta": info["plan_meta"]})
-    except (ValueError, KeyError, TypeError) as e:
-        session.reset()
-        raise PromptCacheError(f"{path}: prompt cache does not match this session ({e})") from None
-    session.tokens = [int(t) for t in tokens]
-    session.last_logits = last.float()
-    session.mark()
-    return len(tokens)
+        return write_state(path, session.state(), session.lm.model_hash)
+    except PromptCacheError:
+        raise
+    except GenerationError as e:
+        raise PromptCacheError(f"{path}: {e}") from None
+
+
+def load_prompt_cache(path, session) -> int:
+    """Restore `session` from `path`; returns the number of cached tokens."""
+    state = read_state(path, session.lm.model_hash)
+    try:
+        return session.restore(state)
+    except GenerationError as e:
+        raise PromptCacheError(f"{path}: {e}") from None

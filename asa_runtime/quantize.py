@@ -97,9 +97,9 @@ def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes of parameters and weight buffers (tied tensors counted once; KV cache and RoPE table excluded)."""
+    """Bytes of parameters and weight buffers (tied tensors counted once; the RoPE table excluded)."""
     seen, total = set(), 0
-    bufs = [b for name, b in model.named_buffers() if "kv_cache" not in name and name != "rope"]
+    bufs = [b for name, b in model.named_buffers() if name != "rope"]
     for t in list(model.parameters()) + bufs:
         if t.data_ptr() in seen or t.numel() == 0:
             continue

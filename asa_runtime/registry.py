@@ -10,8 +10,7 @@ MODELS_DIR = Path(__file__).parent / "models"
 KNOWN = {"asa-small": "the ASA small model (d 384, 8 layers), trained by training/ and shipped in the package"}
 
 
-class RegistryError(ValueError):
-    """A name or path that does not resolve to a model folder (message is one line, for the CLI)."""
+from .errors import RegistryError
 
 
 def available() -> list[str]:

@@ -7,8 +7,11 @@ so training keeps only q, k, v, the output and one float per (head, query) (the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 CHUNK = 1024
 
@@ -95,3 +98,36 @@ def sparse_attention_torch(q, k, v, keys, scale=None, chunk: int = CHUNK):
     """q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D); keys: (B, Nq, K) int. Returns (B, Hq, Nq, D)."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return _SparseAttnTorch.apply(q, k, v, keys.long(), float(scale), int(chunk))
+
+
+# ---- the union layout: a chunk of plan rows as one masked dense attention (CPU prefill) ------------
+@dataclass(frozen=True)
+class UnionPlan:
+    """A chunk's plan rows as one (T, |U|) mask over the union U of the cache slots they select. On CPU a
+    prefill chunk attends mostly to itself plus a few hundred earlier keys (sinks, sentence, antecedents),
+    so one masked SDPA over U beats T*K gathers; the softmax runs over exactly the planned keys (masked
+    entries contribute exact zeros), so the result equals sparse_attention's."""
+    slots: torch.Tensor     # (U,) int64, ascending
+    mask: torch.Tensor      # (T, U) bool
+
+    @classmethod
+    def from_rows(cls, rows: np.ndarray, device=None) -> "UnionPlan":
+        """rows: (T, K) slots, -1 padded (one sequence)."""
+        valid = rows >= 0
+        U = np.unique(rows[valid])                                       # sorted slots
+        loc = np.searchsorted(U, np.where(valid, rows, U[0]))            # (T, K) index into U
+        mask = np.zeros((rows.shape[0], len(U)), dtype=bool)
+        mask[np.nonzero(valid)[0], loc[valid]] = True
+        return cls(torch.from_numpy(U.astype(np.int64)).to(device), torch.from_numpy(mask).to(device))
+
+    @staticmethod
+    def worth_it(rows: np.ndarray) -> bool:
+        """Whether the union is small enough to beat the gathers (it is not for e.g. mode random)."""
+        return len(np.unique(rows[rows >= 0])) <= 2 * len(rows) + 1024
+
+
+def union_attention(q, k, v, plan: UnionPlan):
+    """q: (1, Hq, T, D); k, v: (1, Hkv, S, D) the cache; returns (1, Hq, T, D) in q's dtype."""
+    ku, vu = k.index_select(2, plan.slots), v.index_select(2, plan.slots)   # (1, Hkv, |U|, D)
+    return F.scaled_dot_product_attention(q, ku.to(q.dtype), vu.to(q.dtype), attn_mask=plan.mask,
+                                          enable_gqa=q.shape[1] != k.shape[1])

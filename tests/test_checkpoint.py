@@ -58,9 +58,9 @@ def test_sharded_roundtrip(tmp_path, model, tok):
 def test_bf16_storage_loads_fp32(tmp_path, model, tok):
     save_checkpoint(tmp_path / "m", model, tok, dtype=torch.bfloat16)
     ck = load_checkpoint(tmp_path / "m")
-    w = ck.model.layers[0].attention.wq.weight
+    w = ck.model.layers[0].attention.wqkv.weight
     assert w.dtype == torch.float32
-    assert torch.equal(w, model.layers[0].attention.wq.weight.to(torch.bfloat16).float())
+    assert torch.equal(w, model.layers[0].attention.wqkv.weight.to(torch.bfloat16).float())
     assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 

@@ -1,10 +1,12 @@
-"""Prompt cache: save / load round trip (KV rows, slot map, plan state), reuse through stream_generate,
-refusal of another model's cache and of damaged files."""
+"""Prompt cache: save / load round trip (KV rows, slot map, plan state), reuse through the CLI's
+--prompt-cache flow (the edge opens the file; the engine sees states), refusal of another model's cache and
+of damaged files."""
 import pytest
 import torch
 from conftest import PARAGRAPHS, WindowPlanner, build_tiny_checkpoint
 from test_generate import needs_analyzer
 
+from asa_runtime.cli.generate import use_prompt_cache
 from asa_runtime.generate import Session, generate, load
 from asa_runtime.prompt_cache import PromptCacheError, load_prompt_cache, save_prompt_cache
 
@@ -25,15 +27,17 @@ def test_round_trip(tmp_path, tiny_checkpoint, max_kv):
     prefix, more = tok.encode(PARAGRAPHS[2])[:50], tok.encode(" The end")
     s = Session(lm, ctx_size=200, max_kv_size=max_kv, prefill_chunk=16)
     s.prepare(prefix)
-    kv = lm.backend.read_cache(s.slots.n_used)
+    kv = s.cache.state(s.slots.n_used)
     save_prompt_cache(tmp_path / "p.safetensors", s)
     want, want_last = greedy_after(s, prefix + more)           # continue in the original session
 
     s2 = Session(lm, ctx_size=200, max_kv_size=max_kv, prefill_chunk=16)
     assert load_prompt_cache(tmp_path / "p.safetensors", s2) == len(prefix)
     assert s2.tokens == prefix
-    for a, b in zip(lm.backend.read_cache(s2.slots.n_used), kv):
-        assert torch.equal(a, b)
+    got_kv = s2.cache.state(s2.slots.n_used)
+    assert got_kv.keys() == kv.keys()
+    for k in kv:
+        assert torch.equal(got_kv[k], kv[k])
     logits, computed = s2.prepare(prefix + more)
     assert computed == len(more)                               # the prefix came from the file
     got, got_last = greedy_after(s2, prefix + more)
@@ -41,17 +45,21 @@ def test_round_trip(tmp_path, tiny_checkpoint, max_kv):
     torch.testing.assert_close(got_last, want_last)
 
 
-def test_stream_generate_uses_and_writes_the_cache(tmp_path, tiny_checkpoint):
+def test_generation_uses_and_writes_the_cache(tmp_path, tiny_checkpoint):
     lm = load(tiny_checkpoint, planner=WindowPlanner())
     f = tmp_path / "c.safetensors"
+
+    def cached(prompt):
+        s = Session(lm)
+        return generate(lm, prompt, 20, temp=0, session=s, on_prompt=use_prompt_cache(f, s))
     base = generate(lm, PARAGRAPHS[0], 20, temp=0)
-    assert generate(lm, PARAGRAPHS[0], 20, temp=0, prompt_cache=f) == base      # miss: computes and saves
+    assert cached(PARAGRAPHS[0]) == base                   # miss: computes and saves
     assert f.exists()
     mtime = f.stat().st_mtime_ns
-    assert generate(lm, PARAGRAPHS[0], 20, temp=0, prompt_cache=f) == base      # exact hit: nothing computed
+    assert cached(PARAGRAPHS[0]) == base                   # exact hit: nothing computed, nothing written
     assert f.stat().st_mtime_ns == mtime
     longer = PARAGRAPHS[0] + " " + PARAGRAPHS[1]
-    assert generate(lm, longer, 20, temp=0, prompt_cache=f) == generate(lm, longer, 20, temp=0)
+    assert cached(longer) == generate(lm, longer, 20, temp=0)
 
 
 @needs_analyzer

@@ -1,7 +1,7 @@
 """H6 (train-free): does a DENSE model already attend where ASA would let it?
 
 For held-out windows, the dense model's attention probabilities are recomputed from its weights (the same
-layer math as asa_runtime/model.py: RMSNorm, RoPE via apply_rope/rope_cache, softmax(q k^T / sqrt(hs))).
+layer math as asa_runtime/model.py: its norms, Attention.project (qkv + RoPE), softmax(q k^T / sqrt(hs))).
 Per layer (averaged over heads, query rows and windows) against the ASA-allowed pairs of the plan, and
 against a random control mask with the same number of keys in every row (the query itself plus uniformly
 drawn earlier positions, like the planner's `random` mode):
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from asa_runtime.config import PlanConfig
-from asa_runtime.model import apply_rope, rope_cache
+from asa_runtime.model import rope_cache
 
 from .prepare import Prepared, default_planner
 
@@ -64,10 +64,7 @@ def forward_with_probs(model, idx: torch.Tensor, mask: torch.Tensor | None = Non
     for layer in model.layers:
         a = layer.attention
         h = layer.attention_norm(x)
-        q = a.wq(h).view(B, T, H, hs).transpose(1, 2)                       # (B, H, T, hs)
-        k = a.wk(h).view(B, T, Hkv, hs).transpose(1, 2)                     # (B, Hkv, T, hs)
-        v = a.wv(h).view(B, T, Hkv, hs).transpose(1, 2)
-        q, k = apply_rope(q, rc), apply_rope(k, rc)
+        q, k, v = a.project(h, rc)                                          # (B, H|Hkv, T, hs)
         k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)  # (B, H, T, hs)
         att = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(hs)     # (B, H, T, T)
         att = att.masked_fill(~allowed[:, None], float("-inf"))

@@ -37,9 +37,6 @@ main.command_class = OneLineCommand          # every subcommand: usage errors as
 
 
 # Subcommand modules (each defines commands with @main.command()).
-for _mod in ("analyze", "generate", "chat", "export", "serve", "bench"):
-    try:
-        importlib.import_module(f"asa_runtime.cli.{_mod}")
-    except ModuleNotFoundError as e:  # a subcommand not built yet must not break the others
-        if e.name != f"asa_runtime.cli.{_mod}":
-            raise
+SUBCOMMANDS = ("analyze", "generate", "chat", "export")
+for _mod in SUBCOMMANDS:
+    importlib.import_module(f"asa_runtime.cli.{_mod}")

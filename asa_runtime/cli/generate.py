@@ -11,25 +11,11 @@ import sys
 import click
 
 from asa_runtime.backends import BACKENDS
+from asa_runtime.errors import USER_ERRORS, one_line
 
 from . import OneLineCommand, main  # noqa: F401  (OneLineCommand re-exported for chat)
 
 DEVICES = ("cpu", "cuda", "mps")
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input (their messages are one line)."""
-    from asa_runtime.checkpoint import CheckpointError
-    from asa_runtime.generate import GenerationError
-    from asa_runtime.kv_policy import CacheFull
-    from asa_runtime.registry import RegistryError
-
-    return (RegistryError, CheckpointError, GenerationError, CacheFull, OSError, UnicodeDecodeError,
-            ValueError)
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def read_prompt(prompt: str | None, file: str | None) -> str:
@@ -110,6 +96,22 @@ def load_model(o: dict):
                 kv_dtype=o["kv_dtype"])
 
 
+def use_prompt_cache(path, session):
+    """Load `path` into `session` if the file exists (llama.cpp's --prompt-cache); returns the callback that
+    saves the prompt's state there once it is computed (nothing is written on an exact hit)."""
+    from pathlib import Path
+
+    from asa_runtime.prompt_cache import load_prompt_cache, save_prompt_cache
+
+    if Path(path).exists():
+        load_prompt_cache(path, session)
+
+    def save(s, computed: int) -> None:
+        if computed:
+            save_prompt_cache(path, s)
+    return save
+
+
 @main.command("generate", cls=OneLineCommand)
 @click.option("-p", "--prompt", default=None, help="Prompt text.")
 @click.option("-f", "--file", "file", default=None, help="Read the prompt from a UTF-8 file ('-' = stdin).")
@@ -124,7 +126,7 @@ def generate_cmd(prompt, file, max_tokens, stop, prompt_cache, echo, **o):
     """Complete a prompt, streaming the text to stdout."""
     import time
 
-    from asa_runtime.generate import format_stats, stream_generate
+    from asa_runtime.generate import Session, format_stats, stream_generate
 
     try:
         text = read_prompt(prompt, file)
@@ -133,11 +135,15 @@ def generate_cmd(prompt, file, max_tokens, stop, prompt_cache, echo, **o):
         load_s = time.perf_counter() - t0
         ctx = o["ctx_size"] or lm.config.max_seq_len
         n = ctx if max_tokens < 0 else max_tokens
+        session = Session(lm, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
+                          prefill_chunk=o["prefill_chunk"])
+        on_prompt = None
+        if prompt_cache is not None:
+            on_prompt = use_prompt_cache(prompt_cache, session)
         if echo:
             click.echo(text, nl=False)
         last = None
-        for r in stream_generate(lm, text, n, stop=stop, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
-                                 prefill_chunk=o["prefill_chunk"], prompt_cache=prompt_cache,
+        for r in stream_generate(lm, text, n, stop=stop, session=session, on_prompt=on_prompt,
                                  **sampler_kwargs(o)):
             click.echo(r.text, nl=False)
             sys.stdout.flush()
@@ -145,7 +151,7 @@ def generate_cmd(prompt, file, max_tokens, stop, prompt_cache, echo, **o):
         click.echo()
     except click.ClickException:
         raise
-    except user_errors() as e:
+    except USER_ERRORS as e:
         raise click.ClickException(one_line(e)) from None
     if o["verbose"] and last is not None:
         click.echo(f"load: {load_s:.2f} s | finish: {last.finish_reason} | " + format_stats(last), err=True)

@@ -1,0 +1,83 @@
+"""Multi-turn chat over one Session: the terminal chat (`asa-run chat`) and the chat app drive this same
+object. asa-small is a base model trained on fiction, not an assistant: the conversation is plain text in
+a transcript template the model continues, and each turn re-tokenizes the whole conversation while the
+session reuses its cached prefix (Session.prepare rewinds to the end of the previous prompt), so a turn
+costs its own tokens, not the history's. When the history no longer fits the context (with room for a
+reply), the oldest turns are dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import GenerationError
+from .generate import stream_generate
+from .sampling import Sampler, SamplerConfig
+from .session import DEFAULT_PREFILL_CHUNK, Session
+
+USER, ASSISTANT = "User:", "Assistant:"
+STOPS = ("\n" + USER, "\n" + ASSISTANT, "\nUser :")
+
+
+@dataclass
+class Conversation:
+    """Chat history in the template `[system\\n\\n]User: ...\\nAssistant: ...\\n`."""
+    system: str = ""
+    turns: list[tuple[str, str]] = field(default_factory=list)     # (user, assistant)
+    user: str = USER
+    assistant: str = ASSISTANT
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        return ("\n" + self.user, "\n" + self.assistant, "\n" + self.user.rstrip(":") + " :")
+
+    def render(self, user: str) -> str:
+        head = f"{self.system.strip()}\n\n" if self.system.strip() else ""
+        past = "".join(f"{self.user} {u}\n{self.assistant} {a}\n" for u, a in self.turns)
+        return f"{head}{past}{self.user} {user}\n{self.assistant}"
+
+    def fit(self, tokenizer, user: str, budget: int) -> list[int] | None:
+        """Token ids of the prompt for `user`, dropping the oldest turns until it fits `budget` tokens
+        (None if even the message alone does not fit)."""
+        while True:
+            ids = tokenizer.encode(self.render(user))
+            if len(ids) <= budget:
+                return ids
+            if not self.turns:
+                return None
+            self.turns.pop(0)
+
+
+class Chat:
+    """One conversation: its Session, sampler and history. `reply(text)` streams the answer."""
+
+    def __init__(self, lm, max_tokens=256, ctx_size=None, max_kv_size=None,
+                 prefill_chunk=DEFAULT_PREFILL_CHUNK, system="", conversation: Conversation | None = None,
+                 **sampler_kw):
+        self.lm = lm
+        self.max_tokens = max_tokens
+        self.session = Session(lm, ctx_size=ctx_size, max_kv_size=max_kv_size, prefill_chunk=prefill_chunk)
+        try:
+            self.sampler = Sampler(SamplerConfig(**sampler_kw))
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        self.conv = conversation or Conversation(system=system)
+        self.last = None
+
+    def reset(self) -> None:
+        self.conv.turns.clear()
+        self.session.reset()
+
+    def reply(self, user: str):
+        """Yields text segments of the reply and records the turn."""
+        ctx = self.session.ctx_size
+        max_new = min(self.max_tokens, ctx // 2)
+        ids = self.conv.fit(self.lm.tokenizer, user, ctx - max_new)
+        if ids is None:
+            raise GenerationError(f"message too long for the context ({ctx} tokens)")
+        out = []
+        for r in stream_generate(self.lm, ids, max_new, sampler=self.sampler, stop=self.conv.stops,
+                                 session=self.session):
+            out.append(r.text)
+            self.last = r
+            yield r.text
+        self.conv.turns.append((user, "".join(out).strip()))
