@@ -1,14 +1,10 @@
 """Shared inputs for the kernel tests: fresh random q/k/v and plans (synthetic ASA-like, random, dense causal)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))        # bench/ is not an installed package
-from bench.kernels.plans import asa_like, random_rows  # noqa: E402
+from kernels.synthetic_plans import asa_like, random_rows
 
 
 def make_plan(kind: str, B: int, N: int, K: int, seed: int, offset: int = 0) -> torch.Tensor:

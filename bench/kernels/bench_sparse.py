@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench.kernels.plans import asa_like, random_rows  # noqa: E402
+from kernels.synthetic_plans import asa_like, random_rows  # noqa: E402
 from kernels.layout import _compact, build_layout  # noqa: E402
 from kernels.reference import sparse_attention_reference  # noqa: E402
 from kernels.triton_sparse import (build_layout_triton, sparse_attention_bwd,  # noqa: E402
