@@ -1,0 +1,179 @@
+"""The asa.SparseAttention ONNX Runtime kernel (exporters/onnx/csrc, built by exporters/onnx/custom_ops.py)
+against the contract's numpy reference, on one-node ONNX models run by stock onnxruntime.
+
+Tolerances: float32 outputs within 2e-5 of the float64 reference; float16 within 2e-3 (the kernel
+accumulates in float32 and rounds once to float16, about one half-precision ulp at |out| ~ 1)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+from exporters.onnx import custom_ops, op_contract as oc  # noqa: E402
+
+ELEM = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
+TOL = {np.float32: 2e-5, np.float16: 2e-3}
+
+
+@pytest.fixture(scope="module")
+def lib():
+    try:
+        custom_ops.compiler()
+    except custom_ops.KernelBuildError as e:
+        pytest.skip(str(e))
+    return str(custom_ops.library_path())          # a build failure fails the test
+
+
+def one_node_model(dtype=np.float32, scale=None, body=None) -> bytes:
+    """A graph holding only the op; body: None (no function), or a list of nodes for a model-local function."""
+    et = ELEM[dtype]
+    attrs = {} if scale is None else {oc.ATTR_SCALE: float(scale)}
+    node = helper.make_node(oc.OP_TYPE, list(oc.INPUT_NAMES), list(oc.OUTPUT_NAMES), domain=oc.DOMAIN, **attrs)
+    shapes = (["B", "Hq", "T", "D"], ["B", "Hkv", "S", "D"], ["B", "Hkv", "S", "D"], ["B", "T", "K"])
+    types = (et, et, et, TensorProto.INT32)
+    inputs = [helper.make_tensor_value_info(n, t, s) for n, t, s in zip(oc.INPUT_NAMES, types, shapes)]
+    outputs = [helper.make_tensor_value_info(oc.OUTPUT_NAMES[0], et, ["B", "Hq", "T", "D"])]
+    graph = helper.make_graph([node], "sparse_attention_only", inputs, outputs)
+    functions = []
+    if body is not None:
+        functions = [helper.make_function(oc.DOMAIN, oc.OP_TYPE, list(oc.INPUT_NAMES), list(oc.OUTPUT_NAMES),
+                                          body, opset_imports=[helper.make_opsetid("", 18)],
+                                          attributes=[oc.ATTR_SCALE])]
+    model = helper.make_model(graph, functions=functions, opset_imports=[
+        helper.make_opsetid("", 18), helper.make_opsetid(oc.DOMAIN, oc.VERSION)])
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def session(model: bytes, lib_path=None):
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4                    # expected failures below should not spam the log
+    if lib_path:
+        opts.register_custom_ops_library(lib_path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def ragged_rows(rng, B, T, K, S, offset):
+    """(B, T, K) int32: ascending distinct causal slots (query t sits at slot offset + t), -1 padded, 1..K
+    valid per row; row 0 of batch 0 holds exactly one key, another row holds the full K."""
+    rows = np.full((B, T, K), -1, dtype=np.int32)
+    for b in range(B):
+        for t in range(T):
+            pos = offset + t
+            n = int(rng.integers(1, min(K, pos + 1) + 1))
+            if (b, t) == (0, 0):
+                n = 1
+            if (b, t) == (B - 1, T - 1):
+                n = min(K, pos + 1)
+            picked = rng.choice(pos, size=n - 1, replace=False) if n > 1 else np.array([], dtype=np.int64)
+            rows[b, t, :n] = np.sort(np.concatenate([picked, [pos]]))
+    return rows
+
+
+def inputs(seed, B, Hq, Hkv, T, S, D, K, dtype):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, Hq, T, D)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, S, D)).astype(dtype)
+    v = rng.standard_normal((B, Hkv, S, D)).astype(dtype)
+    return dict(q=q, k_cache=k, v_cache=v, rows=ragged_rows(rng, B, T, K, S, offset=S - T))
+
+
+CASES = {  # B, Hq, Hkv, T, S, D, K
+    "decode_T1_long_cache": (1, 6, 6, 1, 700, 64, 64),
+    "decode_gqa_batch2": (2, 8, 2, 1, 300, 32, 16),
+    "prefill_T_eq_S": (1, 4, 4, 48, 48, 16, 12),
+    "chunk_S_gt_T_gqa": (2, 6, 2, 20, 90, 24, 10),
+    "mqa_K1": (1, 4, 1, 5, 9, 8, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_reference(lib, case, dtype):
+    B, Hq, Hkv, T, S, D, K = CASES[case]
+    feeds = inputs(list(CASES).index(case), B, Hq, Hkv, T, S, D, K, dtype)
+    for scale in (None, 0.37):
+        out = session(one_node_model(dtype, scale), lib).run(None, feeds)[0]
+        ref = oc.reference(feeds["q"], feeds["k_cache"], feeds["v_cache"], feeds["rows"], scale)
+        assert out.dtype == dtype and out.shape == (B, Hq, T, D)
+        np.testing.assert_allclose(out.astype(np.float64), ref.astype(np.float64), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_numpy_reference_agrees_with_torch_reference():
+    torch = pytest.importorskip("torch")
+    from kernels.torch_sparse import sparse_attention_torch
+
+    f = inputs(3, *CASES["chunk_S_gt_T_gqa"], np.float32)
+    t = sparse_attention_torch(*(torch.from_numpy(f[n]) for n in oc.INPUT_NAMES), scale=0.3).numpy()
+    np.testing.assert_allclose(oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.3), t, atol=1e-5)
+
+
+def test_threaded_prefill_equals_single_thread(lib, monkeypatch):
+    """A prefill chunk large enough to be split over threads gives bit-identical results with one thread."""
+    B, Hq, Hkv, T, S, D, K = 1, 6, 6, 256, 1024, 64, 64
+    feeds = inputs(7, B, Hq, Hkv, T, S, D, K, np.float32)
+    model = one_node_model()
+    monkeypatch.setenv("ASA_ORT_THREADS", "2")
+    two = session(model, lib).run(None, feeds)[0]
+    monkeypatch.setenv("ASA_ORT_THREADS", "1")
+    one = session(model, lib).run(None, feeds)[0]
+    np.testing.assert_array_equal(two, one)
+    np.testing.assert_allclose(one, oc.reference(**{"q": feeds["q"], "k": feeds["k_cache"], "v": feeds["v_cache"],
+                                                    "rows": feeds["rows"]}), atol=2e-5)
+
+
+def test_kernel_not_function_body_is_what_runs(lib):
+    """Without a function body the node only runs with the library; with a (deliberately wrong) body, the
+    registered kernel still wins, so the body is a fallback and not what ran."""
+    feeds = inputs(1, 1, 4, 2, 3, 10, 8, 4, np.float32)
+    ref = oc.reference(feeds["q"], feeds["k_cache"], feeds["v_cache"], feeds["rows"])
+    bare = one_node_model()
+    with pytest.raises(Exception, match="SparseAttention"):
+        session(bare)
+    np.testing.assert_allclose(session(bare, lib).run(None, feeds)[0], ref, atol=2e-5)
+    wrong_body = one_node_model(body=[helper.make_node("Neg", ["q"], ["out"])])
+    np.testing.assert_allclose(session(wrong_body).run(None, feeds)[0], -feeds["q"])      # body without library
+    np.testing.assert_allclose(session(wrong_body, lib).run(None, feeds)[0], ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("slot_past_cache", "names slot 10 but the cache holds S=10"),
+    ("empty_row", "has no valid slot"),
+    ("heads", "not a multiple of Hkv"),
+    ("rows_shape", "must be (B, T, K)"),
+])
+def test_contract_violations_are_clear_errors(lib, bad, message):
+    feeds = inputs(2, 1, 4, 2, 3, 10, 8, 4, np.float32)
+    if bad == "slot_past_cache":
+        feeds["rows"][0, 1, 0] = 10
+    elif bad == "empty_row":
+        feeds["rows"][0, 2, :] = -1
+    elif bad == "heads":
+        feeds["k_cache"] = feeds["v_cache"] = np.ones((1, 3, 10, 8), np.float32)   # Hq=4 over Hkv=3
+    elif bad == "rows_shape":
+        feeds["rows"] = feeds["rows"][:, :2]
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+        session(one_node_model(), lib).run(None, feeds)
+
+
+def test_custom_ops_cli_prints_library_path(lib):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "exporters.onnx.custom_ops"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == lib
+
+
+def test_build_failure_is_one_line_error(tmp_path, monkeypatch):
+    """A compiler that fails gives KernelBuildError naming the problem, not a traceback from subprocess."""
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && echo fake && exit 0\necho 'x.cc:1: error: nope' >&2; exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("ASA_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(custom_ops.KernelBuildError, match="error: nope"):
+        custom_ops.library_path()
+    assert not list((tmp_path / "cache").rglob("*.so"))
