@@ -56,3 +56,16 @@ def sparse_attention_mlx_take(q, k, v, keys, scale=None):
     att = mx.where((keys >= 0).reshape(B, 1, 1, Nq, K), att, -mx.inf)
     o = (mx.softmax(att, axis=-1)[..., None] * vg.astype(mx.float32)).sum(-2)
     return o.reshape(B, Hq, Nq, D).astype(q.dtype)
+
+
+def sparse_decode_mlx(q, k, v, slots, scale=None):
+    """Decode fast path (one query row): q (B, Hq, 1, D); k, v (B, Hkv, S, D) the cache; slots (n,) int,
+    the plan row's valid entries only (no -1 padding). Gathers the n rows and runs the fused SDPA
+    (mx.fast.scaled_dot_product_attention handles GQA). Same result as sparse_attention_mlx with keys
+    (B, 1, n); returns (B, Hq, 1, D) in q's dtype."""
+    D = q.shape[-1]
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    slots = slots.astype(mx.int32)
+    kg = mx.take(k, slots, axis=2).astype(q.dtype)                          # (B, Hkv, n, D)
+    vg = mx.take(v, slots, axis=2).astype(q.dtype)
+    return mx.fast.scaled_dot_product_attention(q, kg, vg, scale=scale)

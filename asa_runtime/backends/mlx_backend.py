@@ -1,0 +1,207 @@
+"""The MLX backend: runs the MLX port of the model (exporters/mlx_model.py, mlx-lm's llama layout with the
+project's sparse attention from kernels/mlx_sparse.py) behind the Backend protocol.
+
+Weights come from the torch model in memory (`model.llama_state_dict()`, no folder needed) or, with
+model None, from an MLX export folder (`asa-run export --format mlx`, config.json format "asa-mlx/1").
+MLX picks its own device (mx.default_device()): tested on mlx[cpu] (Linux); Metal is untested here. The
+torch `device` argument only says where the torch model lives. Logits come back as torch float32 tensors
+and cache states as torch CPU tensors, so sampling, plans, --max-kv-size and prompt caches are unchanged.
+
+This module imports exporters.mlx_model lazily (the MLX model is an export of the torch one); it is the
+only place where asa_runtime reaches into exporters/, and only when the mlx backend is chosen.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BackendError
+
+try:
+    import mlx.core as mx
+except ImportError as e:             # make_backend turns this into "install the extra" (one line)
+    raise ImportError(e.msg, name="mlx") from None
+
+FORMAT = "asa-mlx/1"
+WEIGHTS = "model.safetensors"
+
+_MX = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_TORCH = {v: k for k, v in _MX.items()}
+
+
+def mx_dtype(d) -> "mx.Dtype":
+    """A torch dtype or its name -> the mx dtype."""
+    name = _MX.get(d, d)
+    if name not in _TORCH:
+        raise BackendError(f"mlx backend: unsupported dtype {d}")
+    return getattr(mx, name)
+
+
+def torch_dtype(d: "mx.Dtype") -> torch.dtype:
+    return _TORCH[str(d).split(".")[-1]]
+
+
+def is_mlx_folder(path) -> bool:
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("format") == FORMAT
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+class MlxCache(list):
+    """The per-layer KVCache list of one sequence, with the engine's Cache protocol (move_slots, state,
+    load_state, nbytes). Its arrays are mx arrays; states cross over as torch CPU tensors."""
+
+    @property
+    def n_slots(self) -> int:
+        return self[0].k.shape[2]
+
+    def nbytes(self) -> int:
+        return sum(c.k.nbytes + c.v.nbytes for c in self)
+
+    def move_slots(self, src: np.ndarray, dst: np.ndarray) -> None:
+        s = mx.array(np.ascontiguousarray(src, dtype=np.int32))
+        d = mx.array(np.ascontiguousarray(dst, dtype=np.int32))
+        for c in self:
+            c.k[:, :, d, :] = c.k[:, :, s, :]           # the gather is an input of the scatter: overlap is safe
+            c.v[:, :, d, :] = c.v[:, :, s, :]
+        mx.eval([a for c in self for a in (c.k, c.v)])
+
+    def state(self, n: int) -> dict[str, torch.Tensor]:
+        from exporters.mlx_model import to_numpy
+
+        out = {}
+        td = torch_dtype(self[0].k.dtype)
+        for i, c in enumerate(self):
+            out[f"layers.{i}.k"] = torch.from_numpy(to_numpy(c.k[0, :, :n])).to(td)     # (Hkv, n, hs)
+            out[f"layers.{i}.v"] = torch.from_numpy(to_numpy(c.v[0, :, :n])).to(td)
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        from exporters.mlx_model import to_mx
+
+        for i, c in enumerate(self):
+            try:
+                k, v = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
+            except KeyError as e:
+                raise ValueError(f"cache state lacks {e.args[0]}") from None
+            want = (c.k.shape[1], c.k.shape[3])
+            for t in (k, v):
+                if t.dim() != 3 or (t.shape[0], t.shape[2]) != want or t.shape[1] > c.k.shape[2] \
+                        or t.shape != k.shape:
+                    raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache "
+                                     f"{tuple(c.k.shape)}")
+            n = k.shape[1]
+            c.k[0, :, :n] = to_mx(k, c.k.dtype)
+            c.v[0, :, :n] = to_mx(v, c.v.dtype)
+        mx.eval([a for c in self for a in (c.k, c.v)])
+
+
+class MlxBackend:
+    name = "mlx"
+
+    def __init__(self, model=None, device="cpu", kv_dtype=None, source=None, dtype=None):
+        """model: the torch Transformer (its weights are copied into MLX), or None to load the MLX export
+        folder `source`. dtype: compute dtype (default: the torch model's; for a folder, float32 on the CPU
+        device, else as stored). kv_dtype: cache dtype (default: the compute dtype)."""
+        from exporters import mlx_model as mm
+
+        self._mm = mm
+        if model is not None:
+            self.args = mm.ModelArgs.from_model_config(model.cfg)
+            src = model.tok_embeddings.weight.dtype
+            dt = mx_dtype(dtype or src)
+            weights = mm.from_llama_state(model.llama_state_dict(), self.args.tie_word_embeddings, dt)
+            self.source = None
+        else:
+            if source is None or not is_mlx_folder(source):
+                raise BackendError("mlx backend needs a torch model or an MLX export folder "
+                                   "(asa-run export --format mlx)")
+            self.args, weights, stored = load_folder(source)
+            if dtype is None:
+                dtype = "float32" if mx.default_device() == mx.cpu else stored
+            dt = mx_dtype(dtype)
+            weights = {k: v.astype(dt) for k, v in weights.items()}
+            self.source = Path(source)
+        try:
+            self.model = mm.build(self.args, weights)
+        except ValueError as e:
+            raise BackendError(f"mlx backend: {e}") from None
+        self.dtype = dt
+        self.kv_dtype = mx_dtype(kv_dtype) if kv_dtype is not None else dt
+        self.vocab_size = self.args.vocab_size
+
+    def make_cache(self, n_slots: int) -> MlxCache:
+        cache = MlxCache(self.model.make_cache(n_slots, self.kv_dtype))
+        mx.eval([a for c in cache for a in (c.k, c.v)])
+        return cache
+
+    @staticmethod
+    def _eval(logits, cache) -> None:
+        mx.eval(logits, *[a for c in cache for a in (c.k, c.v)])   # keep each step's graph small
+
+    @staticmethod
+    def _positions(positions: np.ndarray):
+        """An int offset when the positions are consecutive (mx.fast.rope), else the (T,) array."""
+        p = np.asarray(positions, dtype=np.int64)
+        if len(p) == 1 or np.all(np.diff(p) == 1):
+            return int(p[0])
+        return mx.array(p.astype(np.int32))
+
+    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
+        x = mx.array(np.asarray(ids, dtype=np.int32))[None]                    # (1, T)
+        sl = mx.array(np.asarray(slots, dtype=np.int32))                       # (T,)
+        keys = None if plan_rows is None else mx.array(np.asarray(plan_rows, dtype=np.int32))[None]  # (1,T,K)
+        logits = self.model(x, self._positions(positions), cache, keys=keys, slots=sl,
+                            last_only=not all_logits)[0]                       # (T or 1, V)
+        self._eval(logits, cache)
+        out = torch.from_numpy(self._mm.to_numpy(logits.astype(mx.float32)))
+        return out if all_logits else out[-1]
+
+    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
+        keys = None
+        if plan_row is not None:
+            n = int(np.count_nonzero(plan_row >= 0))                           # padding (-1) is trailing
+            keys = mx.array(np.asarray(plan_row[:n], dtype=np.int32))          # (n,)
+        x = mx.array([[int(token)]], dtype=mx.int32)                           # (1, 1)
+        weights = [] if attn_out is not None else None
+        logits = self.model(x, int(pos), cache, keys=keys, slots=mx.array([int(slot)], dtype=mx.int32),
+                            attn_out=weights)[0, 0]                            # (V,)
+        self._eval(logits, cache)
+        if attn_out is not None:
+            attn_out.extend(torch.from_numpy(self._mm.to_numpy(w)) for w in weights)
+        return torch.from_numpy(self._mm.to_numpy(logits.astype(mx.float32)))
+
+
+def load_folder(path) -> tuple:
+    """(ModelArgs, {name: mx.array}, stored dtype name) of an MLX export folder; BackendError (one line)
+    when it is incomplete or corrupted (the weights' sha256 is checked against config.json)."""
+    from asa_runtime.checkpoint import sha256_file
+    from exporters.mlx_model import ModelArgs
+
+    path = Path(path)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise BackendError(f"{path}: cannot read config.json ({e})") from None
+    f = path / WEIGHTS
+    if not f.is_file():
+        raise BackendError(f"{path}: missing {WEIGHTS}")
+    want = (raw.get("files") or {}).get(WEIGHTS)
+    if want and sha256_file(f) != want:
+        raise BackendError(f"{f}: checksum mismatch (file truncated or corrupted)")
+    try:
+        weights = mx.load(str(f))
+    except Exception as e:  # mlx raises RuntimeError/ValueError of its own for garbled files
+        raise BackendError(f"{f}: unreadable safetensors ({' '.join(str(e).split())})") from None
+    try:
+        args = ModelArgs.from_dict(raw)             # mlx-lm's argument names, at the top level
+    except (KeyError, TypeError, ValueError) as e:
+        raise BackendError(f"{path}/config.json: bad MLX model arguments ({e})") from None
+    return args, weights, raw.get("dtype", "float32")
