@@ -87,6 +87,8 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         dtype, kv_dtype = parse_dtype(dtype), parse_dtype(kv_dtype)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+    if _export_format(path) == "asa-mlx/1":           # `asa-run export --format mlx` folder: no torch model
+        return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     ck = load_checkpoint(path, device=device, dtype=dtype)
     if kv_dtype is not None and ck.config.plan.dense and kv_dtype != ck.model.tok_embeddings.weight.dtype:
         raise GenerationError("a KV cache dtype other than the model's needs a sparse ASA model (the dense "
@@ -102,6 +104,34 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
                        path=path, device=device, model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}"),
                        quantize=quantize, meta=ck.meta)
+
+
+def _export_format(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("format")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None                                    # load_checkpoint reports a bad config.json
+
+
+def _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner) -> LoadedModel:
+    """An MLX export folder: tokenizer, planner and backend from the folder; LoadedModel.model is None."""
+    from .checkpoint import CheckpointError
+    from .tokenizer import Tokenizer
+
+    if backend != "mlx" or quantize or dtype is not None:
+        raise BackendError(f"{path} is an MLX export: run it with --backend mlx (its dtype is set at export; "
+                           f"no --dtype or --quantize)")
+    cfg, raw = read_config(path)
+    try:
+        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load tokenizer.json ({' '.join(str(e).split())})") from None
+    if planner is None and not cfg.plan.dense:
+        planner = Planner(cfg.plan, analyzer=model_analyzer(path, raw))
+    be = make_backend("mlx", None, device=device, kv_dtype=kv_dtype, source=path)
+    return LoadedModel(model=None, tokenizer=tokenizer, planner=planner, config=cfg, backend=be, path=path,
+                       device=device, model_hash=model_hash(raw, None, f"mlx/{kv_dtype}"),
+                       meta=raw.get("meta", {}))
 
 
 def from_model(model, tokenizer, planner=None, device="cpu", backend="torch", kv_dtype=None) -> LoadedModel:

@@ -21,7 +21,7 @@ from . import OneLineCommand, main
 FORMATS: dict[str, str] = {
     "gguf": "exporters.gguf",        # dense llama-architecture GGUF for llama.cpp
     # "onnx": "exporters.onnx",      # ONNX with the asa.SparseAttention op (added with exporters/onnx/)
-    # "mlx": "exporters.mlx",        # mlx-lm style folder (added with exporters/mlx.py)
+    "mlx": "exporters.mlx",          # mlx-lm style folder run by --backend mlx (exporters/mlx.py)
 }
 
 # the pip extra each format's exporter needs (named in the error when its import fails)
