@@ -1,0 +1,168 @@
+"""OpenAI-shaped requests, responses and errors for /v1/chat/completions and /v1/completions.
+
+Requests are validated with pydantic; the first problem becomes a 400 body
+{"error": {"message", "type": "invalid_request_error", "param", "code"}} as OpenAI returns it. Unknown
+fields are accepted and ignored (clients send many), except the few whose meaning we cannot honour (n > 1).
+Extensions (off by default, so OpenAI clients are unaffected): top_k, min_p, repeat_penalty,
+repeat_last_n, and `asa_bonds: true` (each generated token's plan row and attention weights).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict]
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, v):
+        if isinstance(v, list):        # content parts: only text parts carry meaning for a text model
+            parts = []
+            for p in v:
+                if p.get("type") != "text" or not isinstance(p.get("text"), str):
+                    raise ValueError("only text content parts are supported")
+                parts.append(p["text"])
+            return "".join(parts)
+        return v
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, lt=1)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    repeat_last_n: int | None = Field(default=None, ge=-1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(default=None, validate_default=True)
+    n: int = Field(default=1, ge=1, le=1)
+    stream_options: dict | None = None
+    asa_bonds: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if v is None:
+            return []
+        v = [v] if isinstance(v, str) else v
+        if len(v) > 8:
+            raise ValueError("at most 8 stop strings")
+        return [s for s in v if s]
+
+    def sampler_kwargs(self, defaults: dict) -> dict:
+        kw = dict(defaults)
+        for ours, theirs in (("temp", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
+                             ("min_p", "min_p"), ("repeat_penalty", "repeat_penalty"),
+                             ("repeat_last_n", "repeat_last_n"), ("seed", "seed")):
+            v = getattr(self, theirs)
+            if v is not None:
+                kw[ours] = v
+        return kw
+
+    def wanted_tokens(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list) and v and isinstance(v[0], str):
+            if len(v) != 1:
+                raise ValueError("one prompt per request (a list of several prompts is not supported)")
+            return v[0]
+        return v
+
+
+def parse(model_cls, data) -> BaseModel:
+    """Validated request or APIError(400) naming the first bad field."""
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(x) for x in err.get("loc", ())) or None
+        kind = err.get("type", "")
+        msg = err.get("msg", "invalid value")
+        if kind == "missing":
+            return _raise(400, f"missing required field '{param}'", param, "missing_field")
+        return _raise(400, f"invalid value for '{param}': {msg}", param, "invalid_value")
+
+
+def _raise(status, message, param=None, code=None):
+    raise APIError(status, message, param=param, code=code)
+
+
+# ---- responses -------------------------------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(done: dict) -> dict:
+    return {"prompt_tokens": done["prompt_tokens"], "completion_tokens": done["completion_tokens"],
+            "total_tokens": done["prompt_tokens"] + done["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": done["cached_tokens"]}}
+
+
+def asa_stats(done: dict) -> dict:
+    """Extension on the final chunk / response: what the page shows (tokens/s, context used)."""
+    return {k: done[k] for k in ("tokens_per_second", "context_used", "ctx_size", "ttft", "cached_tokens")}
+
+
+def chat_chunk(cid: str, model: str, delta: dict, finish=None, **extra) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+
+
+def completion_chunk(cid: str, model: str, text: str, finish=None, **extra) -> dict:
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
+
+
+def chat_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None) -> dict:
+    msg = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": msg, "logprobs": None, "finish_reason": done["finish_reason"]}
+    if bonds is not None:
+        choice["asa_bonds"] = bonds
+        choice["asa_context"] = context
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [choice], "usage": usage(done), "asa_stats": asa_stats(done)}
+
+
+def completion_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None) -> dict:
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
+    if bonds is not None:
+        choice["asa_bonds"] = bonds
+        choice["asa_context"] = context
+    return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [choice], "usage": usage(done), "asa_stats": asa_stats(done)}
