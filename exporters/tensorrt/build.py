@@ -1,0 +1,125 @@
+"""Build a TensorRT-RTX engine from an exported ONNX graph, its asa.SparseAttention nodes as plugin layers.
+
+    from exporters.tensorrt.build import build_engine
+    res = build_engine("model.onnx", dims={"T": (1, 1, 512), "S": (1, 2048, 32768)})
+    Path("model.engine").write_bytes(res.engine)   # or write_engine(res.engine, path): atomic
+
+Building works on a machine without any GPU (TensorRT-RTX compiles kernels when the engine first runs).
+Running an engine is UNTESTED: TensorRT-RTX runs only on compute capability 8.0, 8.6, 8.9 and 12.x GPUs,
+and none was available to this project (its H200 is 9.0). A process that loads an engine must call
+exporters.tensorrt.plugin.register() first (the plugin is Python; the engine stores only its fields).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from exporters.onnx import op_contract as oc
+
+from . import plugin
+
+
+class EngineBuildError(RuntimeError):
+    """The ONNX graph could not be parsed or built into an engine; the message is one line."""
+
+
+@dataclass
+class BuildResult:
+    engine: bytes                                    # the serialized engine
+    plugin_layers: int                               # asa.SparseAttention nodes mapped to the plugin
+    outputs: dict[str, tuple[tuple[int, ...], str]]  # network output name -> (dims, TensorRT dtype name)
+
+
+def strip_op_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the op's ONNX function body: TensorRT's parser inlines a model-local function in
+    preference to a plugin, so the body must go for the node to reach the plugin (found via its domain)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [f for f in out.functions if (f.domain, f.name) != (oc.DOMAIN, oc.OP_TYPE)]
+    del out.functions[:]
+    out.functions.extend(keep)
+    return out
+
+
+def _input_ranges(model: onnx.ModelProto, shapes, dims):
+    """{input: (min, opt, max)} for every graph input with a symbolic dim; a dim without a range is an error."""
+    inits = {i.name for i in model.graph.initializer}
+    ranges = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if shapes and vi.name in shapes:
+            ranges[vi.name] = tuple(tuple(int(x) for x in s) for s in shapes[vi.name])
+            continue
+        lo, opt, hi, dynamic = [], [], [], False
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value"):
+                for lst in (lo, opt, hi):
+                    lst.append(d.dim_value)
+                continue
+            dynamic = True
+            if not d.dim_param or d.dim_param not in (dims or {}):
+                raise EngineBuildError(f"input {vi.name!r} dim {i} ({d.dim_param or 'unnamed'}) has no range: "
+                                       f"pass dims={{{d.dim_param or '?'!r}: (min, opt, max)}} or shapes=")
+            a, b, c = dims[d.dim_param]
+            lo.append(a), opt.append(b), hi.append(c)
+        if dynamic:
+            ranges[vi.name] = (tuple(lo), tuple(opt), tuple(hi))
+    return ranges
+
+
+def build_engine(model, shapes=None, dims=None, verbose: bool = False) -> BuildResult:
+    """model: a path to an .onnx file (external data next to it is fine), bytes or an onnx.ModelProto.
+    shapes: {input: (min, opt, max)} shapes; dims: {dim_param: (min, opt, max)} for the rest."""
+    trt = plugin.trt
+    path = None
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise EngineBuildError(f"no ONNX file at {path}")
+        proto = onnx.load(str(path), load_external_data=False)     # weights stay on disk for the parser
+    elif isinstance(model, bytes):
+        proto = onnx.load_from_string(model)
+    else:
+        proto = model
+    proto = strip_op_function(proto)
+    plugin.register()
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(proto.SerializeToString(), str(path) if path else None)
+    if not ok:
+        errs = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise EngineBuildError("TensorRT could not parse the ONNX graph: " + (errs[0] if errs else "no reason given"))
+    n_plugin = sum(network.get_layer(i).type == trt.LayerType.PLUGIN_V3 for i in range(network.num_layers))
+    outputs = {}
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        outputs[t.name] = (tuple(t.shape), t.dtype.name)
+    config = builder.create_builder_config()
+    ranges = _input_ranges(proto, shapes, dims)
+    if ranges:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in ranges.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    del plugin.config_errors[:]
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        why = plugin.config_errors[-1] if plugin.config_errors else "run with verbose=True for its log"
+        raise EngineBuildError(f"TensorRT could not build the engine: {why}")
+    return BuildResult(bytes(memoryview(engine)), n_plugin, outputs)
+
+
+def write_engine(engine: bytes, path) -> Path:
+    """Write atomically (tmp + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(engine)
+    os.replace(tmp, path)
+    return path
