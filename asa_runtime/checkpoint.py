@@ -23,6 +23,7 @@ import torch
 from .config import ModelConfig
 from .errors import CheckpointError  # noqa: F401  (re-exported: callers catch checkpoint.CheckpointError)
 from .model import Transformer
+from .resources import check_fits
 from .tokenizer import Tokenizer
 
 FORMAT = "asa-checkpoint/1"
@@ -207,16 +208,46 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _inside(path: Path, name) -> Path:
+    """path / name, refused unless name is a plain file name of this folder (no ../, no absolute path)."""
+    if not isinstance(name, str) or not name or name != Path(name).name or name in (".", ".."):
+        raise CheckpointError(f"{path / INDEX}: weight file {name!r} is not a file name inside the model folder")
+    f = (path / name).resolve()
+    if f.parent != path.resolve():
+        raise CheckpointError(f"{path / INDEX}: weight file {name!r} resolves outside the model folder")
+    return f
+
+
 def _weight_files(path: Path) -> list[str]:
     if (path / INDEX).is_file():
         try:
             index = json.loads((path / INDEX).read_text())
-            return sorted(set(index["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            names = sorted(set(index["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path / INDEX}: cannot parse index ({_one_line(e)})") from None
+        for name in names:
+            _inside(path, name)
+        return names
     if (path / WEIGHTS).is_file():
         return [WEIGHTS]
     raise CheckpointError(f"{path}: missing weights ({WEIGHTS} or {INDEX})")
+
+
+def verify_hashes(path: Path, raw: dict) -> None:
+    """Every weight file and the tokenizer must match the sha256 recorded in config.json. A folder that
+    records none is refused: load it with verify=False (`--no-verify`) if you trust it."""
+    sums = raw.get("files")
+    if not isinstance(sums, dict) or not sums:
+        raise CheckpointError(f"{path / CONFIG}: records no weight checksums ('files'); pass --no-verify to "
+                              f"load an unverified folder")
+    for name in _weight_files(path):
+        if name not in sums:
+            raise CheckpointError(f"{path / name}: weight file has no checksum in {CONFIG}")
+    tok_sum = (raw.get("tokenizer") or {}).get("sha256") if isinstance(raw.get("tokenizer"), dict) else None
+    if not tok_sum:
+        raise CheckpointError(f"{path / CONFIG}: records no tokenizer checksum; pass --no-verify to load it")
+    if (path / TOKENIZER).is_file() and sha256_file(path / TOKENIZER) != tok_sum:
+        raise CheckpointError(f"{path / TOKENIZER}: checksum mismatch (file changed or corrupted)")
 
 
 def read_weights(path, raw: dict | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -243,10 +274,17 @@ def read_weights(path, raw: dict | None = None, verify: bool = True) -> dict[str
     return state
 
 
-def load_checkpoint(path, device="cpu", dtype=None) -> Checkpoint:
-    """Load a model folder. dtype None: float32 on CPU (half-precision files are upcast), else as stored."""
+def load_checkpoint(path, device="cpu", dtype=None, verify: bool = True) -> Checkpoint:
+    """Load a model folder. dtype None: float32 on CPU (half-precision files are upcast), else as stored.
+    verify: refuse files whose sha256 is not the one config.json records (see verify_hashes)."""
     path = Path(path)
     cfg, raw = read_config(path)
+    if verify:
+        verify_hashes(path, raw)
+    try:     # the weights this config implies (float32 in memory at most), before reading or allocating
+        check_fits(4 * cfg.param_count(), f"{path.name} ({cfg.param_count() / 1e6:.0f}M parameters)", device)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     tok_path = path / TOKENIZER
     if not tok_path.is_file():
         raise CheckpointError(f"{path}: missing {TOKENIZER}")
@@ -258,7 +296,7 @@ def load_checkpoint(path, device="cpu", dtype=None) -> Checkpoint:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids, model only {cfg.vocab_size}")
 
     try:
-        state = Transformer.fuse_state_dict(read_weights(path, raw))
+        state = Transformer.fuse_state_dict(read_weights(path, raw, verify=verify))
     except RuntimeError as e:          # projections of inconsistent shapes cannot be concatenated
         raise CheckpointError(f"{path}: inconsistent projection shapes ({_one_line(e)})") from None
     try:

@@ -24,7 +24,10 @@ class PlanConfig:
     seed: int = 0               # for the random controls
 
     def __post_init__(self):
-        if self.mode not in MODES:
+        _check_types(self, ("k", "window", "sinks", "stride", "lookback_words", "seed"), int)
+        if not isinstance(self.cross_sentence, bool):
+            raise ValueError(f"cross_sentence must be true or false, got {self.cross_sentence!r}")
+        if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"unknown ASA mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
@@ -62,10 +65,28 @@ class ModelConfig:
     def __post_init__(self):
         if isinstance(self.plan, dict):
             self.plan = PlanConfig.from_dict(self.plan)
+        if not isinstance(self.plan, PlanConfig):
+            raise ValueError(f"plan must be an object of plan settings, got {self.plan!r}")
+        _check_types(self, ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "max_seq_len"),
+                     int, minimum=1)
+        _check_types(self, ("rope_theta", "norm_eps"), float)
+        if not (self.rope_theta > 1 and 0 < self.norm_eps < 1):
+            raise ValueError(f"rope_theta must be > 1 and norm_eps in (0, 1), got {self.rope_theta}, "
+                             f"{self.norm_eps}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be true or false, got {self.tie_embeddings!r}")
         if self.d_model % self.n_head:
             raise ValueError("d_model must be divisible by n_head")
         if self.n_head % self.n_kv_head:
             raise ValueError("n_head must be a multiple of n_kv_head")
+
+    def param_count(self) -> int:
+        """Parameters this architecture has (weights' memory is checked against it before allocating)."""
+        hs = self.head_dim
+        per_layer = (self.n_head + 2 * self.n_kv_head) * hs * self.d_model + self.n_head * hs * self.d_model \
+            + 3 * self.d_model * self.ffn_hidden + 2 * self.d_model
+        head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
+        return self.vocab_size * self.d_model + self.n_layer * per_layer + self.d_model + head
 
     @property
     def head_dim(self) -> int:
@@ -78,6 +99,17 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_types(obj, names, kind, minimum=None) -> None:
+    """Config values come from JSON files: refuse wrong types (a bool is not a number) and ranges."""
+    for name in names:
+        v = getattr(obj, name)
+        ok = isinstance(v, (int, float)) if kind is float else isinstance(v, int)
+        if isinstance(v, bool) or not ok or (kind is float and v != v):
+            raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'}, got {v!r}")
+        if minimum is not None and v < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {v}")
 
 
 # Size presets. "tiny" is the research's configuration (2 layers, 2 heads, d_model 128).

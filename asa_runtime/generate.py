@@ -77,10 +77,10 @@ def model_hash(config_dict: dict, quantize: str | None = None, dtype: str | None
 
 
 def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=None,
-         backend: str = "torch", kv_dtype=None, planner=None) -> LoadedModel:
+         backend: str = "torch", kv_dtype=None, planner=None, verify: bool = True) -> LoadedModel:
     """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError /
     BackendError (all one-line) on bad input. `planner` overrides the planner built from the model's
-    PlanConfig."""
+    PlanConfig. verify=False loads a folder whose files do not match (or lack) recorded checksums."""
     device = check_device(device)
     path = resolve(name_or_path)
     try:
@@ -89,7 +89,7 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         raise GenerationError(str(e)) from None
     if _export_format(path) == "asa-mlx/1":           # `asa-run export --format mlx` folder: no torch model
         return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
-    ck = load_checkpoint(path, device=device, dtype=dtype)
+    ck = load_checkpoint(path, device=device, dtype=dtype, verify=verify)
     if kv_dtype is not None and ck.config.plan.dense and kv_dtype != ck.model.tok_embeddings.weight.dtype:
         raise GenerationError("a KV cache dtype other than the model's needs a sparse ASA model (the dense "
                               "baseline attends the cache in the model's dtype)")

@@ -7,10 +7,13 @@ never removes the most likely token, so a draw is always possible.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from .errors import GenerationError
 
 NEG_INF = float("-inf")
 
@@ -62,7 +65,9 @@ def draw(logits: torch.Tensor, temp: float, generator: torch.Generator | None = 
     """Greedy if temp == 0, else a draw from softmax(logits / temp). Returns (...,) long indices."""
     if temp == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temp, dim=-1)
+    # subtract the max before dividing: any positive temp keeps the top token at 0 (never inf - inf = NaN)
+    lf = logits.float()
+    probs = torch.softmax((lf - lf.max(-1, keepdim=True).values) / temp, dim=-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
 
@@ -79,6 +84,16 @@ class SamplerConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range value (the CLI turns it into a one-line error)."""
+        for name in ("temp", "top_p", "min_p", "repeat_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        for name in ("top_k", "repeat_last_n"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not self.temp >= 0:
             raise ValueError(f"temp must be >= 0, got {self.temp}")
         if self.top_k < 0:
@@ -106,11 +121,18 @@ class Sampler:
             self.generator.manual_seed(int(self.cfg.seed))
 
     def __call__(self, logits: torch.Tensor, history: Sequence[int] = ()) -> int:
+        """Raises GenerationError if the model's logits are not all finite (greedy included: an argmax of
+        NaNs is a silent garbage token)."""
         c = self.cfg
         logits = logits.float().reshape(-1).cpu()                  # (V,)
+        if not bool(torch.isfinite(logits).all()):
+            raise GenerationError("the model produced non-finite logits (NaN or Inf): broken weights or an "
+                                  "overflow in this dtype")
         if c.repeat_penalty != 1.0 and c.repeat_last_n != 0:
             recent = history if c.repeat_last_n < 0 else history[-c.repeat_last_n:]
             logits = apply_repeat_penalty(logits, recent, c.repeat_penalty)
+            # an extreme penalty can overflow to -inf; keep the top token drawable
+            logits = torch.nan_to_num(logits, nan=NEG_INF, posinf=torch.finfo(torch.float32).max)
         if c.temp == 0:
             return int(logits.argmax())
         # Reduce to the top-k candidates first (sorted), so top-p / min-p work on k values, not the vocab.

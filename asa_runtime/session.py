@@ -19,6 +19,7 @@ import torch
 
 from .errors import CacheFull, GenerationError
 from .kv_policy import SlotMap
+from .resources import check_fits, session_bytes
 
 DEFAULT_PREFILL_CHUNK = 512
 
@@ -38,6 +39,9 @@ class Session:
     def __init__(self, lm, ctx_size: int | None = None, max_kv_size: int | None = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         self.lm = lm
+        for name, v in (("ctx_size", ctx_size), ("max_kv_size", max_kv_size), ("prefill_chunk", prefill_chunk)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise GenerationError(f"{name} must be an integer, got {v!r}")
         self.ctx_size = int(ctx_size or lm.config.max_seq_len)
         if self.ctx_size < 2:
             raise GenerationError(f"ctx_size must be >= 2, got {self.ctx_size}")
@@ -52,6 +56,12 @@ class Session:
                                       "every cached key stays selectable")
             n_slots = min(max_kv_size, self.ctx_size)
         self.prefill_chunk = prefill_chunk
+        kv_dtype = getattr(lm.backend, "kv_dtype", None)          # a backend may name it in its own types
+        if not isinstance(kv_dtype, torch.dtype):
+            kv_dtype = lm.model.tok_embeddings.weight.dtype if lm.model is not None else torch.float32
+        kv_elem = torch.empty(0, dtype=kv_dtype).element_size()
+        check_fits(session_bytes(lm.config, n_slots, self.ctx_size, kv_elem),
+                   f"a context of {self.ctx_size} tokens ({n_slots} cached keys)", lm.device)
         self.slots = SlotMap(self.ctx_size, n_slots)
         self.backend = lm.backend
         self.cache = lm.backend.make_cache(n_slots)
@@ -235,13 +245,23 @@ class Session:
                                   f"not fit this context ({self.ctx_size}) / KV size ({self.slots.n_slots})")
         if tokens and (min(tokens) < 0 or max(tokens) >= len(self.pieces)):
             raise GenerationError("session state holds token ids outside this tokenizer")
+        if not bool(torch.isfinite(last).all()):
+            raise GenerationError("session state holds non-finite logits")
         self.reset()
         try:
-            self.cache.load_state({k: v for k, v in t.items() if k.startswith("layers.")})
+            kv = {k: v for k, v in t.items() if k.startswith("layers.")}
+            if not all(bool(torch.isfinite(v).all()) for v in kv.values()):
+                raise ValueError("non-finite cache rows")
+            self.cache.load_state(kv)
             self.slots.load_state({"slot2pos": slot2pos, "n_pos": n_pos})
             if not self.dense:
-                self.plan = self.lm.planner.incremental_from_state({"arrays": plan_arrays,
-                                                                    "meta": meta["plan_meta"]})
+                # the plan is a pure function of the tokens: rebuild it (cheap next to a prefill) and
+                # require the saved state to be exactly that, so a crafted plan state is never used
+                plan = self.lm.planner.incremental()
+                plan.extend_many([self.pieces[i] for i in tokens])
+                if not _same_plan_state(plan.state_dict(), {"arrays": plan_arrays, "meta": meta["plan_meta"]}):
+                    raise ValueError("plan state is not the plan of its tokens")
+                self.plan = plan
         except (ValueError, KeyError, TypeError, CacheFull) as e:
             self.reset()
             raise GenerationError(f"session state does not match this session ({e})") from None
@@ -249,6 +269,14 @@ class Session:
         self.last_logits = last
         self.mark()
         return len(tokens)
+
+
+def _same_plan_state(a: dict, b: dict) -> bool:
+    if a["arrays"].keys() != b["arrays"].keys():
+        return False
+    if any(not np.array_equal(a["arrays"][k], np.asarray(b["arrays"][k])) for k in a["arrays"]):
+        return False
+    return json.loads(json.dumps(a["meta"])) == json.loads(json.dumps(b["meta"]))
 
 
 def _copy_plan_state(state: dict) -> dict:

@@ -24,6 +24,9 @@ from .torch_sparse import sparse_attention_torch
 BACKENDS = ("auto", "torch", "triton")
 
 
+_triton_fn = None          # sparse_attention_triton once imported (Triton is optional: imported on first use)
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -32,15 +35,32 @@ def triton_available() -> bool:
     return True
 
 
+def _triton():
+    global _triton_fn
+    if _triton_fn is None:
+        from .triton_sparse import sparse_attention_triton
+
+        _triton_fn = sparse_attention_triton
+    return _triton_fn
+
+
+# Set by exporters/onnx/graph_op.py on import: while torch.export traces (ONNX export), the attention is
+# that custom op, so the graph gets one asa.SparseAttention node per layer. None: no exporter loaded.
+EXPORT_OP = None
+
+
 def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto"):
+    if EXPORT_OP is not None and backend == "auto":
+        import torch
+
+        if torch.compiler.is_exporting():
+            return EXPORT_OP(q, k, v, keys, scale)
     if backend == "auto":
         backend = os.environ.get("ASA_SPARSE_BACKEND", "auto")   # e.g. force "torch" to rule out a kernel
     if backend not in BACKENDS:
         raise ValueError(f"unknown sparse attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "triton" or (backend == "auto" and q.is_cuda and triton_available()):
-        from .triton_sparse import sparse_attention_triton
-
-        return sparse_attention_triton(q, k, v, keys, scale=scale)
+        return _triton()(q, k, v, keys, scale=scale)
     return sparse_attention_torch(q, k, v, keys, scale=scale)
 
 

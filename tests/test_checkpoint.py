@@ -64,9 +64,9 @@ def test_bf16_storage_loads_fp32(tmp_path, model, tok):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
-def _err(path) -> str:
+def _err(path, verify: bool = True) -> str:
     with pytest.raises(CheckpointError) as ei:
-        load_checkpoint(path)
+        load_checkpoint(path, verify=verify)
     msg = str(ei.value)
     assert "\n" not in msg
     return msg
@@ -81,11 +81,12 @@ def test_errors(tmp_path, model, tok):
     w.write_bytes(blob[: len(blob) // 2])                      # truncated
     assert "truncated or corrupted" in _err(d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg.pop("files")                                           # no checksums: the library's own check
+    cfg.pop("files")                                           # no checksums: refused unless --no-verify
     (d / "config.json").write_text(json.dumps(cfg))
-    assert "unreadable safetensors" in _err(d)
+    assert "records no weight checksums" in _err(d)
+    assert "unreadable safetensors" in _err(d, verify=False)   # ... then the library's own check
     w.write_bytes(b"\x00\x01garbage")
-    assert "unreadable safetensors" in _err(d)
+    assert "unreadable safetensors" in _err(d, verify=False)
 
     w.write_bytes(blob)
     (d / "config.json").write_text("{not json")
@@ -104,13 +105,60 @@ def test_mismatched_tensors(tmp_path, model, tok):
     sd = model_state(model)
 
     save_file({k: v for k, v in sd.items() if k != "norm.weight"}, str(d / "model.safetensors"))
-    assert "missing tensor norm.weight" in _err(d)
+    assert "missing tensor norm.weight" in _err(d, verify=False)
     save_file({**sd, "bogus": torch.zeros(2)}, str(d / "model.safetensors"))
-    assert "unexpected tensor bogus" in _err(d)
+    assert "unexpected tensor bogus" in _err(d, verify=False)
     save_file({**sd, "norm.weight": torch.zeros(3)}, str(d / "model.safetensors"))
-    assert "norm.weight has shape" in _err(d)
+    assert "norm.weight has shape" in _err(d, verify=False)
     (d / "model.safetensors").unlink()
-    assert "missing weights" in _err(d)
+    assert "missing weights" in _err(d, verify=False)
     save_file(sd, str(d / "model.safetensors"))
     (d / "tokenizer.json").unlink()
-    assert "missing tokenizer.json" in _err(d)
+    assert "missing tokenizer.json" in _err(d, verify=False)
+
+
+def test_folder_reads_only_itself_and_verifies_everything(tmp_path, model, tok):
+    """Index names that leave the folder are refused; every shard and the tokenizer are hash-checked."""
+    d = save_checkpoint(tmp_path / "m", model, tok, shard_bytes=20_000)
+    index_path = d / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((d / first).read_bytes())
+    for name in ("../outside.safetensors", str(outside), "", "sub/x.safetensors"):
+        bad = {**index, "weight_map": {**index["weight_map"], "norm.weight": name}}
+        index_path.write_text(json.dumps(bad))
+        assert "inside the model folder" in _err(d) or "outside the model folder" in _err(d), name
+        assert "model folder" in _err(d, verify=False)     # no --no-verify escape for paths
+    # a shard under a name config.json does not list: refused, not loaded unchecked
+    renamed = {**index, "weight_map": {k: ("other.safetensors" if v == first else v)
+                                       for k, v in index["weight_map"].items()}}
+    (d / "other.safetensors").write_bytes((d / first).read_bytes())
+    index_path.write_text(json.dumps(renamed))
+    assert "has no checksum" in _err(d)
+    index_path.write_text(json.dumps(index))
+    load_checkpoint(d)                                     # intact again
+    (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|end|>"', 1))
+    assert "tokenizer.json: checksum mismatch" in _err(d)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("n_head", 0, "n_head must be >= 1"), ("n_layer", -3, "n_layer must be >= 1"), ("d_model", 64.5, "integer"),
+    ("n_layer", True, "integer"), ("plan", None, "plan must be"), ("plan", "full", "plan must be"),
+    ("norm_eps", "1e-5", "number"), ("n_layer", 10**7, "GiB but only"), ("vocab_size", 10**12, "GiB but only"),
+])
+def test_hostile_config_values(tmp_path, model, tok, field, value, msg):
+    d = save_checkpoint(tmp_path / "m", model, tok)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[field] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert msg in _err(d)
+
+
+def test_hostile_plan_values(tmp_path, model, tok):
+    d = save_checkpoint(tmp_path / "m", model, tok)
+    for field, value in (("k", 0), ("k", "64"), ("window", -1), ("mode", 3), ("cross_sentence", "yes")):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["plan"][field] = value
+        (d / "config.json").write_text(json.dumps(cfg))
+        assert "cannot parse config" in _err(d), (field, value)

@@ -101,3 +101,55 @@ def test_damaged_files(tmp_path, tiny_checkpoint):
             load_prompt_cache(tmp_path / name, Session(lm, ctx_size=100))
     with pytest.raises(PromptCacheError, match="does not fit"):
         load_prompt_cache(p, Session(lm, ctx_size=10))
+
+
+@needs_analyzer
+def test_crafted_cache_with_a_valid_header_is_refused(tmp_path, tiny_checkpoint):
+    """A file that passes the format and model-hash checks but carries hostile fields is refused field by
+    field, the session is left empty, and the CLI flow does not save anything from it."""
+    import math
+
+    from asa_runtime.prompt_cache import read_state, write_state
+
+    lm = load(tiny_checkpoint)
+    ids = lm.tokenizer.encode(PARAGRAPHS[4])[:40]
+    s = Session(lm, ctx_size=128)
+    s.prepare(ids)
+    good = tmp_path / "good.safetensors"
+    save_prompt_cache(good, s)
+
+    def crafted(edit):
+        st = read_state(good, lm.model_hash)
+        edit(st["tensors"], st["meta"])
+        p = tmp_path / "bad.safetensors"
+        write_state(p, st, lm.model_hash)
+        return p
+
+    def plan_word(t, m):
+        t["plan.tok_word"] = t["plan.tok_word"].flip(0).contiguous()
+
+    def nan_logits(t, m):
+        t["last_logits"][0] = math.nan
+
+    def nan_rows(t, m):
+        t["layers.0.k"][0, 0, 0] = math.inf
+
+    def big_token(t, m):
+        t["tokens"][3] = 10**6
+
+    def slots_past(t, m):
+        t["slot2pos"][-1] = 10**5
+
+    def short_logits(t, m):
+        t["last_logits"] = t["last_logits"][:5].contiguous()
+
+    for edit in (plan_word, nan_logits, nan_rows, big_token, slots_past, short_logits):
+        p = crafted(edit)
+        s2 = Session(lm, ctx_size=128)
+        with pytest.raises(PromptCacheError):
+            load_prompt_cache(p, s2)
+        assert s2.tokens == [] and s2.last_logits is None, edit.__name__
+        mtime = p.stat().st_mtime_ns
+        with pytest.raises(PromptCacheError):            # the CLI's flow: refused before anything runs
+            use_prompt_cache(p, Session(lm, ctx_size=128))
+        assert p.stat().st_mtime_ns == mtime

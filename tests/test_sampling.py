@@ -109,3 +109,27 @@ def test_temperature_sharpens():
 def test_out_of_range_config(bad):
     with pytest.raises(ValueError):
         SamplerConfig(**bad).validate()
+
+
+def test_hostile_parameters_and_logits():
+    """Extreme but valid parameters never produce NaN draws; non-finite values are refused in one line."""
+    import math
+
+    from asa_runtime.errors import GenerationError
+
+    logits = torch.randn(50) * 10
+    for temp in (1e-30, 1e-8, 1e8, 1e30):
+        for pen in (1e-30, 1e30):
+            s = Sampler(SamplerConfig(temp=temp, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=pen, seed=1))
+            t = s(logits, history=list(range(49)))
+            assert 0 <= t < 50
+    for bad in (dict(temp=math.nan), dict(temp=math.inf), dict(top_p=math.nan), dict(repeat_penalty=math.inf),
+                dict(top_k=2.5), dict(seed="x"), dict(min_p=True)):
+        with pytest.raises(ValueError):
+            Sampler(SamplerConfig(**bad))
+    for poison in (math.nan, math.inf, -math.inf):
+        bad_logits = logits.clone()
+        bad_logits[3] = poison
+        for temp in (0.0, 0.8):
+            with pytest.raises(GenerationError, match="non-finite"):
+                Sampler(SamplerConfig(temp=temp, seed=0))(bad_logits)

@@ -125,3 +125,17 @@ def test_unknown_backend_is_one_line(tiny_checkpoint):
 
     with pytest.raises(BackendError, match="unknown backend 'warp'"):
         make_backend("warp", load_checkpoint(tiny_checkpoint).model)
+
+
+def test_sizes_the_machine_cannot_hold_are_refused_before_allocation(tiny_checkpoint):
+    import resource
+
+    lm = load(tiny_checkpoint, planner=WindowPlanner())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for ctx in (10**9, 10**12):
+        with pytest.raises(GenerationError, match="GiB but only"):
+            Session(lm, ctx_size=ctx)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024     # KiB: nothing big
+    for bad in (2.5, "64", True):
+        with pytest.raises(GenerationError, match="must be an integer"):
+            Session(lm, ctx_size=bad)

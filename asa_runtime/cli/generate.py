@@ -44,6 +44,8 @@ def model_options(f):
         click.option("-m", "--model", "model", default="asa-small", show_default=True,
                      help="Registry name (asa-small) or model folder."),
         click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True),
+        click.option("--no-verify", is_flag=True,
+                     help="Load a model folder whose files are not covered by the checksums in its config."),
         click.option("--backend", type=click.Choice(list(BACKENDS)), default="torch", show_default=True,
                      help="Execution backend (ONNX Runtime and MLX come with the exporters)."),
         click.option("--quantize", type=click.Choice(["int8"]), default=None,
@@ -92,8 +94,10 @@ def load_model(o: dict):
 
     if o.get("threads"):
         torch.set_num_threads(o["threads"])
+    if o.get("no_verify"):
+        click.echo("warning: --no-verify: loading model files without checking their checksums", err=True)
     return load(o["model"], device=o["device"], quantize=o["quantize"], backend=o["backend"], dtype=o["dtype"],
-                kv_dtype=o["kv_dtype"])
+                kv_dtype=o["kv_dtype"], verify=not o.get("no_verify"))
 
 
 def use_prompt_cache(path, session):

@@ -50,6 +50,7 @@ def tokenizer_16k():
 
 def text_ids(tok, n_tokens: int, held_out: bool = False) -> list[int]:
     """n_tokens of book text (training books of the tokenizer excluded; held_out picks other books)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
     name = CACHE / f"ids_{'heldout' if held_out else 'main'}_{tok.vocab_size}.npy"
     if name.exists():
         ids = np.load(name)
