@@ -29,7 +29,7 @@ from asa_runtime.errors import GenerationError
 from asa_runtime.sampling import Sampler, SamplerConfig
 
 from . import openai_api as oa
-from .conversations import SessionPool, chat_stops, render_chat
+from .conversations import DEFAULT_TEMPLATE, TEMPLATES, SessionPool
 from .scheduler import Job, QueueFull, Worker
 
 WEB = Path(__file__).resolve().parent.parent / "web"
@@ -49,6 +49,7 @@ class ServerConfig:
     max_tokens_limit: int | None = None    # None: the context size
     max_prompt_tokens: int | None = None   # None: context size - 1
     sampling: dict = field(default_factory=dict)   # server defaults (SamplerConfig fields)
+    chat_template: str = DEFAULT_TEMPLATE  # apps/server/conversations.py TEMPLATES
     step_delay: float = 0.0                # tests only: seconds slept per worker step
 
 
@@ -63,6 +64,9 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
     pool = SessionPool(lm, ctx, cfg.max_kv_size, cfg.prefill_chunk, keep=cfg.keep_sessions)
     worker = Worker(lm, pool, parallel=cfg.parallel, queue=cfg.queue, step_delay=cfg.step_delay)
     created = int(time.time())
+    if cfg.chat_template not in TEMPLATES:
+        raise ValueError(f"unknown chat template {cfg.chat_template!r}; known: {', '.join(TEMPLATES)}")
+    template = TEMPLATES[cfg.chat_template]
 
     @asynccontextmanager
     async def lifespan(app):
@@ -158,15 +162,17 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
 
     async def _collect(request: Request, job: Job, cid: str, chat: bool):
         parts, bonds, context = [], [], None
-        events = job.events()
+        checked = time.monotonic()
         try:
             while True:
-                try:
-                    kind, p = await asyncio.wait_for(anext(events), timeout=0.5)
-                except asyncio.TimeoutError:
+                if time.monotonic() - checked > 0.25:     # a client that left gets no body: stop its job
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         job.cancel()
                         return JSONResponse({}, status_code=499)
+                try:
+                    kind, p = await asyncio.wait_for(job.queue.get(), timeout=0.25)
+                except asyncio.TimeoutError:
                     continue
                 if kind == "prompt":
                     context = p["context"]
@@ -192,8 +198,8 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
             msgs = [m.model_dump() for m in req.messages]
             if not any(m["role"] == "user" for m in msgs):
                 raise oa.APIError(400, "messages must contain at least one user message", param="messages")
-            ids = lm.tokenizer.encode(render_chat(msgs))
-            job = build_job(req, ids, chat_stops() + req.stop)
+            ids = template.encode(lm.tokenizer, msgs)
+            job = build_job(req, ids, list(template.stops) + req.stop)
             return await run(request, req, job, chat=True)
         except oa.APIError as e:
             return _err(e)
@@ -217,7 +223,9 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         return JSONResponse({"object": "list", "data": [
             {"id": cfg.model_id, "object": "model", "created": created, "owned_by": "asa-runtime",
              "asa": {"ctx_size": ctx, "max_prompt_tokens": max_prompt, "max_tokens_limit": max_new_limit,
-                     "plan_mode": lm.config.plan.mode, "dense": lm.dense, "n_layer": lm.config.n_layer}}]})
+                     "plan_mode": lm.config.plan.mode, "dense": lm.dense, "n_layer": lm.config.n_layer,
+                     "chat_template": {"name": template.name, "user": template.user_name,
+                                       "model": template.model_name}}}]})
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": cfg.model_id, **worker.stats()})

@@ -9,31 +9,64 @@ Only the model worker thread touches this pool.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from asa_runtime.session import Session
 
-# The transcript template (measured in bench/serve/chat_templates.py; see docs/chat_app.md).
-USER_LABEL, MODEL_LABEL = "ALICE:", "BOB:"
+@dataclass(frozen=True)
+class Template:
+    """How chat turns become text the base model continues. A user turn is `user.format(text)`, a model
+    turn `model_open + text + model_close`; the prompt ends with `model_open`, and the reply ends at any
+    of `stops` (where the model starts the next turn on its own)."""
+    name: str
+    user: str
+    model_open: str
+    model_close: str
+    stops: tuple[str, ...]
+    user_name: str = "You"
+    model_name: str = "Bob"
+    sep: str = ""                  # between model_open and a past reply (" " after a label: BPE's leading space)
+
+    def segments(self, messages: list[dict]) -> list[str]:
+        """The transcript in pieces: system texts first (a scene setting), then the turns, ending where
+        the model's turn starts. The server tokenizes piece by piece, so a conversation's next prompt
+        extends the previous one token for token (its cache is reused; see SessionPool)."""
+        system = "\n".join(m["content"].strip() for m in messages
+                           if m["role"] in ("system", "developer") and m["content"].strip())
+        out = [f"{system}\n\n"] if system else []
+        for m in messages:
+            if m["role"] == "user":
+                out.append(self.user.format(m["content"].strip()))
+            elif m["role"] == "assistant":
+                out += [self.model_open, f"{self.sep}{m['content'].strip()}{self.model_close}"]
+        out.append(self.model_open)
+        return out
+
+    def render(self, messages: list[dict]) -> str:
+        return "".join(self.segments(messages))
+
+    def encode(self, tokenizer, messages: list[dict]) -> list[int]:
+        return [i for seg in self.segments(messages) for i in tokenizer.encode(seg)]
 
 
-def render_chat(messages: list[dict], user: str = USER_LABEL, model: str = MODEL_LABEL) -> str:
-    """system texts first (as a scene setting), then one line per turn, ending with the model's label.
-    The same layout as asa_runtime.chat.Conversation.render, so the terminal chat and the app agree."""
-    system = "\n".join(m["content"].strip() for m in messages if m["role"] in ("system", "developer")
-                       and m["content"].strip())
-    head = f"{system}\n\n" if system else ""
-    lines = []
-    for m in messages:
-        if m["role"] == "user":
-            lines.append(f"{user} {m['content'].strip()}\n")
-        elif m["role"] == "assistant":
-            lines.append(f"{model} {m['content'].strip()}\n")
-    return f"{head}{''.join(lines)}{model}"
+# Measured on asa-small by bench/serve/chat_templates.py (results in bench/serve/results/, docs/chat_app.md).
+TEMPLATES = {t.name: t for t in (
+    Template("user-assistant", "User: {}\n", "Assistant:", "\n", ("\nUser:", "\nAssistant:", "\n\n"),
+             "User", "Assistant", " "),
+    Template("play", "ALICE. {}\n", "BOB.", "\n", ("\nALICE.", "\nBOB.", "\n\n"), "Alice", "Bob", " "),
+    Template("letters", "My dear Bob,\n{}\nYours, Alice.\n\n", "My dear Alice,\n", "\nYours, Bob.\n\n",
+             ("\nYours", "\nMy dear", "\n\n"), "Alice", "Bob"),
+    Template("narration", "\"{}\" said Alice.\n", "\"", "\" said Bob.\n", ("\"",), "Alice", "Bob"),
+)}
+DEFAULT_TEMPLATE = "narration"
 
 
-def chat_stops(user: str = USER_LABEL, model: str = MODEL_LABEL) -> list[str]:
-    """A reply ends where the model starts the next turn (or a blank line: a scene break)."""
-    return ["\n" + user, "\n" + model, "\n" + user.rstrip(":") + " :", "\n\n"]
+def render_chat(messages: list[dict], template: str = DEFAULT_TEMPLATE) -> str:
+    return TEMPLATES[template].render(messages)
+
+
+def chat_stops(template: str = DEFAULT_TEMPLATE) -> list[str]:
+    return list(TEMPLATES[template].stops)
 
 
 def common_prefix(a, b) -> int:
