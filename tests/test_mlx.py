@@ -5,8 +5,12 @@ dense); its cache honours the engine's Cache protocol; `asa-run export --format 
 refuses bad input with one line, leaving nothing behind.
 
 Tolerances (float32 on both sides; the two only differ in summation order):
-- tiny models: max |logit difference| <= 1e-3 (logits of magnitude ~20; measured ~1e-4)
-- asa-small:   max |logit difference| <= 2e-3 (measured in the low 1e-4)
+- tiny models: max |logit difference| <= 1e-3 (logits of magnitude ~20; measured 1.2e-4)
+- asa-small:   max |logit difference| <= 5e-4 (measured 2.8e-5 over 400 prefill + 32 decode positions;
+  the smallest top-1/top-2 margin on the greedy path is 0.025, so the greedy tokens cannot flip)
+The MLX side is slow here: the Linux mlx[cpu] wheel bundles the reference (netlib) BLAS, so its matmuls
+run ~10x slower than torch's; the variants therefore compare all prefill logits once and the last one
+otherwise.
 """
 import json
 import lzma
@@ -35,17 +39,17 @@ from kernels.mlx_sparse import sparse_decode_mlx  # noqa: E402
 from kernels.reference import sparse_attention_reference  # noqa: E402
 
 TINY_TOL = 1e-3
-SMALL_TOL = 2e-3
+SMALL_TOL = 5e-4
 PROSE = " ".join(PARAGRAPHS)
 BOOKS = Path(__file__).resolve().parents[2] / "shared/data/english_prose/standard_ebooks/standard_ebooks_selection.jsonl.xz"
 needs_small = pytest.mark.skipif("asa-small" not in available(), reason="asa-small not installed")
 
 
-def greedy_run(lm, ids, steps, **session_kw):
-    """Prefill `ids` (all logits) then `steps` greedy decode steps: (prefill logits, step logits, tokens,
-    session)."""
+def greedy_run(lm, ids, steps, all_logits=True, **session_kw):
+    """Prefill `ids` then `steps` greedy decode steps: (prefill logits (T, V), or (1, V) for the last
+    only, step logits, tokens, session)."""
     s = Session(lm, **session_kw)
-    pre = s.feed(ids, all_logits=True)
+    pre = s.feed(ids, all_logits=True) if all_logits else s.feed(ids)[None]
     logits, outs, toks = pre[-1], [], []
     for _ in range(steps):
         t = int(logits.argmax())
@@ -55,9 +59,9 @@ def greedy_run(lm, ids, steps, **session_kw):
     return pre, torch.stack(outs), toks, s
 
 
-def assert_parity(lt, lm, ids, steps, tol, **session_kw):
-    pre_t, dec_t, tok_t, st = greedy_run(lt, ids, steps, **session_kw)
-    pre_m, dec_m, tok_m, sm = greedy_run(lm, ids, steps, **session_kw)
+def assert_parity(lt, lm, ids, steps, tol, all_logits=True, **session_kw):
+    pre_t, dec_t, tok_t, st = greedy_run(lt, ids, steps, all_logits, **session_kw)
+    pre_m, dec_m, tok_m, sm = greedy_run(lm, ids, steps, all_logits, **session_kw)
     assert (pre_t - pre_m).abs().max().item() <= tol
     assert tok_m == tok_t
     assert (dec_t - dec_m).abs().max().item() <= tol
@@ -191,7 +195,7 @@ def test_asa_small_parity(small_pair, kw):
     lt, lm = small_pair
     ids = book_prose(lt.tokenizer)
     assert len(ids) >= 190
-    st, sm = assert_parity(lt, lm, ids, 32, SMALL_TOL, **kw)
+    st, sm = assert_parity(lt, lm, ids, 32, SMALL_TOL, all_logits=not kw, **kw)
     if "max_kv_size" in kw:
         assert sm.slots.compactions > 0 and sm.cache.n_slots == 256
 
@@ -242,8 +246,8 @@ def test_asa_small_export_matches_torch(tmp_path, small_pair):
     lm = load(out, backend="mlx")
     lt = small_pair[0]
     ids = book_prose(lt.tokenizer)
-    _, _, tok_t, _ = greedy_run(lt, ids, 32)
-    _, _, tok_m, _ = greedy_run(lm, ids, 32)
+    _, _, tok_t, _ = greedy_run(lt, ids, 32, all_logits=False)
+    _, _, tok_m, _ = greedy_run(lm, ids, 32, all_logits=False)
     assert tok_m == tok_t
 
 

@@ -134,11 +134,12 @@ class MlxBackend:
         except ValueError as e:
             raise BackendError(f"mlx backend: {e}") from None
         self.dtype = dt
-        self.kv_dtype = mx_dtype(kv_dtype) if kv_dtype is not None else dt
+        self._kv = mx_dtype(kv_dtype) if kv_dtype is not None else dt
+        self.kv_dtype = torch_dtype(self._kv)          # torch dtype, as the torch backend reports it
         self.vocab_size = self.args.vocab_size
 
     def make_cache(self, n_slots: int) -> MlxCache:
-        cache = MlxCache(self.model.make_cache(n_slots, self.kv_dtype))
+        cache = MlxCache(self.model.make_cache(n_slots, self._kv))
         mx.eval([a for c in cache for a in (c.k, c.v)])
         return cache
 
