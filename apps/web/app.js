@@ -15,7 +15,7 @@ function load() {
   try { state.convs = JSON.parse(localStorage.getItem(STORE) || "[]"); } catch { state.convs = []; }
   try {
     const s = JSON.parse(localStorage.getItem(SETTINGS) || "{}");
-    for (const k of ["temperature", "max-tokens", "api-key"]) if (s[k] !== undefined) $(k).value = s[k];
+    for (const k of ["temperature", "max-tokens", "repeat-penalty", "api-key"]) if (s[k] !== undefined) $(k).value = s[k];
     if (s.bonds !== undefined) $("bonds").checked = s.bonds;
   } catch { /* fresh settings */ }
   if (!state.convs.length) newConv();
@@ -24,7 +24,7 @@ function load() {
 function save() {
   localStorage.setItem(STORE, JSON.stringify(state.convs));
   localStorage.setItem(SETTINGS, JSON.stringify({ temperature: $("temperature").value,
-    "max-tokens": $("max-tokens").value, "api-key": $("api-key").value, bonds: $("bonds").checked }));
+    "max-tokens": $("max-tokens").value, "repeat-penalty": $("repeat-penalty").value, "api-key": $("api-key").value, bonds: $("bonds").checked }));
 }
 function conv() { return state.convs.find((c) => c.id === state.current); }
 function newConv() {
@@ -137,8 +137,9 @@ async function* events(resp) {
 }
 
 function settings() {
-  const t = parseFloat($("temperature").value);
+  const t = parseFloat($("temperature").value), rp = parseFloat($("repeat-penalty").value);
   return { temperature: Number.isFinite(t) ? t : 0.7, max_tokens: Math.max(1, parseInt($("max-tokens").value) || 96),
+           repeat_penalty: rp > 0 ? rp : 1.0,
            asa_bonds: $("bonds").checked, stream: true, stream_options: { include_usage: true } };
 }
 
@@ -326,7 +327,7 @@ $("new-conv").onclick = () => { if (!state.controller) { newConv(); save(); rend
 $("mode").onchange = () => { conv().mode = $("mode").value; save(); renderAll(); };
 $("system").onchange = () => { conv().system = $("system").value; save(); };
 $("doc").oninput = () => { conv().doc = $("doc").innerText; save(); };
-for (const id of ["temperature", "max-tokens", "api-key", "bonds"]) $(id).onchange = save;
+for (const id of ["temperature", "max-tokens", "repeat-penalty", "api-key", "bonds"]) $(id).onchange = save;
 $("layer").onchange = () => { const j = pinned; if (shown && j !== null) highlight(j); };
 $("close-bonds").onclick = () => { $("bonds-panel").hidden = true; };
 init();
