@@ -75,9 +75,11 @@ class Chat:
         if ids is None:
             raise GenerationError(f"message too long for the context ({ctx} tokens)")
         out = []
-        for r in stream_generate(self.lm, ids, max_new, sampler=self.sampler, stop=self.conv.stops,
-                                 session=self.session):
-            out.append(r.text)
-            self.last = r
-            yield r.text
-        self.conv.turns.append((user, "".join(out).strip()))
+        try:
+            for r in stream_generate(self.lm, ids, max_new, sampler=self.sampler, stop=self.conv.stops,
+                                     session=self.session):
+                out.append(r.text)
+                self.last = r
+                yield r.text
+        finally:      # a reply stopped early (Ctrl-C, a closed client) is kept as far as it got
+            self.conv.turns.append((user, "".join(out).strip()))

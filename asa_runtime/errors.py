@@ -27,6 +27,17 @@ class CacheFull(RuntimeError):
     """The context is full, or the policy can still select more keys than the bounded cache holds."""
 
 
+def require_unicode(text: str, what: str = "text") -> str:
+    """`text` unchanged if it is valid Unicode (encodable as UTF-8), else GenerationError. Command-line
+    arguments with undecodable bytes arrive as lone surrogates (Python's surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GenerationError(f"{what} is not valid Unicode (undecodable byte or lone surrogate at "
+                              f"character {e.start})") from None
+    return text
+
+
 def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 

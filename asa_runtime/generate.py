@@ -25,7 +25,7 @@ import torch
 from .backends import Backend, make_backend
 from .checkpoint import load_checkpoint, model_analyzer, parse_dtype, read_config
 from .config import ModelConfig
-from .errors import BackendError, CacheFull, GenerationError
+from .errors import BackendError, CacheFull, GenerationError, require_unicode
 from .linguistics.planner import Planner
 from .quantize import quantize_model
 from .registry import resolve
@@ -202,7 +202,13 @@ def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: in
     set and carries any text held back until then."""
     t0 = time.perf_counter()
     tok = lm.tokenizer
-    ids = tok.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+    if isinstance(prompt, str):
+        ids = tok.encode(require_unicode(prompt, "the prompt"))
+    else:
+        try:
+            ids = [int(i) for i in prompt]
+        except (TypeError, ValueError):
+            raise GenerationError("prompt must be text or a sequence of token ids") from None
     if not ids:
         raise GenerationError("empty prompt")
     if max_tokens < 0:

@@ -70,3 +70,26 @@ def test_history_truncated_to_context_and_prefix_reused(tiny_dense_checkpoint):
     assert len(c.conv.turns) < len(msgs)                            # oldest turns were dropped
     assert c.conv.turns[-1][0] == msgs[-1]
     assert cached[1] > 0                                            # turn 2 reused turn 1's prompt from the cache
+
+
+def test_undecodable_line_is_skipped_not_fatal(tiny_dense_checkpoint):
+    good = "Hello there"
+    data = b"\xff\xfe broken \x80\n" + good.encode() + b"\n/exit\n"
+    r = CliRunner().invoke(main, ["chat", "-m", str(tiny_dense_checkpoint), *ARGS], input=data)
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.split("\n")
+    assert lines[0].startswith("[skipped a line that is not UTF-8 text")
+    assert lines[1] == expected_replies(load(tiny_dense_checkpoint), [good])[0]
+
+
+def test_a_reply_stopped_early_keeps_the_conversation(tiny_dense_checkpoint):
+    """What Ctrl-C does in the terminal chat (close the reply generator): the partial turn stays and the
+    next turn continues the same conversation."""
+    lm = load(tiny_dense_checkpoint)
+    c = Chat(lm, max_tokens=8, ctx_size=256, temp=0)
+    gen = c.reply("Hello there")
+    first = next(gen)
+    gen.close()
+    assert c.conv.turns == [("Hello there", first.strip())]
+    assert "".join(c.reply("And then?"))              # the conversation goes on
+    assert len(c.conv.turns) == 2

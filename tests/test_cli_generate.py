@@ -80,7 +80,7 @@ def test_bad_prompts(tmp_path, tiny_dense_checkpoint):
 @pytest.mark.parametrize("flag,value", [
     ("--temp", -1), ("--top-p", 0), ("--top-p", 1.5), ("--min-p", 1), ("--min-p", -0.1), ("--top-k", -1),
     ("--repeat-penalty", 0), ("--repeat-last-n", -2), ("--ctx-size", -1), ("--max-kv-size", -5),
-    ("--prefill-chunk", 0), ("-n", -2), ("--device", "tpu"), ("--quantize", "int4"), ("--backend", "onnx"),
+    ("--prefill-chunk", 0), ("-n", -2), ("--device", "tpu"), ("--quantize", "int4"), ("--backend", "warp"),
     ("--temp", "hot"), ("--threads", 0),
 ])
 def test_out_of_range_flags(tiny_dense_checkpoint, flag, value):
@@ -143,3 +143,13 @@ def test_sparse_model_with_bounded_cache(tiny_checkpoint):
     assert full.exit_code == bounded.exit_code == 0
     assert full.stdout == bounded.stdout
     assert_one_line_error(run(*args, "--max-kv-size", 4), "too small")
+
+
+def test_invalid_unicode_and_unwritable_prompt_cache(tmp_path, tiny_dense_checkpoint):
+    r = run("-m", tiny_dense_checkpoint, "-p", "bad \udcff bytes", "-n", 2)
+    assert_one_line_error(r, "not valid Unicode")
+    r = run("-m", tiny_dense_checkpoint, "-p", PROMPT, "-n", 2, "--stop", "x\ud800")
+    assert_one_line_error(r, "--stop is not valid Unicode")
+    r = run("-m", tiny_dense_checkpoint, "-p", PROMPT, "-n", 2, "--prompt-cache", tmp_path / "no" / "dir" / "c")
+    assert_one_line_error(r, "does not exist or is not writable")
+    assert not (tmp_path / "no").exists()

@@ -9,7 +9,7 @@ import sys
 import click
 
 from asa_runtime.chat import STOPS, Chat, Conversation  # noqa: F401  (re-exported for callers of the CLI)
-from asa_runtime.errors import USER_ERRORS, one_line
+from asa_runtime.errors import USER_ERRORS, GenerationError, one_line, require_unicode
 from asa_runtime.generate import format_stats
 
 from . import main
@@ -26,6 +26,7 @@ HELP = "commands: /reset clears the conversation, /exit quits, /help shows this"
 def chat_cmd(max_tokens, system, **o):
     """Chat in the terminal (streaming). Type /reset to start over, /exit to quit."""
     try:
+        require_unicode(system, "--system")
         lm = load_model(o)
         chat = Chat(lm, max_tokens=max_tokens, ctx_size=o["ctx_size"] or None,
                     max_kv_size=o["max_kv_size"] or None, prefill_chunk=o["prefill_chunk"], system=system,
@@ -40,10 +41,19 @@ def chat_cmd(max_tokens, system, **o):
     while True:
         if interactive:
             click.echo("> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line:                                   # EOF
+        try:
+            raw = sys.stdin.buffer.readline()
+        except KeyboardInterrupt:                      # Ctrl-C at the prompt: leave quietly
+            click.echo(err=True)
             break
-        msg = line.strip()
+        if not raw:                                    # EOF
+            break
+        try:
+            msg = require_unicode(raw.decode("utf-8"), "input").strip()
+        except (UnicodeDecodeError, GenerationError) as e:
+            where = f"byte {e.start}" if isinstance(e, UnicodeDecodeError) else one_line(e)
+            click.echo(f"[skipped a line that is not UTF-8 text ({where})]")
+            continue
         if not msg:
             continue
         if msg in ("/exit", "/quit"):
@@ -58,11 +68,16 @@ def chat_cmd(max_tokens, system, **o):
         if msg.startswith("/"):
             click.echo(f"[unknown command {msg.split()[0]}; {HELP}]")
             continue
+        reply = chat.reply(msg)
         try:
-            for seg in chat.reply(msg):
+            for seg in reply:
                 click.echo(seg, nl=False)
                 sys.stdout.flush()
             click.echo()
+        except KeyboardInterrupt:                      # Ctrl-C: stop this reply, keep the conversation
+            reply.close()
+            click.echo("\n[stopped]")
+            continue
         except USER_ERRORS as e:
             click.echo(f"[error: {one_line(e)}]")
             continue

@@ -11,7 +11,7 @@ import sys
 import click
 
 from asa_runtime.backends import BACKENDS
-from asa_runtime.errors import USER_ERRORS, one_line
+from asa_runtime.errors import USER_ERRORS, GenerationError, one_line, require_unicode
 
 from . import OneLineCommand, main  # noqa: F401  (OneLineCommand re-exported for chat)
 
@@ -33,6 +33,10 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
         except UnicodeDecodeError as e:
             raise click.ClickException(f"{file} is not UTF-8 text (invalid byte at offset {e.start})") \
                 from None
+    try:
+        require_unicode(prompt, "the prompt")
+    except GenerationError as e:
+        raise click.ClickException(str(e)) from None
     if not prompt.strip():
         raise click.ClickException("empty prompt" + (f" ({file} has no text)" if file else ""))
     return prompt
@@ -103,10 +107,14 @@ def load_model(o: dict):
 def use_prompt_cache(path, session):
     """Load `path` into `session` if the file exists (llama.cpp's --prompt-cache); returns the callback that
     saves the prompt's state there once it is computed (nothing is written on an exact hit)."""
+    import os
     from pathlib import Path
 
     from asa_runtime.prompt_cache import load_prompt_cache, save_prompt_cache
 
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):     # found now, not after the prompt ran
+        raise GenerationError(f"--prompt-cache {path}: folder {folder} does not exist or is not writable")
     if Path(path).exists():
         load_prompt_cache(path, session)
 
@@ -139,6 +147,8 @@ def generate_cmd(prompt, file, max_tokens, stop, prompt_cache, echo, **o):
         load_s = time.perf_counter() - t0
         ctx = o["ctx_size"] or lm.config.max_seq_len
         n = ctx if max_tokens < 0 else max_tokens
+        for s_ in stop:
+            require_unicode(s_, "--stop")
         session = Session(lm, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
                           prefill_chunk=o["prefill_chunk"])
         on_prompt = None
