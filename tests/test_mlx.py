@@ -232,6 +232,13 @@ def test_export_round_trip_generates_the_same_tokens(tmp_path, tiny_checkpoint):
                                   "-n", "20", "--temp", "0"])
     assert g.exit_code == 0, g.output
     assert g.stdout == want + "\n"
+    chat_args = ["-n", "8", "--temp", "0", "--ctx-size", "128"]
+    c_mlx = CliRunner().invoke(main, ["chat", "-m", str(out), "--backend", "mlx", *chat_args],
+                               input="Hello there\n/exit\n")
+    c_torch = CliRunner().invoke(main, ["chat", "-m", str(tiny_checkpoint), *chat_args],
+                                 input="Hello there\n/exit\n")
+    assert c_mlx.exit_code == 0, c_mlx.output
+    assert c_mlx.stdout == c_torch.stdout and c_mlx.stdout.strip()
     r = CliRunner().invoke(main, ["generate", "-m", str(out), "-p", "x", "-n", "2"])   # torch backend
     assert_one_line_error(r, "MLX export", "--backend mlx")
 
