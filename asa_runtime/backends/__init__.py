@@ -59,6 +59,7 @@ class Backend(Protocol):
 # source is the model folder the weights came from (None for an in-memory model).
 REGISTRY: dict[str, tuple[str, str]] = {
     "torch": ("asa_runtime.backends.torch_backend", "TorchBackend"),
+    "onnx": ("asa_runtime.backends.onnx_backend", "OnnxBackend"),     # ONNX Runtime, CPU (extra: onnx)
     "mlx": ("asa_runtime.backends.mlx_backend", "MlxBackend"),
 }
 BACKENDS = tuple(REGISTRY)

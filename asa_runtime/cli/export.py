@@ -20,12 +20,12 @@ from . import OneLineCommand, main
 # format name -> exporter module. Add a format here (one line) and in its module.
 FORMATS: dict[str, str] = {
     "gguf": "exporters.gguf",        # dense llama-architecture GGUF for llama.cpp
-    # "onnx": "exporters.onnx",      # ONNX with the asa.SparseAttention op (added with exporters/onnx/)
+    "onnx": "exporters.onnx.export",  # decoder graph with the asa.SparseAttention op (exporters/onnx/)
     "mlx": "exporters.mlx",          # mlx-lm style folder run by --backend mlx (exporters/mlx.py)
 }
 
 # the pip extra each format's exporter needs (named in the error when its import fails)
-EXTRAS: dict[str, str] = {"gguf": "gguf"}
+EXTRAS: dict[str, str] = {"gguf": "gguf", "onnx": "onnx"}
 
 
 def exporter(fmt: str):
