@@ -385,3 +385,18 @@ def test_openai_client(srv, lm):
     with pytest.raises(openai.BadRequestError) as e:
         cl.completions.create(model=MODEL, prompt="x", temperature=5)
     assert "temperature" in str(e.value)
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------
+def test_serve_cli_bad_input_is_one_line():
+    from click.testing import CliRunner
+
+    from asa_runtime.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--model", "/no/such/model"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().startswith("Error:") and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["serve", "--model", "/no/such/model", "--host", "0.0.0.0"])
+    assert "warning: binding 0.0.0.0 without --api-key" in r.output
+    r = CliRunner().invoke(main, ["serve", "--port", "99999"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1

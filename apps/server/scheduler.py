@@ -217,7 +217,8 @@ def _bond(session, token: int, attn: list, pieces) -> dict:
     else:
         row = session.last_row
         keys = row[row >= 0]
-    weights = [[round(float(x), 5) for x in w.tolist()] for w in attn]
+    # None when the backend does not report attention (only the row is known then)
+    weights = [[round(float(x), 5) for x in w.tolist()] for w in attn] if attn else None
     toks = session.tokens
     return {"pos": pos, "token": int(token), "text": pieces[token], "keys": [int(k) for k in keys],
             "key_text": [pieces[toks[int(k)]] for k in keys], "weights": weights}

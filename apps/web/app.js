@@ -267,7 +267,7 @@ function tokSpan(text, pos, gen, j) {
 }
 function weightsFor(b) {
   const sel = $("layer").value;
-  if (!b.weights) return null;
+  if (!b.weights || !b.weights.length) return b.keys.map(() => 1);   // backend gave no weights: row only
   if (sel !== "avg") return b.weights[parseInt(sel)];
   const n = b.keys.length, L = b.weights.length, w = new Array(n).fill(0);
   for (const lw of b.weights) for (let i = 0; i < n; i++) w[i] += lw[i] / L;
