@@ -21,7 +21,8 @@ from exporters.onnx import op_contract as oc  # noqa: E402
 from sparse_op_models import inputs, one_node_model  # noqa: E402
 
 plugin = pytest.importorskip("exporters.tensorrt.plugin")
-from exporters.tensorrt.build import EngineBuildError, build_engine, strip_op_function, write_engine  # noqa: E402
+from exporters.tensorrt.build import (  # noqa: E402
+    EngineBuildError, build_engine, decoder_shapes, strip_op_function, write_engine)
 
 trt = plugin.trt
 DIMS = {"B": (1, 1, 2), "Hq": (6, 6, 6), "Hkv": (2, 2, 2), "T": (1, 1, 64), "S": (1, 512, 4096),
@@ -95,6 +96,39 @@ def test_missing_dim_range_is_a_clear_error():
         build_engine(one_node_model(), dims={"B": (1, 1, 1)})
     with pytest.raises(EngineBuildError, match="no ONNX file"):
         build_engine("/nonexistent/model.onnx")
+
+
+def test_engine_builds_from_exported_asa_small():
+    """The whole asa-small decoder as exported for ONNX Runtime (cached export, external weights): every
+    layer's asa.SparseAttention node becomes a plugin layer and the engine builds."""
+    import onnx
+
+    backend = pytest.importorskip("asa_runtime.backends.onnx_backend")
+    from exporters.common import resolve_model
+
+    folder = backend.ensure_export(resolve_model("asa-small"), "float32", progress=False)
+    graph = folder / "model.onnx"
+    proto = onnx.load(str(graph), load_external_data=False)
+    n_nodes = sum(n.domain == oc.DOMAIN and n.op_type == oc.OP_TYPE for n in proto.graph.node)
+    assert n_nodes >= 1 and any(f.name == oc.OP_TYPE for f in proto.functions)        # body present...
+    res = build_engine(graph, shapes=decoder_shapes(proto, T=(1, 1, 64), S=(1, 256, 4096), K=(1, 64, 128)))
+    assert res.plugin_layers == n_nodes                                                # ...yet plugins used
+    dims, dtype = res.outputs["logits"]
+    assert dtype == "FLOAT" and dims[-1] == proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    assert len(res.engine) > 10 << 20                                                  # the weights are in it
+
+
+def test_build_cli_one_line_errors(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    for arg in (str(tmp_path / "missing"), str(tmp_path)):
+        r = subprocess.run([sys.executable, "-m", "exporters.tensorrt.build", arg, "--out", str(tmp_path / "e")],
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in r.stderr
 
 
 def _desc(shape, type_name):

@@ -4,6 +4,9 @@
     res = build_engine("model.onnx", dims={"T": (1, 1, 512), "S": (1, 2048, 32768)})
     Path("model.engine").write_bytes(res.engine)   # or write_engine(res.engine, path): atomic
 
+    # an exported decoder (exporters/onnx/export.py's graph), profile from its I/O names:
+    python -m exporters.tensorrt.build ONNX_FOLDER_OR_FILE --out model.engine [--max-tokens 512 --max-past 32768]
+
 Building works on a machine without any GPU (TensorRT-RTX compiles kernels when the engine first runs).
 Running an engine is UNTESTED: TensorRT-RTX runs only on compute capability 8.0, 8.6, 8.9 and 12.x GPUs,
 and none was available to this project (its H200 is 9.0). A process that loads an engine must call
@@ -71,6 +74,30 @@ def _input_ranges(model: onnx.ModelProto, shapes, dims):
     return ranges
 
 
+def decoder_shapes(model: onnx.ModelProto, T=(1, 1, 512), S=(1, 2048, 32768), K=(1, 64, 256)) -> dict:
+    """{input: (min, opt, max)} for the exported decoder graph (exporters/onnx/export.py's I/O:
+    input_ids (1, T), positions (T,), rows (1, T, K), past_k.l / past_v.l (1, Hkv, S, hs)); static dims
+    keep their size, dynamic ones take the range of their role."""
+    roles = {"input_ids": (None, T), "positions": (T,), "rows": (None, T, K)}
+    shapes = {}
+    for vi in model.graph.input:
+        role = roles.get(vi.name) or ((None, None, S, None) if vi.name.startswith(("past_k.", "past_v.")) else None)
+        if role is None:
+            continue
+        dims = list(vi.type.tensor_type.shape.dim)
+        if len(dims) != len(role):
+            raise EngineBuildError(f"input {vi.name!r} has rank {len(dims)}, expected {len(role)} for an exported decoder")
+        lo, opt, hi = [], [], []
+        for d, r in zip(dims, role):
+            if d.HasField("dim_value"):
+                r = (d.dim_value,) * 3
+            elif r is None:
+                r = (1, 1, 1)                             # a batch dim left dynamic: one sequence
+            lo.append(r[0]), opt.append(r[1]), hi.append(r[2])
+        shapes[vi.name] = (tuple(lo), tuple(opt), tuple(hi))
+    return shapes
+
+
 def build_engine(model, shapes=None, dims=None, verbose: bool = False) -> BuildResult:
     """model: a path to an .onnx file (external data next to it is fine), bytes or an onnx.ModelProto.
     shapes: {input: (min, opt, max)} shapes; dims: {dim_param: (min, opt, max)} for the rest."""
@@ -123,3 +150,37 @@ def write_engine(engine: bytes, path) -> Path:
     tmp.write_bytes(engine)
     os.replace(tmp, path)
     return path
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m exporters.tensorrt.build",
+                                 description="Build a TensorRT-RTX engine from an exported ONNX decoder (folder or .onnx). "
+                                             "Running the engine is untested (see docs/export.md).")
+    ap.add_argument("onnx", help="an ONNX folder from `asa-run export --format onnx`, or its model.onnx")
+    ap.add_argument("--out", required=True, help="engine file to write (atomically)")
+    ap.add_argument("--max-tokens", type=int, default=512, help="largest prefill chunk T")
+    ap.add_argument("--max-past", type=int, default=32768, help="largest number of past cache rows S")
+    ap.add_argument("--max-k", type=int, default=256, help="largest plan row width K")
+    a = ap.parse_args(argv)
+    src = Path(a.onnx)
+    src = src / "model.onnx" if src.is_dir() else src
+    try:
+        proto = onnx.load(str(src), load_external_data=False) if src.is_file() else None
+        if proto is None:
+            raise EngineBuildError(f"no ONNX file at {src}")
+        shapes = decoder_shapes(proto, T=(1, 1, a.max_tokens), S=(1, min(2048, a.max_past), a.max_past),
+                                K=(1, min(64, a.max_k), a.max_k))
+        res = build_engine(src, shapes=shapes)
+        write_engine(res.engine, a.out)
+    except Exception as e:     # EngineBuildError, OSError, onnx's DecodeError ...: one line, never a traceback
+        print(f"Error: {' '.join(str(e).split())[:400]}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.out} ({len(res.engine) / 2**20:.1f} MiB, {res.plugin_layers} asa.SparseAttention plugin layers)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
