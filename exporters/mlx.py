@@ -57,7 +57,7 @@ def export(model_path: Path, out: Path, *, dtype: str | None = None, progress: b
     ckpt = load_model(model_path)                   # one-line CheckpointError on a missing/corrupted folder
     _, raw = read_config(model_path)
     cfg = ckpt.config
-    analyzer_dir = _analyzer_source(model_path, raw)
+    analyzer_dir = None if cfg.plan.dense else _analyzer_source(model_path, raw)   # dense: no plans
     args = ModelArgs.from_model_config(cfg)
 
     state = llama_weights(ckpt.model)
