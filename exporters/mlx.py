@@ -5,7 +5,7 @@
                             rope_traditional true), the ModelConfig fields with the plan policy, the source
                             checkpoint's file hashes, tokenizer and analyzer hashes, this file's sha256
     DIR/tokenizer.json      the byte-level BPE, unchanged
-    DIR/analyzer/           the analyzer artifacts the model was trained with (its plans depend on them)
+    DIR/analyzer/           the analyzer artifacts a sparse model was trained with (its plans depend on them)
 
 Run it with `asa-run generate -m DIR --backend mlx`. The folder is written atomically (a tmp folder
 beside DIR, then renamed), so a failed export leaves nothing at DIR. Metal is untested here (mlx[cpu] only).
