@@ -24,7 +24,7 @@ import torch
 
 from .backends import Backend, make_backend
 from .checkpoint import load_checkpoint, model_analyzer, parse_dtype, read_config
-from .config import ModelConfig
+from .config import ModelConfig, PlanConfig
 from .errors import BackendError, CacheFull, GenerationError, require_unicode
 from .linguistics.planner import Planner
 from .quantize import quantize_model
@@ -77,10 +77,12 @@ def model_hash(config_dict: dict, quantize: str | None = None, dtype: str | None
 
 
 def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=None,
-         backend: str = "torch", kv_dtype=None, planner=None, verify: bool = True) -> LoadedModel:
+         backend: str = "torch", kv_dtype=None, planner=None, verify: bool = True,
+         mode: str | None = None) -> LoadedModel:
     """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError /
     BackendError (all one-line) on bad input. `planner` overrides the planner built from the model's
-    PlanConfig. verify=False loads a folder whose files do not match (or lack) recorded checksums."""
+    PlanConfig. verify=False loads a folder whose files do not match (or lack) recorded checksums. mode
+    overrides the plan's ASA mode (e.g. "none": the same weights as a dense causal model, for comparisons)."""
     device = check_device(device)
     path = resolve(name_or_path)
     try:
@@ -89,7 +91,15 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         raise GenerationError(str(e)) from None
     if _export_format(path) == "asa-mlx/1":           # `asa-run export --format mlx` folder: no torch model
         return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
+    if _export_format(path) == "asa-onnx/1":          # `asa-run export --format onnx` folder: no torch model
+        return _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     ck = load_checkpoint(path, device=device, dtype=dtype, verify=verify)
+    if mode is not None and mode != ck.config.plan.mode:
+        try:
+            ck.config.plan = PlanConfig.from_dict({**ck.config.plan.to_dict(), "mode": mode})
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        ck.model.cfg = ck.config
     if kv_dtype is not None and ck.config.plan.dense and kv_dtype != ck.model.tok_embeddings.weight.dtype:
         raise GenerationError("a KV cache dtype other than the model's needs a sparse ASA model (the dense "
                               "baseline attends the cache in the model's dtype)")
@@ -102,7 +112,8 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         planner = Planner(ck.config.plan, analyzer=model_analyzer(path, raw))
     be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype, source=path)
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
-                       path=path, device=device, model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}"),
+                       path=path, device=device,
+                       model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}/{ck.config.plan.mode}"),
                        quantize=quantize, meta=ck.meta)
 
 
@@ -111,6 +122,28 @@ def _export_format(path: Path) -> str | None:
         return json.loads((path / "config.json").read_text()).get("format")
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return None                                    # load_checkpoint reports a bad config.json
+
+
+def _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner) -> LoadedModel:
+    """An ONNX export folder (exporters/onnx/folder.py): tokenizer, planner and backend from the folder (the
+    backend checks the files' sha256); LoadedModel.model is None."""
+    from .checkpoint import CheckpointError
+    from .tokenizer import Tokenizer
+
+    if backend != "onnx" or quantize or dtype is not None:
+        raise BackendError(f"{path} is an ONNX export: run it with --backend onnx (its dtype is set at export; "
+                           f"no --dtype or --quantize)")
+    raw = json.loads((path / "config.json").read_text())
+    try:
+        cfg = ModelConfig.from_dict(raw["model"])
+        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a usable ONNX export ({' '.join(str(e).split())})") from None
+    be = make_backend("onnx", None, device=device, kv_dtype=kv_dtype, source=path)
+    if planner is None and not cfg.plan.dense:
+        planner = Planner(cfg.plan, analyzer=model_analyzer(path, raw))
+    return LoadedModel(model=None, tokenizer=tokenizer, planner=planner, config=cfg, backend=be, path=path,
+                       device=device, model_hash=model_hash(raw, None, f"onnx/{kv_dtype}"), meta={})
 
 
 def _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner) -> LoadedModel:

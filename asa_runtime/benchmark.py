@@ -1,0 +1,309 @@
+"""`asa-run bench`: llama-bench-style latency of the runtime against llama.cpp on the same weights.
+
+One row per (system, context): prompt processing (pp, tokens/s), text generation (tg, tokens/s, by wall
+clock and by CPU time), time to first token, peak process memory (RSS) and KV-cache bytes; medians over
+repeats with their spread. Every measurement runs in a fresh process (`python -m asa_runtime.benchmark`),
+so its peak RSS is its own and one system's arenas never count against another.
+
+Systems: the model on each requested backend in ASA mode; the same weights in dense mode (plan `none`) on
+the torch backend; llama.cpp (llama-cpp-python, optional) on the dense GGUF of the same weights made by
+exporters/gguf.py (cached), same threads, flash attention on, fed the very same token ids.
+
+The prompt is book-like English (plans depend on real sentence structure): a text file given by the
+caller, or the paragraphs below (written for this benchmark) cycled to length.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+TEXT = (
+    "The ferry left the harbour an hour before dawn, and the few passengers who had slept on the benches "
+    "woke to the sound of the engine and the smell of tar. Anna stood at the rail with her brother. He "
+    "had promised their mother that he would bring her back before winter, and he meant to keep his word, "
+    "although neither of them knew what they would find on the island.\n\n"
+    "When the fog lifted they saw the lighthouse, white against the grey cliffs, and the village below "
+    "it. \"Is that where he lived?\" she asked. Her brother nodded. He did not say that the old man had "
+    "written to him only once in twenty years, or that the letter had asked for nothing but money.\n\n"
+    "The inn was full of fishermen who looked at the strangers without speaking. The landlady, a tall "
+    "woman with a voice like a gull, gave them a room above the kitchen and told them that the keeper had "
+    "died in March. She had kept his books and his clock, because nobody else wanted them, and she would "
+    "sell them for what they were worth, which was little enough.\n\n"
+    "That night Anna read the books by candlelight. They were not books at all but journals, one for every "
+    "year, filled with the weather, the ships that passed and the birds that rested on the rail. In the "
+    "last of them, between two pages about a storm, she found a map of the island drawn in a careful hand, "
+    "and beside a cove on its northern shore the keeper had written her name.\n\n"
+)
+COLUMNS = ("system", "backend", "mode", "context", "pp_tps", "tg_tps", "tg_cpu_tps", "ttft_s", "peak_rss_mib",
+           "kv_mib")
+
+
+@dataclass
+class Spec:
+    """One measurement: which system, at which context, with how many generated tokens."""
+    system: str                  # "asa-run" or "llama.cpp"
+    model: str
+    backend: str = "torch"
+    mode: str = "asa"            # "asa" (the model's plan) or "dense" (plan none, same weights)
+    context: int = 512
+    n_gen: int = 128
+    threads: int = 1
+    text_file: str | None = None
+    gguf: str | None = None
+    max_kv_size: int | None = None
+    warmup: int = 4
+
+
+@dataclass
+class Row:
+    system: str
+    backend: str
+    mode: str
+    context: int
+    n_gen: int
+    repeats: int
+    pp_tps: float
+    tg_tps: float
+    tg_cpu_tps: float
+    ttft_s: float
+    peak_rss_mib: float
+    kv_mib: float
+    spread: dict = field(default_factory=dict)     # column -> [min, max] over repeats
+
+
+# ---- the text ------------------------------------------------------------------------------------------
+def prompt_ids(tokenizer, n: int, text_file: str | None = None) -> list[int]:
+    text = Path(text_file).read_text(encoding="utf-8") if text_file else TEXT
+    base = tokenizer.encode(text)
+    if not base:
+        raise ValueError(f"{text_file}: no text to build a prompt from")
+    ids = []
+    while len(ids) < n:
+        ids += base
+    return ids[:n]
+
+
+# ---- one measurement (runs in its own process) ------------------------------------------------------------
+def _peak_rss() -> int:
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def measure_runtime(spec: Spec) -> dict:
+    import torch
+
+    from .generate import load
+    from .session import Session
+
+    torch.set_num_threads(spec.threads)
+    lm = load(spec.model, backend=spec.backend, mode="none" if spec.mode == "dense" else None)
+    ids = prompt_ids(lm.tokenizer, spec.context, spec.text_file)
+    s = Session(lm, ctx_size=spec.context + spec.n_gen + spec.warmup + 8, max_kv_size=spec.max_kv_size)
+    t0 = time.perf_counter()
+    logits = s.feed(ids)
+    tok = int(logits[: s.n_vocab].argmax())
+    t1 = time.perf_counter()
+    for _ in range(spec.warmup):             # first-call costs are not speed (llama-bench warms up too)
+        tok = int(s.step(tok)[: s.n_vocab].argmax())
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(spec.n_gen):
+        tok = int(s.step(tok)[: s.n_vocab].argmax())
+    w1, c1 = time.perf_counter(), time.process_time()
+    return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
+            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
+            "kv_mib": s.kv_bytes() / 2**20}
+
+
+def measure_llama_cpp(spec: Spec) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    from .tokenizer import Tokenizer
+
+    n_ctx = spec.context + spec.n_gen + spec.warmup + 8
+    llm = Llama(model_path=spec.gguf, n_ctx=n_ctx, n_threads=spec.threads, n_threads_batch=spec.threads,
+                n_batch=512, flash_attn=True, verbose=False)
+    tok_path = Path(spec.gguf).with_suffix(".tokenizer.json")
+    ids = prompt_ids(Tokenizer.from_file(tok_path), spec.context, spec.text_file)   # the same token ids
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    t1 = time.perf_counter()
+    for _ in range(spec.warmup):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(spec.n_gen):
+        llm.eval([tok])
+        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    w1, c1 = time.perf_counter(), time.process_time()
+    meta = llm.metadata
+    n_layer, n_kv = int(meta.get("llama.block_count", 0)), int(meta.get("llama.attention.head_count_kv", 0))
+    d, n_head = int(meta.get("llama.embedding_length", 0)), int(meta.get("llama.attention.head_count", 1))
+    kv = 2 * n_layer * n_kv * (d // n_head) * n_ctx * 2          # llama.cpp's default f16 KV cache
+    return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
+            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
+            "kv_mib": kv / 2**20}
+
+
+def _worker(argv: list[str]) -> None:
+    spec = Spec(**json.loads(argv[0]))
+    out = measure_llama_cpp(spec) if spec.system == "llama.cpp" else measure_runtime(spec)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_one(spec: Spec, timeout: float = 3600) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
+    r = subprocess.run([sys.executable, "-m", "asa_runtime.benchmark", json.dumps(asdict(spec))], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = " ".join((r.stderr or r.stdout).strip().splitlines()[-1:]) or f"exit code {r.returncode}"
+    raise RuntimeError(f"{spec.system} ({spec.backend}, {spec.mode}) at {spec.context}: {tail}")
+
+
+# ---- the whole bench --------------------------------------------------------------------------------------
+def systems(model: str, backends: list[str], modes: list[str], llama_cpp: bool) -> list[dict]:
+    out = [dict(system="asa-run", backend=b, mode="asa") for b in backends if "asa" in modes]
+    if "dense" in modes:
+        out.append(dict(system="asa-run", backend="torch", mode="dense"))
+    if llama_cpp:
+        out.append(dict(system="llama.cpp", backend="llama.cpp", mode="dense"))
+    return out
+
+
+def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, backends=("torch",),
+        modes=("asa", "dense"), gguf: str | None = None, threads: int = 1, text_file: str | None = None,
+        progress: bool = True) -> list[Row]:
+    """gguf: the dense GGUF of the same weights (with `<name>.tokenizer.json` beside it) to run llama.cpp on;
+    None leaves llama.cpp out."""
+    from tqdm import tqdm
+
+    plan = [(sysd, c) for c in contexts for sysd in systems(model, list(backends), list(modes), gguf is not None)]
+    rows, bar = [], tqdm(total=len(plan) * repeats, desc="bench", unit="run", disable=not progress,
+                         file=sys.stderr)
+    for sysd, c in plan:
+        spec = Spec(model=model, context=c, n_gen=n_gen, threads=threads, text_file=text_file, gguf=gguf,
+                    **sysd)
+        results = []
+        for _ in range(repeats):
+            bar.set_postfix_str(f"{sysd['system']} {sysd['backend']} {sysd['mode']} {c}")
+            results.append(run_one(spec))
+            bar.update()
+        med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+        spread = {k: [min(r[k] for r in results), max(r[k] for r in results)] for k in results[0]}
+        rows.append(Row(system=sysd["system"], backend=sysd["backend"], mode=sysd["mode"], context=c,
+                        n_gen=n_gen, repeats=repeats, spread=spread, **med))
+    bar.close()
+    return rows
+
+
+# ---- reporting --------------------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in ("torch", "numpy", "onnxruntime", "mlx", "llama_cpp_python"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem and mem / 2**30,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "versions": versions}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def to_markdown(rows: list[Row], info: dict, threads: int) -> str:
+    la = info.get("load_average")
+    load = f"; load average {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} at the end" if la else ""
+    head = [f"# asa-run bench ({info['host']})", "",
+            f"CPU {info['cpu']}, {info['cores']} cores, {threads} thread(s), "
+            f"{(info['memory_gib'] or 0):.1f} GiB{load}", "", "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+            "", "Medians over repeats (spread min-max in the JSON). pp: prompt tokens/s; tg: generated tokens/s "
+            "(wall clock; CPU-time figure beside it, steadier on a busy machine); TTFT: prefill + first token.",
+            "", "| system | backend | mode | context | pp tok/s | tg tok/s | tg tok/s (CPU) | TTFT s | "
+            "peak RSS MiB | KV MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    body = [f"| {r.system} | {r.backend} | {r.mode} | {r.context} | {_fmt(r.pp_tps)} | {_fmt(r.tg_tps)} | "
+            f"{_fmt(r.tg_cpu_tps)} | {r.ttft_s:.3f} | {r.peak_rss_mib:.0f} | {r.kv_mib:.1f} |" for r in rows]
+    ref = {r.context: r for r in rows if r.system == "llama.cpp"}
+    ratios = []
+    for r in rows:
+        b = ref.get(r.context)
+        if b is not None and r.system != "llama.cpp":
+            ratios.append(f"| {r.backend} {r.mode} | {r.context} | {r.tg_tps / b.tg_tps:.2f}x | "
+                          f"{b.ttft_s / r.ttft_s:.2f}x | {r.peak_rss_mib / b.peak_rss_mib:.2f}x |")
+    if ratios:
+        ratios = ["", "Against llama.cpp at the same context (same weights, same token ids):", "",
+                  "| asa-run | context | tg speed | TTFT sooner | peak memory |", "|---|---|---|---|---|"] + ratios
+    return "\n".join(head + body + ratios) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    lines = [",".join(COLUMNS)]
+    for r in rows:
+        d = asdict(r)
+        lines.append(",".join(str(d[c]) for c in COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+def to_json(rows: list[Row], info: dict) -> str:
+    return json.dumps({"machine": info, "rows": [asdict(r) for r in rows]}, indent=1) + "\n"
+
+
+def plot(rows: list[Row], out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for key, ax, label in (("tg_tps", axes[0], "generation tokens/s"), ("pp_tps", axes[1], "prompt tokens/s"),
+                           ("peak_rss_mib", axes[2], "peak RSS (MiB)")):
+        for name in dict.fromkeys(f"{r.system} {r.backend} {r.mode}" for r in rows):
+            rs = sorted((r for r in rows if f"{r.system} {r.backend} {r.mode}" == name), key=lambda r: r.context)
+            ax.plot([r.context for r in rs], [getattr(r, key) for r in rs], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])

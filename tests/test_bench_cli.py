@@ -1,0 +1,53 @@
+"""`asa-run bench` on a tiny configuration: the table's shape and units, JSON/CSV forms, the plot, and
+one-line errors for bad flags."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from asa_runtime.benchmark import COLUMNS
+from asa_runtime.cli import main
+
+
+def bench(*args):
+    return CliRunner().invoke(main, ["bench", *map(str, args)])
+
+
+def test_tiny_bench_table(tmp_path, tiny_checkpoint):
+    out = tmp_path / "b.json"
+    r = bench("-m", tiny_checkpoint, "-p", "16,40", "-n", 3, "-r", 2, "-o", "json", "--out", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [(x["mode"], x["context"]) for x in rows] == [("asa", 16), ("dense", 16), ("asa", 40), ("dense", 40)]
+    for x in rows:
+        assert x["repeats"] == 2 and x["n_gen"] == 3
+        assert x["pp_tps"] > 0 and x["tg_tps"] > 0 and x["tg_cpu_tps"] > 0 and 0 < x["ttft_s"] < 60
+        assert 10 < x["peak_rss_mib"] < 20000                         # MiB, not bytes or GiB
+        lo, hi = x["spread"]["tg_tps"]
+        assert lo <= x["tg_tps"] <= hi
+    # the KV cache grows with the context (MiB): (ctx + n + warm-up + 8) slots per layer
+    assert rows[2]["kv_mib"] > rows[0]["kv_mib"]
+    assert data["machine"]["cores"] >= 1 and "torch" in data["machine"]["versions"]
+
+
+def test_markdown_csv_and_plot(tmp_path, tiny_dense_checkpoint):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "p.png"
+    r = bench("-m", tiny_dense_checkpoint, "-p", "16", "-n", 2, "-r", 1, "--mode", "asa", "--plot", png)
+    assert r.exit_code == 0, r.output
+    table = [ln for ln in r.stdout.splitlines() if ln.startswith("| asa-run")]
+    assert len(table) == 1 and len(table[0].split("|")) == 12
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = bench("-m", tiny_dense_checkpoint, "-p", "16", "-n", 2, "-r", 1, "--mode", "dense", "-o", "csv")
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split(",") == list(COLUMNS) and len(lines) == 2
+
+
+@pytest.mark.parametrize("args,needle", [(("-p", "0"), ">= 1"), (("-p", "a,b"), "comma list"),
+                                         (("--backend", "warp"), "unknown 'warp'"), (("--mode", "fast"), "unknown")])
+def test_bad_flags_are_one_line(tiny_checkpoint, args, needle):
+    r = bench("-m", tiny_checkpoint, *args)
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.output
