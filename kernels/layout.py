@@ -12,6 +12,10 @@ batch row (N^2 / (BQ*BK) bytes: 1 MiB at 64k tokens, never N^2).
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,3 +98,66 @@ def build_layout(keys: torch.Tensor, nk: int, block_q: int = 64, block_k: int = 
     if transpose:
         lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(kb, nkb)
     return lay
+
+
+class LayoutCache:
+    """The block layouts of the last few plans, so that every layer and head of a forward pass, and its
+    backward, share one build: they all pass the same plan tensor.
+
+    An entry is keyed on plain values: the plan tensor's id (checked against a weak reference on lookup,
+    so a recycled id never hits), its version counter, shape, dtype, device and the key count nk. The
+    version counter (`Tensor._version`) is the one torch internal read, on purpose: a plan edited in place
+    (`keys[:, -1] = row`) keeps its identity, and nothing else tells the cache cheaply (no device sync, no
+    hash of the contents) that its layout is stale; torch bumps it on every in-place op and uses it itself
+    to catch edits of tensors saved for backward. Inference tensors (made under torch.inference_mode, as
+    the runtime's prefill plans are) have no version counter (reading it raises), so they are keyed on
+    identity alone: a plan edited in place under inference mode is not seen as new (the runtime builds a
+    fresh plan tensor per call).
+    Bounded LRU (a few plans live at once: train and eval batches, sessions sharing a model), and an entry
+    leaves when its plan tensor is freed, so the cache never keeps GPU memory alive past its plan.
+    """
+
+    def __init__(self, build: Callable[..., BlockLayout], size: int = 4):
+        assert size >= 1
+        self.build, self.size = build, size           # build(keys, nk, transpose=...) -> BlockLayout
+        self._entries: OrderedDict = OrderedDict()    # key -> (weakref to the plan, BlockLayout)
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(keys: torch.Tensor, nk: int) -> tuple:
+        dev = keys.device
+        version = None if keys.is_inference() else keys._version
+        return (id(keys), version, tuple(keys.shape), keys.dtype, dev.type, dev.index, int(nk))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(self, keys: torch.Tensor, nk: int, transpose: bool = True) -> BlockLayout:
+        """The layout of plan `keys` over nk keys, built on a miss; with the transpose if asked for."""
+        k = self.key(keys, nk)
+        with self._lock:
+            hit = self._entries.get(k)
+            if hit is not None and hit[0]() is keys:
+                self._entries.move_to_end(k)
+                self.hits += 1
+                lay = hit[1]
+                if transpose and lay.qb_ptr is None:      # built for inference, now needed for backward
+                    lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(lay.kb, -(-nk // lay.block_k))
+                return lay
+        lay = self.build(keys, nk, transpose=transpose)
+        entries = self._entries                           # the callback must not hold self: no cycle
+
+        def drop(_ref, k=k):
+            entries.pop(k, None)
+
+        with self._lock:
+            self.misses += 1
+            entries[k] = (weakref.ref(keys, drop), lay)
+            while len(entries) > self.size:
+                entries.popitem(last=False)
+        return lay

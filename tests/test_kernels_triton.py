@@ -107,3 +107,66 @@ def test_backward_with_split_key_block_lists(monkeypatch):
     _, want = _ref_grads(q, k, v, keys, do)
     for name, a, b in zip("qkv", got, want):
         assert rel_err(a, b) < TOL_BWD[torch.bfloat16], f"d{name}"
+
+
+_TILE_KERNELS = ("_fwd_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel")
+
+
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("i", range(len(triton_sparse.TILE_CONFIGS)))
+def test_every_autotune_config_is_correct(monkeypatch, i, split):
+    # autotuning may pick any config (timing noise), so each one alone must match the reference
+    for name in _TILE_KERNELS:
+        kern = getattr(triton_sparse, name)
+        monkeypatch.setattr(kern, "configs", [triton_sparse.TILE_CONFIGS[i]])
+        monkeypatch.setattr(kern, "cache", {})
+    monkeypatch.setattr(triton_sparse._decode_kernel, "configs", [triton_sparse.DECODE_CONFIGS[i]])
+    monkeypatch.setattr(triton_sparse._decode_kernel, "cache", {})
+    if split:
+        monkeypatch.setattr(triton_sparse, "DKDV_CHUNK", 2)
+    keys = make_plan("asa", 2, 700, 48, seed=11).to(DEV)
+    q, k, v = make_qkv(2, 4, 2, 700, 700, 64, torch.float32, DEV, seed=11, requires_grad=True)
+    do = torch.randn(q.shape, device=DEV, dtype=q.dtype)
+    poison_allocator(DEV)
+    out = triton_sparse.sparse_attention_triton(q, k, v, keys)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    ref, want = _ref_grads(q, k, v, keys, do)
+    assert rel_err(out, ref) < TOL_FWD[torch.float32]
+    for name, a, b in zip("qkv", got, want):
+        assert rel_err(a, b) < TOL_BWD[torch.float32], f"config {i}: d{name} {rel_err(a, b)}"
+    keys = make_plan("asa", 2, 4, 96, seed=12, offset=2000).to(DEV)      # decode: chunks of 32/64/128
+    q, k, v = make_qkv(2, 8, 2, 4, 2100, 128, torch.float32, DEV, seed=12)
+    out = triton_sparse.sparse_attention_triton(q, k, v, keys)
+    assert rel_err(out, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[torch.float32]
+
+
+def test_autotuning_does_not_double_count_atomic_dkdv(monkeypatch):
+    # the split dk/dv path adds into zeroed buffers; tuning runs the kernel once per config and timing rep,
+    # so it must zero them before each run and before the real one (reset_to_zero)
+    monkeypatch.setattr(triton_sparse, "DKDV_CHUNK", 2)
+    monkeypatch.setattr(triton_sparse._bwd_dkdv_kernel, "cache", {})     # tuning happens in this call
+    keys = make_plan("asa", 1, 500, 48, seed=13).to(DEV)
+    q, k, v = make_qkv(1, 4, 1, 500, 500, 32, torch.float32, DEV, seed=13, requires_grad=True)
+    do = torch.randn(q.shape, device=DEV, dtype=q.dtype)
+    got = torch.autograd.grad(triton_sparse.sparse_attention_triton(q, k, v, keys), (q, k, v), do)
+    assert triton_sparse._bwd_dkdv_kernel.cache, "no tuning happened"
+    _, want = _ref_grads(q, k, v, keys, do)
+    for name, a, b in zip("qkv", got, want):
+        assert rel_err(a, b) < TOL_BWD[torch.float32], f"d{name}: {rel_err(a, b)}"
+
+
+def test_layers_share_one_layout_and_inference_plans_work():
+    # every layer passes the same plan tensor: one build; plans made under inference_mode (the runtime's
+    # prefill) have no version counter, which the cache must not read
+    keys = make_plan("asa", 1, 300, 32, seed=14).to(DEV)
+    q, k, v = make_qkv(1, 2, 2, 300, 300, 64, torch.float32, DEV, seed=14)
+    misses = triton_sparse.LAYOUTS.misses
+    for _ in range(3):
+        out = triton_sparse.sparse_attention_triton(q, k, v, keys)
+    assert triton_sparse.LAYOUTS.misses == misses + 1
+    with torch.inference_mode():
+        ikeys = make_plan("asa", 1, 300, 32, seed=15).to(DEV)
+        out = triton_sparse.sparse_attention_triton(q, k, v, ikeys)
+        again = triton_sparse.sparse_attention_triton(q, k, v, ikeys)
+    assert torch.equal(out, again)
+    assert rel_err(out, sparse_attention_reference(q, k, v, ikeys)) < TOL_FWD[torch.float32]
