@@ -186,6 +186,8 @@ def main():
           f"| per-client decode tokens/s (median) | {result['per_client_tps_median']:.2f} |",
           f"| aggregate tokens/s over the burst | {result['aggregate_tps']:.1f} ({total_tokens} tokens in "
           f"{wall:.1f} s) |",
+          f"| solo references (in-process stream_generate, one after another, same machine) | "
+          f"{total_tokens / solo_s:.1f} tokens/s ({solo_s:.0f} s) |",
           f"| server RSS idle / after burst | {result['rss_idle_mib']:.0f} / {result['rss_after_burst_mib']:.0f} MiB |",
           f"| {a.sequential} sequential requests (max_tokens 8) | {seq_s:.1f} s |",
           f"| RSS growth from request 51 to {a.sequential} | {growth:+.1f} MiB |", "",
