@@ -93,8 +93,6 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     if _export_format(path) == "asa-onnx/1":          # `asa-run export --format onnx` folder: no torch model
         return _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
-    if _export_format(path) == "asa-onnx/1":          # `asa-run export --format onnx` folder: no torch model
-        return _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     ck = load_checkpoint(path, device=device, dtype=dtype, verify=verify)
     if mode is not None and mode != ck.config.plan.mode:
         try:
@@ -124,28 +122,6 @@ def _export_format(path: Path) -> str | None:
         return json.loads((path / "config.json").read_text()).get("format")
     except (OSError, ValueError, UnicodeDecodeError, AttributeError):
         return None                                    # load_checkpoint reports a bad config.json
-
-
-def _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner) -> LoadedModel:
-    """An ONNX export folder (exporters/onnx/folder.py): tokenizer, planner and backend from the folder (the
-    backend checks the files' sha256); LoadedModel.model is None."""
-    from .checkpoint import CheckpointError
-    from .tokenizer import Tokenizer
-
-    if backend != "onnx" or quantize or dtype is not None:
-        raise BackendError(f"{path} is an ONNX export: run it with --backend onnx (its dtype is set at export; "
-                           f"no --dtype or --quantize)")
-    raw = json.loads((path / "config.json").read_text())
-    try:
-        cfg = ModelConfig.from_dict(raw["model"])
-        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a usable ONNX export ({' '.join(str(e).split())})") from None
-    be = make_backend("onnx", None, device=device, kv_dtype=kv_dtype, source=path)
-    if planner is None and not cfg.plan.dense:
-        planner = Planner(cfg.plan, analyzer=model_analyzer(path, raw))
-    return LoadedModel(model=None, tokenizer=tokenizer, planner=planner, config=cfg, backend=be, path=path,
-                       device=device, model_hash=model_hash(raw, None, f"onnx/{kv_dtype}"), meta={})
 
 
 def _load_onnx_export(path, device, quantize, dtype, backend, kv_dtype, planner) -> LoadedModel:

@@ -49,17 +49,7 @@ def _triton():
 EXPORT_OP = None
 
 
-# Set by exporters/onnx/graph_op.py on import: while torch.export traces (ONNX export), the attention is
-# that custom op, so the graph gets one asa.SparseAttention node per layer. None: no exporter loaded.
-EXPORT_OP = None
-
-
 def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto"):
-    if EXPORT_OP is not None and backend == "auto":
-        import torch
-
-        if torch.compiler.is_exporting():
-            return EXPORT_OP(q, k, v, keys, scale)
     if EXPORT_OP is not None and backend == "auto":
         import torch
 
