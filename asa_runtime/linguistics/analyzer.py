@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .features import UPOS, UPOS_ID, agr_names, sem_names
 from .rules import CLAUSE_OPENERS
-from .segment import PUNCT, SPACE, Segmenter
+from .segment import MAX_WORD_CHARS, PUNCT, SPACE, Segmenter
 
 _PUNCT, _SYM, _X, _SCONJ = UPOS_ID["PUNCT"], UPOS_ID["SYM"], UPOS_ID["X"], UPOS_ID["SCONJ"]
 _SYMBOL_CHARS = set("$%#&+=<>@^|~*/\\\u00a3\u20ac\u00a9\u00b0")
@@ -108,6 +108,7 @@ class AnalyzerState:
         self._ctx: list[tuple[str, int]] = []
         self._ctx_sent = -1
         self._clause_base = 0         # clause index the current word starts from (before its own opener)
+        self._head_full = False       # the current word's kept head (MAX_WORD_CHARS) was full at the last push
 
     def __len__(self) -> int:
         return len(self.tok_word)
@@ -139,6 +140,12 @@ class AnalyzerState:
             self.w_agr.append(0)
             self.w_subj.append(0)
             self.w_obj.append(0)
+        elif self._head_full:
+            # a word past MAX_WORD_CHARS: its kept head and its context are unchanged, so is its analysis
+            self.tok_word.append(w)
+            self.tok_upos.append(self.w_upos[w])
+            return w
+        self._head_full = len(seg.word_text) >= MAX_WORD_CHARS
         text = seg.word_text.translate(_QUOTE_MAP)
         low = self.w_text[w] = text.lower()
         # --- tag the word (prefix so far) from the words before it --------------------------------

@@ -7,8 +7,10 @@
 
 Cost: each row inspects at most `lookback_words` earlier words of its sentence, a bounded antecedent
 memory and O(K) policy terms, so building N rows is O(N * (L + K)) time and O(N * K) memory; nothing
-N x N is ever allocated. The batch build is the incremental build run over the pieces, so
-plan(x[:i+1]) == plan(x)[:i+1] holds by construction, at token granularity.
+N x N is ever allocated. A word's tokens enter as bonded keys or antecedents only through its last
+`word_cap` = 2K + window + sinks tokens: no row can select an older one (see _word_cap), so a word of any
+length costs O(K) per row, and the plans are the same as without the cap for every input. The batch
+build is the incremental build run over the pieces, so plan(x[:i+1]) == plan(x)[:i+1] holds by construction, at token granularity.
 
 Selection policy (each term switchable in PlanConfig), in priority order until K keys are taken:
   1. the token itself and the earlier tokens of its own word (subword pieces of one word);
@@ -37,6 +39,15 @@ ANTECEDENT_MEMORY = 32           # nominal words remembered for cross-sentence p
 _PERSONS = AGR_BIT["PERS1"] | AGR_BIT["PERS2"] | AGR_BIT["PERS3"]
 _BCACHE_MAX = 256                # query keys cached per sentence before the cache is reset
 _NO_TOKENS: list[int] = []
+
+
+def _word_cap(cfg: PlanConfig) -> int:
+    """How many of a word's last tokens can ever be chosen as bonded keys or antecedents. Both terms take a
+    word's tokens most recent first. Fast path: at most `window` of them lie at or after the row's `lo`, none
+    before the sinks unless all older ones do too, so the last K + window hold the row's budget (<= K).
+    Priority path: at most K - 1 of them were taken already, so the last 2K fill the row. The cap is
+    2K + window + sinks: no row differs from the uncapped rule, for any input."""
+    return 2 * cfg.k + cfg.window + cfg.sinks
 
 
 class Planner:
@@ -81,6 +92,7 @@ class IncrementalPlan:
         self._done_word = -1          # last word index known to be complete
         self._bcache: dict = {}       # _bonded: query key -> [next word to scan, bonded tokens ascending]
         self._bcache_sent = -1        # ... for the sentence starting at this word
+        self._cap = _word_cap(cfg)
 
     def __len__(self) -> int:
         return len(self.st)
@@ -291,12 +303,13 @@ class IncrementalPlan:
                              if not ((w_sem[j] | w_agr[j] | w_subj[j] | w_obj[j])
                                      and feature_block(uq, sq, aq, rq, oq, qtext, w_upos[j], w_sem[j], w_agr[j],
                                                        w_subj[j], w_obj[j], w_clause[j] == cl, False))]
+            cap = self._cap
             for j in cands:
                 a, e = w_start[j], w_start[j + 1]
                 if e - a == 1:
                     toks.append(a)
                 else:
-                    toks.extend(range(a, e))
+                    toks.extend(range(max(a, e - cap), e))
             ent[0] = w
         s0 = bisect_left(toks, w_start[lo]) if lo > first else 0
         if s0 > 64 and 2 * s0 > len(toks):              # drop what fell out of the lookback, amortised O(1)
@@ -334,7 +347,8 @@ class IncrementalPlan:
                 elif feature_block(uq, sq, aq, 0, 0, st.w_text[w], st.w_upos[j], w_sem[j], w_agr[j],
                                    0, 0, False, False):
                     continue
-            toks.extend(range(w_start[j + 1] - 1, w_start[j] - 1, -1))
+            e = w_start[j + 1]
+            toks.extend(range(e - 1, max(w_start[j], e - self._cap) - 1, -1))
         return toks
 
     def _strided(self, i: int):
