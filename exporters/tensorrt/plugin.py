@@ -75,7 +75,6 @@ class SparseAttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3On
         self.timing_cache_id = ""            # python plugins must set every attribute TensorRT reads
         self.scale = None if scale is None or math.isnan(scale) else float(scale)
         self.device = "cuda"                 # tests set "cpu" to run enqueue on host buffers
-        self.configured_dims: list[tuple[int, ...]] | None = None
 
     # ---- core / capabilities ----
     def get_capability_interface(self, type):
@@ -104,15 +103,14 @@ class SparseAttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3On
         return desc.type == in_out[0].desc.type                 # k_cache, v_cache, out follow q
 
     def configure_plugin(self, inp, out):
-        dims = [tuple(int(x) for x in t.desc.dims) for t in inp]
-        if len(dims) != N_INPUTS:
-            raise PluginConfigError(f"asa.SparseAttention takes {N_INPUTS} inputs, got {len(dims)}")
+        dims = [tuple(int(x) for x in t.desc.dims) for t in inp]      # -1 where a dim is dynamic
         try:
+            if len(dims) != N_INPUTS:
+                raise PluginConfigError(f"asa.SparseAttention takes {N_INPUTS} inputs, got {len(dims)}")
             check_dims(dims)
         except PluginConfigError as e:
             config_errors.append(str(e))
             raise
-        self.configured_dims = dims
 
     def get_workspace_size(self, inp, out):
         return 0
