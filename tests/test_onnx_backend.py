@@ -181,3 +181,16 @@ def test_onnx_backend_refuses_a_gpu_and_in_memory_models(tiny_checkpoint):
     with pytest.raises(BackendError, match="model folder"):
         OnnxBackend(None, source=None)
     assert os.environ.get("ASA_CACHE_DIR")
+
+
+def test_session_state_round_trip_continues_identically(tiny_checkpoint, tiny_torch):
+    lo = load(tiny_checkpoint, backend="onnx")
+    ids = tiny_torch.tokenizer.encode(PROSE)[:60]
+    a = Session(lo, prefill_chunk=16)
+    a.feed(ids)
+    b = Session.from_state(lo, a.state(), prefill_chunk=16)           # through torch CPU tensors
+    c = Session.from_state(tiny_torch, a.state(), prefill_chunk=16)   # the torch backend reads it too
+    t = int(a.last_logits.argmax())
+    la, lb, lc = a.step(t), b.step(t), c.step(t)
+    assert torch.equal(la, lb)
+    assert (la - lc).abs().max().item() <= TOL
