@@ -176,7 +176,7 @@ def export(model_path, out, *, dtype: str | None = None, progress: bool = True,
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype} is not supported by the ONNX export (float32 or float16)")
     path = resolve_model(model_path)
-    steps = ["load checkpoint", "trace + translate", "check", "write"]
+    steps = ["load checkpoint", "trace + translate", "write", "check"]
     bar = _Progress(steps, progress)
     ck = load_model(path)                                  # CheckpointError (one line) if bad
     _, raw = read_config(path)
@@ -191,11 +191,16 @@ def export(model_path, out, *, dtype: str | None = None, progress: bool = True,
         raise ExportError(f"ONNX export of {path.name} failed: {' '.join(str(e).split())[:300]}") from None
     trace_s = time.perf_counter() - t0
     bar.next()
-    check_graph(proto)
-    bar.next()
     with atomic_dir(out) as tmp:
         onnx.save_model(proto, str(tmp / F.GRAPH), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=F.GRAPH_DATA, size_threshold=1024)
+        del proto
+        bar.next()
+        try:
+            check_graph(tmp / F.GRAPH)      # by path: works past protobuf's 2 GiB limit too
+        except Exception as e:              # onnx's ValidationError / InferenceError
+            raise ExportError(f"the exported graph fails onnx.checker: {' '.join(str(e).split())[:300]}") \
+                from None
         shutil.copyfile(path / TOKENIZER, tmp / TOKENIZER)
         src_an = path / ANALYZER_DIR
         an_files = sorted(src_an.iterdir()) if src_an.is_dir() and any(src_an.iterdir()) else \
