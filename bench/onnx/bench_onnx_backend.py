@@ -9,7 +9,7 @@ turn; after reaching a context, `--steps` greedy decode steps are timed there (t
 feed time to reach the largest context. RSS: after load (before any prompt) and the process peak. The ONNX
 variants run from the cached export folder (exported on first use, not timed; exporters/onnx/folder.py), so
 their process holds no torch weights.
-Results: bench/onnx/results/<machine>.json and .md (machine = hostname + cores; the load average is recorded,
+Results: bench/onnx/results/backend-<machine>.json and .md (machine = hostname + cores; the load average is recorded,
 the machine is shared).
 """
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> None:
            "results": rows}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{machine}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / f"backend-{machine}.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [f"# ONNX backend vs torch: {a.model} on {machine} ({res['date']})", "",
              f"Threads: {a.threads} (torch and onnxruntime). Shared machine: the 1-minute load average before/after "
              "each variant is in the last column. The ONNX variants load the cached export folder (no torch "
@@ -149,7 +149,7 @@ def main() -> None:
                                                              else r["decode_tok_s"].get(c)) for c in contexts)
                      + f" | {r['prefill_s']} | {r['rss_after_load_mib']} | {r['peak_rss_mib']} | "
                        f"{r['loadavg_1m'][0]}-{r['loadavg_1m'][1]} |")
-    (out / f"{machine}.md").write_text("\n".join(lines) + "\n")
+    (out / f"backend-{machine}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
