@@ -1,6 +1,6 @@
 """MLX export: an mlx-lm style folder that the mlx backend runs with the project's sparse attention.
 
-    DIR/model.safetensors   weights under the MLX model's names (exporters/mlx_model.py), mx.save_safetensors
+    DIR/model.safetensors   weights under the MLX model's names (asa_runtime/backends/mlx_model.py), mx.save_safetensors
     DIR/config.json         format "asa-mlx/1": mlx-lm's llama arguments (model_type, hidden_size, ...,
                             rope_traditional true), the ModelConfig fields with the plan policy, the source
                             checkpoint's file hashes, tokenizer and analyzer hashes, this file's sha256
@@ -46,7 +46,7 @@ def export(model_path: Path, out: Path, *, dtype: str | None = None, progress: b
     from asa_runtime import __version__
     from asa_runtime.checkpoint import TOKENIZER, analyzer_info, read_config, sha256_file
 
-    from .mlx_model import ModelArgs, from_llama_state
+    from asa_runtime.backends.mlx_model import ModelArgs, from_llama_state
 
     if dtype is not None and dtype not in DTYPES:
         raise ExportError(f"MLX export supports --dtype {', '.join(DTYPES)}, not {dtype}")

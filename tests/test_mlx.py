@@ -34,7 +34,7 @@ from asa_runtime.errors import BackendError  # noqa: E402
 from asa_runtime.generate import from_model, generate, load  # noqa: E402
 from asa_runtime.registry import available  # noqa: E402
 from asa_runtime.session import Session  # noqa: E402
-from exporters.mlx_model import KVCache, _rope  # noqa: E402
+from asa_runtime.backends.mlx_model import KVCache, _rope  # noqa: E402
 from kernels.mlx_sparse import sparse_decode_mlx  # noqa: E402
 from kernels.reference import sparse_attention_reference  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The MLX backend: runs the MLX port of the model (exporters/mlx_model.py, mlx-lm's llama layout with the
+"""The MLX backend: runs the MLX port of the model (asa_runtime/backends/mlx_model.py, mlx-lm's llama layout with the
 project's sparse attention from kernels/mlx_sparse.py) behind the Backend protocol.
 
 Weights come from the torch model in memory (`model.llama_state_dict()`, no folder needed) or, with
@@ -7,8 +7,7 @@ MLX picks its own device (mx.default_device()): tested on mlx[cpu] (Linux); Meta
 torch `device` argument only says where the torch model lives. Logits come back as torch float32 tensors
 and cache states as torch CPU tensors, so sampling, plans, --max-kv-size and prompt caches are unchanged.
 
-This module imports exporters.mlx_model lazily (the MLX model is an export of the torch one); it is the
-only place where asa_runtime reaches into exporters/, and only when the mlx backend is chosen.
+The MLX model file lives beside this backend (the runtime runs it); exporters/mlx.py writes folders for it.
 """
 from __future__ import annotations
 
@@ -22,6 +21,8 @@ from ..errors import BackendError
 
 try:
     import mlx.core as mx
+
+    from . import mlx_model as mm
 except ImportError as e:             # make_backend turns this into "install the extra" (one line)
     raise ImportError(e.msg, name="mlx") from None
 
@@ -74,18 +75,14 @@ class MlxCache(list):
         mx.eval([a for c in self for a in (c.k, c.v)])
 
     def state(self, n: int) -> dict[str, torch.Tensor]:
-        from exporters.mlx_model import to_numpy
-
         out = {}
         td = torch_dtype(self[0].k.dtype)
         for i, c in enumerate(self):
-            out[f"layers.{i}.k"] = torch.from_numpy(to_numpy(c.k[0, :, :n])).to(td)     # (Hkv, n, hs)
-            out[f"layers.{i}.v"] = torch.from_numpy(to_numpy(c.v[0, :, :n])).to(td)
+            out[f"layers.{i}.k"] = torch.from_numpy(mm.to_numpy(c.k[0, :, :n])).to(td)     # (Hkv, n, hs)
+            out[f"layers.{i}.v"] = torch.from_numpy(mm.to_numpy(c.v[0, :, :n])).to(td)
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        from exporters.mlx_model import to_mx
-
         for i, c in enumerate(self):
             try:
                 k, v = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
@@ -98,8 +95,8 @@ class MlxCache(list):
                     raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache "
                                      f"{tuple(c.k.shape)}")
             n = k.shape[1]
-            c.k[0, :, :n] = to_mx(k, c.k.dtype)
-            c.v[0, :, :n] = to_mx(v, c.v.dtype)
+            c.k[0, :, :n] = mm.to_mx(k, c.k.dtype)
+            c.v[0, :, :n] = mm.to_mx(v, c.v.dtype)
         mx.eval([a for c in self for a in (c.k, c.v)])
 
 
@@ -110,8 +107,6 @@ class MlxBackend:
         """model: the torch Transformer (its weights are copied into MLX), or None to load the MLX export
         folder `source`. dtype: compute dtype (default: the torch model's; for a folder, float32 on the CPU
         device, else as stored). kv_dtype: cache dtype (default: the compute dtype)."""
-        from exporters import mlx_model as mm
-
         self._mm = mm
         if model is not None:
             self.args = mm.ModelArgs.from_model_config(model.cfg)
@@ -184,7 +179,7 @@ def load_folder(path) -> tuple:
     """(ModelArgs, {name: mx.array}, stored dtype name) of an MLX export folder; BackendError (one line)
     when it is incomplete or corrupted (the weights' sha256 is checked against config.json)."""
     from asa_runtime.checkpoint import sha256_file
-    from exporters.mlx_model import ModelArgs
+    ModelArgs = mm.ModelArgs
 
     path = Path(path)
     try:

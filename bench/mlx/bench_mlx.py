@@ -45,7 +45,7 @@ def decode(lm, state, steps: int, ctx: int):
 def cache_write_us(n_slots: int, reps: int = 200) -> float:
     import mlx.core as mx
 
-    from exporters.mlx_model import KVCache
+    from asa_runtime.backends.mlx_model import KVCache
 
     c = KVCache(6, 64, n_slots)
     mx.eval(c.k, c.v)
