@@ -262,6 +262,13 @@ class Session:
                 if not _same_plan_state(plan.state_dict(), {"arrays": plan_arrays, "meta": meta["plan_meta"]}):
                     raise ValueError("plan state is not the plan of its tokens")
                 self.plan = plan
+            # every key the plan can still select must be cached (all of them when nothing was evicted)
+            need = np.arange(n_pos) if self.dense or not self.slots.bounded else self.plan.reachable()
+            if not np.isin(need, slot2pos).all():
+                raise ValueError("the slot map lacks positions the plan can still select")
+            kv_rows = kv["layers.0.k"].shape[1] if "layers.0.k" in kv else -1
+            if kv_rows != len(slot2pos):
+                raise ValueError(f"{kv_rows} cached rows for {len(slot2pos)} slots")
         except (ValueError, KeyError, TypeError, CacheFull) as e:
             self.reset()
             raise GenerationError(f"session state does not match this session ({e})") from None
