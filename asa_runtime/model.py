@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kernels import sparse_attention
 from kernels.torch_sparse import UnionPlan, union_attention
 
+from .cache_state import state_rows
 from .config import ModelConfig
 
 
@@ -111,20 +112,9 @@ class ModelCache(list):
     @torch.inference_mode()
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Inverse of state(): fill rows 0..n-1. Raises ValueError if the tensors do not fit."""
-        for i, c in enumerate(self):
-            try:
-                k, v = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
-            except KeyError as e:
-                raise ValueError(f"cache state lacks {e.args[0]}") from None
-            want = (c.k.shape[1], c.k.shape[3])
-            for t in (k, v):
-                if t.dim() != 3 or (t.shape[0], t.shape[2]) != want or t.shape[1] > c.k.shape[2] \
-                        or t.shape != k.shape:
-                    raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache "
-                                     f"{tuple(c.k.shape)}")
-            n = k.shape[1]
-            c.k[0, :, :n].copy_(k)
-            c.v[0, :, :n].copy_(v)
+        for c, (k, v) in zip(self, state_rows(tensors, len(self), tuple(self[0].k.shape))):
+            c.k[0, :, : k.shape[1]].copy_(k)
+            c.v[0, :, : v.shape[1]].copy_(v)
 
 
 # ---- layers ----------------------------------------------------------------------------------------

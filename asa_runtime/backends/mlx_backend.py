@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache_state import state_rows
 from ..errors import BackendError
 
 try:
@@ -83,17 +84,7 @@ class MlxCache(list):
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        for i, c in enumerate(self):
-            try:
-                k, v = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
-            except KeyError as e:
-                raise ValueError(f"cache state lacks {e.args[0]}") from None
-            want = (c.k.shape[1], c.k.shape[3])
-            for t in (k, v):
-                if t.dim() != 3 or (t.shape[0], t.shape[2]) != want or t.shape[1] > c.k.shape[2] \
-                        or t.shape != k.shape:
-                    raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache "
-                                     f"{tuple(c.k.shape)}")
+        for c, (k, v) in zip(self, state_rows(tensors, len(self), tuple(self[0].k.shape))):
             n = k.shape[1]
             c.k[0, :, :n] = mm.to_mx(k, c.k.dtype)
             c.v[0, :, :n] = mm.to_mx(v, c.v.dtype)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..cache_state import state_rows
 from ..errors import BackendError, one_line
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16}
@@ -60,16 +61,7 @@ class OnnxCache:
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        for i, (k, v) in enumerate(zip(self.k, self.v)):
-            try:
-                tk, tv = tensors[f"layers.{i}.k"], tensors[f"layers.{i}.v"]
-            except KeyError as e:
-                raise ValueError(f"cache state lacks {e.args[0]}") from None
-            want = (k.shape[1], k.shape[3])
-            for t in (tk, tv):
-                if t.dim() != 3 or (t.shape[0], t.shape[2]) != want or t.shape[1] > k.shape[2] \
-                        or t.shape != tk.shape:
-                    raise ValueError(f"cache tensor of shape {tuple(t.shape)} does not fit cache {k.shape}")
+        for k, v, (tk, tv) in zip(self.k, self.v, state_rows(tensors, len(self.k), self.k[0].shape)):
             n = tk.shape[1]
             k[0, :, :n] = tk.to(torch.float32).numpy().astype(k.dtype, copy=False)
             v[0, :, :n] = tv.to(torch.float32).numpy().astype(v.dtype, copy=False)
