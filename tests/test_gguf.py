@@ -28,11 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 ASA_SMALL = ROOT / "asa_runtime" / "models" / "asa-small"
 GREEDY_STEPS = 48
-# Largest |logit difference| allowed between llama.cpp and torch at any step. Measured on asa-small
-# (logits span ~30 units): float32 GGUF <= ~1e-4 (TOL_F32 leaves 50x room for other BLAS / SIMD paths);
-# float16 GGUF <= ~0.04 (llama.cpp rounds activations to f16 before its f16 matmuls).
-TOL_F32 = 5e-3
-TOL_F16 = 0.25
+# Largest |logit difference| allowed between llama.cpp and torch at any step, per llama.cpp setup. Measured
+# on asa-small over 5 prompts x 48 steps (logits span ~20-27 units), llama-cpp-python 0.3.36, x86-64 AVX2:
+#   float32 GGUF, float32 KV cache, no flash attention:  max 1.1e-5  (the same math: layout and RoPE exact)
+#   float32 GGUF, flash attention (f16 KV cache, f16 Q.K): max 6.5e-3
+#   float16 GGUF, flash attention (llama.cpp's default):  max 1.1e-2 (activations rounded to f16 for matmuls)
+# Each tolerance leaves 5-10x room for other SIMD paths; all 48 greedy tokens agreed in every case.
+GGML_F32 = 0                     # ggml_type GGML_TYPE_F32, for the KV cache
+SETUPS = {
+    "f32-exact": ("float32", dict(flash_attn=False, type_k=GGML_F32, type_v=GGML_F32), 1e-4),
+    "f32-flash": ("float32", dict(flash_attn=True), 0.03),
+    "f16-flash": ("float16", dict(flash_attn=True), 0.05),
+}
 
 TRICKY = [
     "3.14159, 1,000,000 and 2024-11-22 at 10:30pm; 12345678901234567890 x 007.",
@@ -167,13 +174,20 @@ def test_llama_cpp_tokenizes_exactly_as_we_do(llama_cpp, asa_small_gguf):
 
 @pytest.fixture(scope="module")
 def dense_reference():
-    """asa-small in float32, dense: plan mode `none`, Transformer.forward(ids) with no keys."""
+    """Per prompt: its ids and our greedy continuation with every step's logits, from asa-small in float32
+    run dense (plan mode `none`: Transformer.forward(ids) with no keys is dense causal SDPA)."""
     from asa_runtime.checkpoint import load_checkpoint
 
+    if not (ASA_SMALL / "config.json").is_file():
+        pytest.skip("asa-small is not installed")
     ckpt = load_checkpoint(ASA_SMALL, device="cpu", dtype=torch.float32)
     ckpt.config.plan.mode = "none"
     ckpt.model.cfg.plan.mode = "none"
-    return ckpt
+    out = {}
+    for p in prompts():
+        ids = ckpt.tokenizer.encode(p)
+        out[p] = (ids, _torch_greedy(ckpt.model, ids, GREEDY_STEPS))
+    return out
 
 
 def prompts() -> list[str]:
@@ -190,7 +204,7 @@ def _torch_greedy(model, ids: list[int], steps: int):
     ids, logits_seq = list(ids), []
     with torch.no_grad():
         for _ in range(steps):
-            logits = model(torch.tensor([ids]))[0, -1].float()          # (V,)
+            logits = model(torch.tensor([ids]), last_only=True)[0, -1].float()   # (V,)
             logits_seq.append(logits.numpy())
             ids.append(int(logits.argmax()))
     return ids, logits_seq
@@ -224,19 +238,13 @@ def compare_greedy(ours, theirs, n_prompt: int, tol: float) -> dict:
     return {"agreed": len(a_log), "max_gap": max(gaps), "diverged_margin": None}
 
 
-@pytest.mark.parametrize("dtype,tol", [("float32", TOL_F32), ("float16", TOL_F16)])
-def test_llama_cpp_greedy_equals_ours_dense(llama_cpp, asa_small_gguf, dense_reference, dtype, tol):
-    tok, model = dense_reference.tokenizer, dense_reference.model
-    llm = _llama(llama_cpp, asa_small_gguf[dtype], n_ctx=256, n_batch=256, logits_all=True, flash_attn=True)
-    results = []
-    for p in prompts():
-        ids = tok.encode(p)
-        r = compare_greedy(_torch_greedy(model, ids, GREEDY_STEPS), _llama_greedy(llm, ids, GREEDY_STEPS),
-                           len(ids), tol)
-        results.append((p[:30], r))
-    print(dtype, results)
-    full = [r for _, r in results if r["agreed"] == GREEDY_STEPS]
-    # every divergence was a measured near-tie (compare_greedy); most prompts must agree throughout
-    assert len(full) >= len(results) - 1 and len(results) >= 4, results
-    if dtype == "float32":
-        assert len(full) == len(results), results
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_llama_cpp_greedy_equals_ours_dense(llama_cpp, asa_small_gguf, dense_reference, setup):
+    dtype, kw, tol = SETUPS[setup]
+    llm = _llama(llama_cpp, asa_small_gguf[dtype], n_ctx=256, n_batch=256, logits_all=True, **kw)
+    results = {p[:30]: compare_greedy(ours, _llama_greedy(llm, ids, GREEDY_STEPS), len(ids), tol)
+               for p, (ids, ours) in dense_reference.items()}
+    print(setup, results)
+    # compare_greedy failed already unless every step before a divergence was within tol and the divergence
+    # itself a near-tie (none was seen in the measurements above); at least 4 prompts agree for >= 32 tokens
+    assert sum(r["agreed"] >= 32 for r in results.values()) >= 4, results
