@@ -3,6 +3,7 @@ one-line error with a non-zero exit (never a traceback)."""
 import shutil
 
 import pytest
+from cli_helpers import assert_one_line_error
 from click.testing import CliRunner
 from conftest import PARAGRAPHS
 from test_generate import needs_analyzer
@@ -16,14 +17,6 @@ PROMPT = "The old lighthouse keeper"
 def run(*args, input=None):
     return CliRunner().invoke(main, ["generate", *map(str, args)], input=input)
 
-
-def assert_one_line_error(r, *needles):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit)
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_generate_streams_the_library_output(tiny_dense_checkpoint):

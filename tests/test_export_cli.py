@@ -4,6 +4,7 @@ leaves no file behind; a good export writes exactly the requested file."""
 import shutil
 
 import pytest
+from cli_helpers import assert_one_line_error
 from click.testing import CliRunner
 
 import asa_runtime.cli.export as export_cli  # noqa: F401  (registers `export` on main)
@@ -15,14 +16,6 @@ pytest.importorskip("gguf")
 def run(*args, progress=False):
     return CliRunner().invoke(main, ["export", *map(str, args), *([] if progress else ["--no-progress"])])
 
-
-def assert_one_line_error(r, *needles):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit), r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def leftovers(folder):

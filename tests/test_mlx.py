@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from click.testing import CliRunner
 from conftest import PARAGRAPHS
 from kernel_cases import make_plan, make_qkv, rel_err
@@ -29,12 +30,12 @@ mx = pytest.importorskip("mlx.core")
 
 import asa_runtime.cli.export  # noqa: E402,F401  (registers `export` on main)
 from asa_runtime.backends.mlx_backend import MlxCache  # noqa: E402
+from asa_runtime.backends.mlx_model import KVCache, _rope  # noqa: E402
 from asa_runtime.cli import main  # noqa: E402
 from asa_runtime.errors import BackendError  # noqa: E402
 from asa_runtime.generate import from_model, generate, load  # noqa: E402
 from asa_runtime.registry import available  # noqa: E402
 from asa_runtime.session import Session  # noqa: E402
-from asa_runtime.backends.mlx_model import KVCache, _rope  # noqa: E402
 from kernels.mlx_sparse import sparse_decode_mlx  # noqa: E402
 from kernels.reference import sparse_attention_reference  # noqa: E402
 
@@ -205,14 +206,6 @@ def export(*args):
     return CliRunner().invoke(main, ["export", "--format", "mlx", "--no-progress", *map(str, args)])
 
 
-def assert_one_line_error(r, *needles):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit), r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
-
 
 @needs_analyzer
 def test_export_round_trip_generates_the_same_tokens(tmp_path, tiny_checkpoint):
@@ -245,9 +238,8 @@ def test_export_round_trip_generates_the_same_tokens(tmp_path, tiny_checkpoint):
 
 @needs_small
 def test_asa_small_export_matches_torch(tmp_path, small_pair):
-    from exporters.mlx import export as export_mlx
-
     from asa_runtime.registry import resolve
+    from exporters.mlx import export as export_mlx
 
     out = export_mlx(resolve("asa-small"), tmp_path / "small-mlx", progress=False)
     lm = load(out, backend="mlx")

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from click.testing import CliRunner
 from conftest import PARAGRAPHS
 
@@ -30,14 +31,6 @@ from exporters.onnx import op_contract as C  # noqa: E402
 def export(*args):
     return CliRunner().invoke(main, ["export", "--format", "onnx", "--no-progress", *map(str, args)])
 
-
-def assert_one_line_error(r, *needles):
-    assert r.exit_code != 0, r.output
-    assert "Traceback" not in r.output and isinstance(r.exception, SystemExit), r.output
-    lines = r.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), r.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
