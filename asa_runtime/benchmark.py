@@ -124,6 +124,7 @@ def measure_runtime(spec: Spec) -> dict:
 
 
 def measure_llama_cpp(spec: Spec) -> dict:
+    import llama_cpp
     import numpy as np
     from llama_cpp import Llama
 
@@ -134,17 +135,21 @@ def measure_llama_cpp(spec: Spec) -> dict:
                 n_batch=512, flash_attn=True, verbose=False)
     tok_path = Path(spec.gguf).with_suffix(".tokenizer.json")
     ids = prompt_ids(Tokenizer.from_file(tok_path), spec.context, spec.text_file)   # the same token ids
+    n_vocab = llm.n_vocab()
+
+    def greedy() -> int:     # the last token's logits (without logits_all, llama.cpp keeps only those)
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))))
     t0 = time.perf_counter()
     llm.eval(ids)
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = greedy()
     t1 = time.perf_counter()
     for _ in range(spec.warmup):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = greedy()
     w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(spec.n_gen):
         llm.eval([tok])
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = greedy()
     w1, c1 = time.perf_counter(), time.process_time()
     meta = llm.metadata
     n_layer, n_kv = int(meta.get("llama.block_count", 0)), int(meta.get("llama.attention.head_count_kv", 0))
