@@ -51,3 +51,18 @@ def test_bad_flags_are_one_line(tiny_checkpoint, args, needle):
     assert r.exit_code != 0 and "Traceback" not in r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.output
+
+
+def test_llama_cpp_row_and_ratios(tmp_path, tiny_dense_checkpoint, monkeypatch):
+    """llama.cpp runs on the dense GGUF of the same weights (exported into the cache once) and the table
+    gains the ratio section."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("ASA_CACHE", str(tmp_path / "cache"))
+    r = bench("-m", tiny_dense_checkpoint, "-p", "24", "-n", 3, "-r", 1, "--mode", "dense", "--llama-cpp")
+    assert r.exit_code == 0, r.output
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| ") and len(ln.split("|")) == 12
+            and not ln.startswith("| system")]
+    assert [ln.split("|")[1].strip() for ln in rows] == ["asa-run", "llama.cpp"]
+    assert "Against llama.cpp at the same context" in r.stdout
+    assert len(list((tmp_path / "cache" / "gguf").glob("*.gguf"))) == 1
