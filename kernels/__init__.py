@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .torch_sparse import sparse_attention_torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -51,8 +53,6 @@ EXPORT_OP = None
 
 def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto"):
     if EXPORT_OP is not None and backend == "auto":
-        import torch
-
         if torch.compiler.is_exporting():
             return EXPORT_OP(q, k, v, keys, scale)
     if backend == "auto":

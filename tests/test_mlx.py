@@ -23,6 +23,7 @@ import torch
 from cli_helpers import assert_one_line_error
 from click.testing import CliRunner
 from conftest import PARAGRAPHS
+from parity import assert_parity, greedy_run
 from kernel_cases import make_plan, make_qkv, rel_err
 from test_generate import needs_analyzer
 
@@ -44,30 +45,6 @@ SMALL_TOL = 5e-4
 PROSE = " ".join(PARAGRAPHS)
 BOOKS = Path(__file__).resolve().parents[2] / "shared/data/english_prose/standard_ebooks/standard_ebooks_selection.jsonl.xz"
 needs_small = pytest.mark.skipif("asa-small" not in available(), reason="asa-small not installed")
-
-
-def greedy_run(lm, ids, steps, all_logits=True, **session_kw):
-    """Prefill `ids` then `steps` greedy decode steps: (prefill logits (T, V), or (1, V) for the last
-    only, step logits, tokens, session)."""
-    s = Session(lm, **session_kw)
-    pre = s.feed(ids, all_logits=True) if all_logits else s.feed(ids)[None]
-    logits, outs, toks = pre[-1], [], []
-    for _ in range(steps):
-        t = int(logits.argmax())
-        toks.append(t)
-        logits = s.step(t)
-        outs.append(logits)
-    return pre, torch.stack(outs), toks, s
-
-
-def assert_parity(lt, lm, ids, steps, tol, all_logits=True, **session_kw):
-    pre_t, dec_t, tok_t, st = greedy_run(lt, ids, steps, all_logits, **session_kw)
-    pre_m, dec_m, tok_m, sm = greedy_run(lm, ids, steps, all_logits, **session_kw)
-    assert (pre_t - pre_m).abs().max().item() <= tol
-    assert tok_m == tok_t
-    assert (dec_t - dec_m).abs().max().item() <= tol
-    assert sm.slots.compactions == st.slots.compactions
-    return st, sm
 
 
 # ---- kernel, RoPE and cache ---------------------------------------------------------------------------

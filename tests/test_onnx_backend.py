@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import PARAGRAPHS
+from parity import assert_parity, greedy_run
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -46,28 +47,6 @@ def onnx_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASA_CACHE_DIR", str(root))
         yield root
-
-
-def greedy_run(lm, ids, steps, all_logits=True, **session_kw):
-    s = Session(lm, **session_kw)
-    pre = s.feed(ids, all_logits=True) if all_logits else s.feed(ids)[None]
-    logits, outs, toks = pre[-1], [], []
-    for _ in range(steps):
-        t = int(logits.argmax())
-        toks.append(t)
-        logits = s.step(t)
-        outs.append(logits)
-    return pre, torch.stack(outs) if outs else None, toks, s
-
-
-def compare(lt, lo, ids, steps, tol, all_logits=True, **kw):
-    pre_t, dec_t, tok_t, st = greedy_run(lt, ids, steps, all_logits, **kw)
-    pre_o, dec_o, tok_o, so = greedy_run(lo, ids, steps, all_logits, **kw)
-    assert (pre_t - pre_o).abs().max().item() <= tol
-    assert tok_o == tok_t
-    assert (dec_t - dec_o).abs().max().item() <= tol
-    assert so.slots.compactions == st.slots.compactions
-    return st, so
 
 
 # ---- cache protocol (no export) ---------------------------------------------------------------------
@@ -103,9 +82,9 @@ def test_sparse_parity_one_chunk_chunked_and_evicting(tiny_checkpoint, tiny_torc
     lo = load(tiny_checkpoint, backend="onnx")
     assert lo.backend.name == "onnx" and lo.backend.kernel == (kernel == "1")
     ids = tiny_torch.tokenizer.encode(PROSE)[:90]
-    compare(tiny_torch, lo, ids, 8, TOL, prefill_chunk=512)
-    compare(tiny_torch, lo, ids, 8, TOL, prefill_chunk=13)
-    st, so = compare(tiny_torch, lo, ids, 32, TOL, all_logits=False, ctx_size=128, max_kv_size=96,
+    assert_parity(tiny_torch, lo, ids, 8, TOL, prefill_chunk=512)
+    assert_parity(tiny_torch, lo, ids, 8, TOL, prefill_chunk=13)
+    st, so = assert_parity(tiny_torch, lo, ids, 32, TOL, all_logits=False, ctx_size=128, max_kv_size=96,
                      prefill_chunk=16)
     assert so.slots.compactions > 0 and so.cache.n_slots == 96       # rows really moved
 
@@ -113,8 +92,8 @@ def test_sparse_parity_one_chunk_chunked_and_evicting(tiny_checkpoint, tiny_torc
 def test_dense_parity(tiny_dense_checkpoint):
     lt, lo = load(tiny_dense_checkpoint), load(tiny_dense_checkpoint, backend="onnx")
     ids = lt.tokenizer.encode(PROSE)[:90]
-    compare(lt, lo, ids, 16, TOL, prefill_chunk=512)
-    compare(lt, lo, ids, 16, TOL, all_logits=False, prefill_chunk=13)
+    assert_parity(lt, lo, ids, 16, TOL, prefill_chunk=512)
+    assert_parity(lt, lo, ids, 16, TOL, all_logits=False, prefill_chunk=13)
 
 
 def test_float16_export_parity(tiny_checkpoint, tiny_torch):

@@ -97,25 +97,15 @@ def build_model(model: str, mode: str = "full", device: str = "cpu", quantize: s
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    """asa_runtime.benchmark.machine() (CPU, cores, memory, versions) plus what these scripts record."""
     import torch
 
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
-            "python": platform.python_version(), "torch": torch.__version__, "os": platform.platform(),
+    from asa_runtime.benchmark import machine as runtime_machine
+
+    m = runtime_machine()
+    return {"host": m["host"], "cpu": m["cpu"], "cores": m["cores"],
+            "memory_bytes": int(m["memory_gib"] * 2**30) if m["memory_gib"] else None,
+            "python": m["python"], "torch": torch.__version__, "os": platform.platform(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
