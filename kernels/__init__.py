@@ -11,9 +11,11 @@ returns (B, Hq, Nq, D), in q's dtype. Differentiable in q, k, v (training calls 
 The same call serves prefill (Nq == Nk), chunked prefill and decode (Nq small, Nk = cache length):
 the plan rows already hold absolute cache positions, so no causal offset is needed.
 
-Backends: "torch" (kernels/torch_sparse.py, any device, gathers, O(N*K) memory), "triton"
-(kernels/triton_sparse.py, CUDA: block tiles over the plan's key blocks; decode gathers), "auto" = Triton
-on CUDA tensors when Triton imports, torch otherwise. MLX arrays go through kernels/mlx_sparse.py.
+Backends: "torch" (kernels/torch_sparse.py, any device, gathers, O(N*K) memory), "triton" (CUDA: narrow
+plans run kernels/triton_sparse.py, block tiles over the plan's key blocks; plans whose sinks + window part
+is large run kernels/triton_wide.py, that part as dense tiles and the rest as gathered columns; chosen once
+per plan tensor; decode gathers), "auto" = Triton on CUDA tensors when Triton imports, torch otherwise.
+MLX arrays go through kernels/mlx_sparse.py.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .torch_sparse import sparse_attention_torch
 BACKENDS = ("auto", "torch", "triton")
 
 
-_triton_fn = None          # sparse_attention_triton once imported (Triton is optional: imported on first use)
+_triton_fn = None          # triton_wide.sparse_attention_auto once imported (Triton is optional: on first use)
 
 
 def triton_available() -> bool:
@@ -40,9 +42,9 @@ def triton_available() -> bool:
 def _triton():
     global _triton_fn
     if _triton_fn is None:
-        from .triton_sparse import sparse_attention_triton
+        from .triton_wide import sparse_attention_auto   # narrow plans: triton_sparse, unchanged
 
-        _triton_fn = sparse_attention_triton
+        _triton_fn = sparse_attention_auto
     return _triton_fn
 
 

@@ -208,11 +208,12 @@ def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI,
             dk += tl.load(DKX + out, mask=kmask, other=0.0)
             dv += tl.load(DVX + out, mask=kmask, other=0.0)
         if seg_hi - seg_lo > CH:
-            busy = kmask & ((start < end) | (pid_s == 0))
+            # pid_s 0 is busy (the list is longer than CH); the comparison as a tensor for the interpreter
+            busy = kmask & (tl.zeros_like(offs_n) + start < end)[:, None]
             tl.atomic_add(DK + out, dk, mask=busy)
             tl.atomic_add(DV + out, dv, mask=busy)
         else:
-            first = kmask & (pid_s == 0)
+            first = kmask & (tl.zeros_like(offs_n) + pid_s == 0)[:, None]
             tl.store(DK + out, dk, mask=first)
             tl.store(DV + out, dv, mask=first)
     else:

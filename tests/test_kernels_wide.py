@@ -1,0 +1,244 @@
+"""Wide-plan kernels (kernels/triton_wide.py) and the plan split they use (kernels/plan_split.py).
+
+* split + layout (plain torch): always, on the CPU: the mask the layout encodes equals the plan's mask.
+* kernels vs the float64 reference on fresh random inputs: on a CUDA GPU (marked gpu: the device machine,
+  `python -m pytest -m gpu tests/test_kernels_wide.py`), every case; on the CPU only under Triton's
+  interpreter (`TRITON_INTERPRET=1`, Triton installed; skipped otherwise, as in CI), a few small fp32 cases.
+Tolerances (relative Frobenius error vs float64): fp32 2e-5 forward / 5e-5 gradients (ieee dots),
+fp16 5e-3 / 1e-2, bf16 2e-2 / 3e-2.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from kernel_cases import make_plan, make_qkv, poison_allocator, rel_err
+from kernels.plan_split import build_wide_layout, split_rows, wide_mask
+from kernels.reference import plan_mask, sparse_attention_reference
+from kernels.synthetic_plans import asa_like, random_rows
+
+ON_GPU = torch.cuda.is_available()
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+try:
+    import triton  # noqa: F401
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+DEV = "cuda" if ON_GPU else "cpu"
+# kernel tests: GPU-marked on CUDA; on the CPU they run only in the interpreter
+kernel = (pytest.mark.gpu if ON_GPU else
+          pytest.mark.skipif(not (INTERPRET and HAVE_TRITON), reason="needs CUDA, or Triton with TRITON_INTERPRET=1"))
+gpu_only = pytest.mark.gpu if ON_GPU else pytest.mark.skip(reason="needs a CUDA GPU")
+
+TOL_FWD = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+TOL_BWD = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def wide_plan(kind: str, B: int, N: int, K: int, seed: int, offset: int = 0, window: int = 24,
+              sinks: int = 6) -> torch.Tensor:
+    """(B, N, K) plans: "wide" sinks + window + sentence bonds + strided keys (a wide real plan's shape),
+    "structured" sinks + window only, "bonds" self + random earlier keys only, "causal", "asa" (narrow)."""
+    if kind in ("causal", "asa"):
+        return make_plan(kind, B, N, K, seed, offset=offset)
+    rows = []
+    for b in range(B):
+        s = seed * 100 + b
+        if kind == "wide":
+            rows.append(asa_like(N, K, window=window, sinks=sinks, sent=16, bonded=8, longrange=3,
+                                 stride=16, seed=s, offset=offset))
+        elif kind == "structured":
+            rows.append(asa_like(N, K, window=window, sinks=sinks, bonded=0, longrange=0, seed=s,
+                                 offset=offset))
+        elif kind == "bonds":
+            rows.append(random_rows(N, K, seed=s, offset=offset))
+        else:
+            raise ValueError(kind)
+    return torch.from_numpy(np.stack(rows))
+
+
+# ------------------------------------------------------------------------------- split + layout (CPU)
+@pytest.mark.parametrize("kind,N,K,nk", [("wide", 300, 64, 300), ("structured", 200, 48, 210),
+                                         ("bonds", 333, 48, 333), ("causal", 130, 130, 130),
+                                         ("asa", 1000, 128, 1000), ("wide", 5, 16, 70)])
+def test_wide_layout_encodes_the_plan_exactly(kind, N, K, nk):
+    keys = wide_plan(kind, 2, N, K, seed=N + K)
+    lay = build_wide_layout(keys, nk, force=True)
+    assert torch.equal(wide_mask(lay, N, nk), plan_mask(keys, nk))
+    assert (lay.ux_count <= lay.chunks).all()
+
+
+def test_split_of_known_rows():
+    #            sinks 0..2 | bonds 7, 20 | window 30..33
+    row = [0, 1, 2, 7, 20, 30, 31, 32, 33, -1, -1]
+    full = [0, 1, 2, 3, 4, -1]                          # one run: all of it is the window, nothing extra
+    single = [5, -1, -1, -1, -1, -1]                      # only the query itself
+    keys = torch.tensor([[row], [full + [-1] * 5], [single + [-1] * 5]], dtype=torch.int32)
+    sp = split_rows(keys)
+    assert sp.ns.tolist() == [[3], [0], [0]]
+    assert sp.lo.tolist() == [[30], [0], [5]] and sp.hi.tolist() == [[33], [4], [5]]
+    assert sp.n_extra.tolist() == [[2], [0], [0]]
+
+
+def test_narrow_plans_stay_narrow_and_wide_plans_go_wide():
+    narrow = make_plan("asa", 1, 500, 32, seed=1)               # window 8: ~12 structured keys per row
+    assert not build_wide_layout(narrow, 500).wide
+    wide = wide_plan("wide", 1, 500, 128, seed=1, window=64, sinks=16)
+    lay = build_wide_layout(wide, 500)
+    assert lay.wide and lay.stats["structured_mean"] > 48
+
+
+# ------------------------------------------------------------------------------------------- kernels
+if HAVE_TRITON and (ON_GPU or INTERPRET):
+    from kernels import triton_wide
+else:
+    triton_wide = None
+
+
+def _ref_grads(q, k, v, keys, do):
+    q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    ref = sparse_attention_reference(q64, k64, v64, keys)
+    return ref, torch.autograd.grad(ref, (q64, k64, v64), do.double())
+
+
+def _check_fwd_bwd(keys, dtype, Hq, Hkv, D, nk=None, seed=0):
+    B, N, _ = keys.shape
+    nk = nk or N
+    keys = keys.to(DEV)
+    q, k, v = make_qkv(B, Hq, Hkv, N, nk, D, dtype, DEV, seed=seed, requires_grad=True)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEV, dtype)
+    poison_allocator(DEV)
+    out = triton_wide.sparse_attention_wide(q, k, v, keys)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    ref, want = _ref_grads(q, k, v, keys, do)
+    assert torch.isfinite(out).all(), "an output element was never written (NaN poison survived)"
+    assert rel_err(out, ref) < TOL_FWD[dtype], rel_err(out, ref)
+    for name, a, b in zip("qkv", got, want):
+        assert torch.isfinite(a).all(), f"d{name} not fully written"
+        assert rel_err(a, b) < TOL_BWD[dtype], f"d{name}: {rel_err(a, b)}"
+
+
+# the interpreter (CPU) runs the small fp32 cases; the GPU all of them
+SMALL = [("wide", 150, 48, 2, 1, 32), ("structured", 130, 40, 2, 2, 32), ("bonds", 100, 24, 2, 1, 32)]
+
+
+@kernel
+@pytest.mark.parametrize("kind,N,K,Hq,Hkv,D", SMALL)
+def test_small_forward_backward_fp32(kind, N, K, Hq, Hkv, D):
+    _check_fwd_bwd(wide_plan(kind, 2, N, K, seed=N), torch.float32, Hq, Hkv, D, seed=N + D)
+
+
+@kernel
+def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
+    monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 1)           # split structured dk/dv lists, fp32 atomics
+    _check_fwd_bwd(wide_plan("wide", 1, 200, 64, seed=8, window=40, sinks=10), torch.float32, 2, 1, 32, seed=8)
+    monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 32)
+    # the last 40 rows of a 340-token plan against a 360-slot cache (Nq < Nk, tile path)
+    _check_fwd_bwd(wide_plan("wide", 1, 40, 64, seed=7, offset=300, window=40, sinks=10), torch.float32,
+                   2, 1, 32, nk=360, seed=7)
+
+
+@kernel
+def test_small_decode_fp32():
+    # rows of a 600-token wide plan against a 620-slot cache (the extra slots never planned), GQA 8/2
+    keys = wide_plan("wide", 2, 3, 160, seed=4, offset=597).to(DEV)
+    q, k, v = make_qkv(2, 8, 2, 3, 620, 32, torch.float32, DEV, seed=4)
+    out = triton_wide.wide_attention_decode(q, k, v, keys, 32 ** -0.5)
+    assert rel_err(out, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[torch.float32]
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind,N,K", [("wide", 700, 128), ("wide", 1000, 256), ("structured", 333, 96),
+                                      ("bonds", 300, 64), ("causal", 130, 130)])
+@pytest.mark.parametrize("Hq,Hkv,D", [(4, 4, 64), (8, 2, 128)])
+def test_forward_backward(dtype, kind, N, K, Hq, Hkv, D):
+    window, sinks = (64, 16) if K == 128 else (128, 48)
+    _check_fwd_bwd(wide_plan(kind, 2, N, K, seed=N + D, window=window, sinks=sinks), dtype, Hq, Hkv, D,
+                   seed=D + K)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_prefill_against_a_longer_cache(dtype):
+    # the last 100 rows of a 2000-token plan against a 2100-slot cache: tile path with Nq < Nk
+    keys = wide_plan("wide", 2, 100, 128, seed=7, offset=1900, window=64, sinks=16)
+    _check_fwd_bwd(keys, dtype, 8, 2, 64, nk=2100, seed=7)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("Nq,Hq,Hkv,D,K", [(1, 8, 8, 64, 128), (4, 8, 2, 128, 256), (16, 32, 8, 64, 256),
+                                           (2, 4, 4, 64, 48)])
+def test_decode(dtype, Nq, Hq, Hkv, D, K):
+    Nt, S = 3000, 3100
+    for kind in ("wide", "structured", "bonds"):
+        keys = wide_plan(kind, 2, Nq, K, seed=Nq + K, offset=Nt - Nq, window=min(K // 2, 128),
+                         sinks=16).to(DEV)
+        q, k, v = make_qkv(2, Hq, Hkv, Nq, S, D, dtype, DEV, seed=Nq)
+        poison_allocator(DEV)
+        out = triton_wide.wide_attention_decode(q, k, v, keys, D ** -0.5)
+        assert torch.isfinite(out).all()
+        assert rel_err(out, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[dtype], kind
+
+
+@gpu_only
+def test_backward_with_split_structured_lists(monkeypatch):
+    # sinks put key block 0 in every query block's list: force the split + fp32-atomic dk/dv path
+    monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 2)
+    _check_fwd_bwd(wide_plan("wide", 2, 900, 128, seed=8, window=64, sinks=16), torch.bfloat16, 4, 2, 64,
+                   seed=8)
+
+
+_WIDE_KERNELS = ("_wide_fwd_kernel", "_wide_bwd_dq_kernel", "_wide_bwd_dkdv_kernel")
+
+
+@gpu_only
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("i", range(3))
+def test_every_autotune_config_is_correct(monkeypatch, i, split):
+    for name in _WIDE_KERNELS:
+        kern = getattr(triton_wide, name)
+        monkeypatch.setattr(kern, "configs", [triton_wide.W_TILE_CONFIGS[i]])
+        monkeypatch.setattr(kern, "cache", {})
+    monkeypatch.setattr(triton_wide._wide_decode_kernel, "configs", [triton_wide.W_DECODE_CONFIGS[i]])
+    monkeypatch.setattr(triton_wide._wide_decode_kernel, "cache", {})
+    if split:
+        monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 2)
+    _check_fwd_bwd(wide_plan("wide", 2, 700, 128, seed=11, window=64, sinks=16), torch.float32, 4, 2, 64,
+                   seed=11)
+    keys = wide_plan("wide", 2, 4, 256, seed=12, offset=2000, window=128, sinks=32).to(DEV)
+    q, k, v = make_qkv(2, 8, 2, 4, 2100, 128, torch.float32, DEV, seed=12)
+    out = triton_wide.wide_attention_decode(q, k, v, keys, 128 ** -0.5)
+    assert rel_err(out, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[torch.float32]
+
+
+@gpu_only
+def test_dispatch_picks_wide_for_wide_plans_and_leaves_narrow_ones_unchanged():
+    from kernels import sparse_attention
+    from kernels.triton_sparse import sparse_attention_triton
+
+    wide = wide_plan("wide", 1, 800, 128, seed=3, window=64, sinks=16).to(DEV)
+    narrow = make_plan("asa", 1, 800, 64, seed=3).to(DEV)
+    q, k, v = make_qkv(1, 4, 2, 800, 800, 64, torch.bfloat16, DEV, seed=3)
+    a = sparse_attention(q, k, v, wide)
+    assert triton_wide.wide_layout_for(wide, 800, transpose=False).wide
+    assert rel_err(a, sparse_attention_reference(q, k, v, wide)) < TOL_FWD[torch.bfloat16]
+    b = sparse_attention(q, k, v, narrow)
+    assert not triton_wide.wide_layout_for(narrow, 800, transpose=False).wide
+    assert torch.equal(b, sparse_attention_triton(q, k, v, narrow))          # narrow path, bit for bit
+    # decode: rows >= WIDE_DECODE_MIN_K wide take the wide decode kernel, narrower ones the narrow one
+    q1 = q[:, :, -1:].contiguous()
+    assert torch.equal(sparse_attention(q1, k, v, narrow[:, -1:]),
+                       sparse_attention_triton(q1, k, v, narrow[:, -1:]))
+    assert rel_err(sparse_attention(q1, k, v, wide[:, -1:]),
+                   sparse_attention_reference(q1, k, v, wide[:, -1:])) < TOL_FWD[torch.bfloat16]
+    # training through the dispatch: gradients of a wide plan
+    qg, kg, vg = (t.clone().float().requires_grad_(True) for t in (q, k, v))
+    do = torch.randn_like(qg)
+    got = torch.autograd.grad(sparse_attention(qg, kg, vg, wide), (qg, kg, vg), do)
+    _, want = _ref_grads(qg, kg, vg, wide, do)
+    for name, x, y in zip("qkv", got, want):
+        assert rel_err(x, y) < TOL_BWD[torch.float32], name
