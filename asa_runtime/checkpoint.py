@@ -315,7 +315,8 @@ def load_checkpoint(path, device="cpu", dtype=None, verify: bool = True) -> Chec
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(state[k].shape)}, "
                                   f"config implies {tuple(v.shape)}")
-    stored = parse_dtype(raw.get("torch_dtype")) if raw.get("torch_dtype") in _DTYPES else None
+    td = raw.get("torch_dtype")            # any JSON value: a list or dict is not a dtype name (nor hashable)
+    stored = _DTYPES[td] if isinstance(td, str) and td in _DTYPES else None
     dtype = parse_dtype(dtype) or (torch.float32 if str(device) == "cpu" else stored or torch.float32)
     with torch.no_grad():
         for k, p in model.state_dict().items():

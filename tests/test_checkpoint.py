@@ -162,3 +162,17 @@ def test_hostile_plan_values(tmp_path, model, tok):
         cfg["plan"][field] = value
         (d / "config.json").write_text(json.dumps(cfg))
         assert "cannot parse config" in _err(d), (field, value)
+
+
+@pytest.mark.parametrize("value", [[], {"a": 1}, 3, None, "float64"])
+def test_a_torch_dtype_that_is_not_a_dtype_name_is_ignored(tmp_path, model, tok, value):
+    """`torch_dtype` only says how the shards are stored; any other JSON value (a list or a dict raised
+    TypeError: unhashable, found by tests/test_fuzz.py) loads the weights as float32 like an unknown name."""
+    d = save_checkpoint(tmp_path / "m", model, tok)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["torch_dtype"] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    for verify in (True, False):
+        ck = load_checkpoint(d, verify=verify)
+        assert ck.model.layers[0].attention.wqkv.weight.dtype == torch.float32
+        assert _same(ck.model, model)
