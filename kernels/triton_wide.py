@@ -28,8 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import LayoutCache
-from .plan_split import WideLayout, build_wide_layout
+from .layout import LayoutCache, transpose_csr
+from .plan_split import WideLayout
 from .triton_sparse import (DECODE_CONFIGS, DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
                             _check, _chunks_fit_row, _grad_rows, _members, _p_ds, _prec, _rows,
                             _softmax_step, _store_rows, _strides, _tiles_fit_layout, _tune_bench,
@@ -284,6 +284,134 @@ def _wide_decode_kernel(Q, K, V, O, KEYS,
     _store_rows(O + b * sob + i * son, h, soh, offs_d, g_ok, out)
 
 
+# ------------------------------------------------------------------------------------------------ layout
+@triton.jit
+def _wide_layout_kernel(KEYS, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS, NEED, Nq, KW, NQB,
+                        BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
+                        USCAP: tl.constexpr, CCAP: tl.constexpr):
+    """One program per (query block, batch row): the rows' split (plan_split.split_rows), the block's
+    structured key-block list, and the sorted union of its irregular keys (repeated min-extraction over a
+    (BQ, EP) tile: one pass per distinct key) with each row's membership word per chunk of BK. NEED gets
+    (widest irregular part, chunks, structured keys summed, list length): the host relaunches wider when a
+    cap was short, and decides wide or narrow from the sums."""
+    qb = tl.program_id(0)
+    b = tl.program_id(1)
+    BIG: tl.constexpr = 2147483647
+    rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < Nq
+    t = tl.arange(0, KP)
+    rbase = KEYS + (b * Nq + rows) * KW
+    key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
+    valid = key >= 0
+    n = tl.sum(valid.to(tl.int32), 1)
+    hi = tl.max(key, 1)
+    ns = tl.sum((key == t[None, :]).to(tl.int32), 1)
+    run = tl.sum((valid & (key == (hi - n + 1)[:, None] + t[None, :])).to(tl.int32), 1)
+    ns = tl.minimum(ns, n - run)
+    lo = hi - run + 1
+    tl.store(NS + b * Nq + rows, ns, mask=row_ok)
+    tl.store(LO + b * Nq + rows, lo, mask=row_ok)
+    tl.store(HI + b * Nq + rows, hi, mask=row_ok)
+    # structured list: sink blocks [0, nsb), window blocks [wlo, whi]
+    wlo = tl.min(tl.where(row_ok, lo, BIG), 0) // BLOCK_K
+    whi = tl.max(tl.where(row_ok, hi, -1), 0) // BLOCK_K
+    nsb = tl.minimum((tl.max(tl.where(row_ok, ns, 0), 0) + BLOCK_K - 1) // BLOCK_K, wlo)
+    scount = nsb + whi - wlo + 1
+    u = tl.arange(0, USCAP)
+    lst = tl.where(u < nsb, u, tl.where(u < scount, wlo + u - nsb, -1))
+    tl.store(KB + (b * NQB + qb) * USCAP + u, lst)
+    tl.store(KBCNT + b * NQB + qb, tl.minimum(scount, USCAP))
+    # irregular rest: slots [ns, n - run) of each row
+    e = n - run - ns
+    x = tl.arange(0, EP)
+    ex = tl.load(rbase[:, None] + ns[:, None] + x[None, :], mask=row_ok[:, None] & (x[None, :] < e[:, None]),
+                 other=-1)
+    blk = tl.where(ex >= 0, ex, BIG)
+    ux = UX + (b * NQB + qb) * (CCAP * BLOCK_K)
+    bits = XBITS + (b * Nq + rows) * CCAP
+    one = tl.full([BLOCK_Q], 1, tl.int64)
+    w = tl.zeros([BLOCK_Q], tl.int64)
+    cur = tl.min(tl.min(blk, 1), 0)
+    r = 0
+    while cur < BIG:
+        if r < CCAP * BLOCK_K:
+            tl.store(ux + r, cur)
+        hit = tl.max(tl.where(blk == cur, 1, 0), 1) > 0
+        w = w | tl.where(hit, one << (r % BLOCK_K), 0)
+        if r % BLOCK_K == BLOCK_K - 1:
+            if r // BLOCK_K < CCAP:
+                tl.store(bits + r // BLOCK_K, w, mask=row_ok)
+            w = tl.zeros([BLOCK_Q], tl.int64)
+        r += 1
+        cur = tl.min(tl.min(tl.where(blk > cur, blk, BIG), 1), 0)
+    if r % BLOCK_K != 0:
+        if r // BLOCK_K < CCAP:
+            tl.store(bits + r // BLOCK_K, w, mask=row_ok)
+    nch = (r + BLOCK_K - 1) // BLOCK_K
+    offs = tl.arange(0, CCAP * BLOCK_K)
+    tl.store(ux + offs, tl.full([CCAP * BLOCK_K], -1, tl.int32), mask=offs >= r)
+    tl.store(UXCNT + b * NQB + qb, tl.minimum(nch, CCAP))
+    need = NEED + (b * NQB + qb) * 4
+    tl.store(need, tl.max(tl.where(row_ok, e, 0), 0))
+    tl.store(need + 1, nch)
+    tl.store(need + 2, tl.sum(tl.where(row_ok, ns + run, 0), 0))
+    tl.store(need + 3, scount)
+
+
+class WideLayoutBuilder:
+    """Plan -> WideLayout on the GPU (BQ = BK = 64), the same as plan_split.build_wide_layout (the reference
+    builder), in one launch plus one host sync; relaunched wider when a width cap (irregular keys per row,
+    chunks or structured blocks per query block) was short. Starts from the widths the last plan needed."""
+
+    def __init__(self):
+        self.ep, self.ccap, self.uscap = 64, 4, 8
+
+    def __call__(self, keys: torch.Tensor, nk: int, transpose: bool = True, force: bool | None = None,
+                 min_structured: float | None = None) -> WideLayout:
+        from . import plan_split
+
+        B, Nq, KW = keys.shape
+        keys = keys.to(torch.int32).contiguous()
+        dev = keys.device
+        nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
+        KP = max(16, triton.next_power_of_2(KW))
+        ns, lo, hi = (torch.empty(B, Nq, dtype=torch.int32, device=dev) for _ in range(3))
+        cnt, xcnt = (torch.empty(B, nqb, dtype=torch.int32, device=dev) for _ in range(2))
+        need = torch.empty(B * nqb, 4, dtype=torch.int32, device=dev)
+        while True:
+            ep, ccap, uscap = self.ep, self.ccap, self.uscap
+            kb = torch.empty(B, nqb, uscap, dtype=torch.int32, device=dev)
+            ux = torch.empty(B, nqb, ccap * BK, dtype=torch.int32, device=dev)
+            xbits = torch.empty(B, Nq, ccap, dtype=torch.int64, device=dev)
+            _wide_layout_kernel[(nqb, B)](keys, ns, lo, hi, kb, cnt, ux, xcnt, xbits, need, Nq, KW, nqb,
+                                          BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, EP=ep, USCAP=uscap, CCAP=ccap,
+                                          num_warps=8 if KP >= 128 else 4)
+            mx = need.amax(0)
+            e_max, c_max, s_sum, us_max = torch.stack([mx[0].long(), mx[1].long(), need[:, 2].long().sum(),
+                                                       mx[3].long()]).tolist()              # the one sync
+            self.ep = max(16, triton.next_power_of_2(max(e_max, 1)))
+            self.ccap = max(1, triton.next_power_of_2(max(c_max, 1)))
+            self.uscap = max(4, triton.next_power_of_2(max(us_max, 1)))
+            if e_max <= ep and c_max <= ccap and us_max <= uscap:
+                break
+        s_mean = s_sum / (B * Nq)
+        thr = plan_split.WIDE_MIN_STRUCTURED if min_structured is None else min_structured
+        wide = s_mean >= thr if force is None else force
+        stats = dict(structured_mean=s_mean, extra_max=int(e_max), chunks=int(c_max))
+        if not wide:
+            lay = WideLayout(False, BQ, BK, nk, torch.full((B, 1, 1), -1, dtype=torch.int32, device=dev),
+                             stats=stats)
+        else:
+            lay = WideLayout(True, BQ, BK, nk, kb, kb_count=cnt, ns=ns, lo=lo, hi=hi, ux=ux, ux_count=xcnt,
+                             xbits=xbits, stats=stats)
+        if transpose:
+            lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(lay.kb, nkb if wide else 1)
+        return lay
+
+
+build_wide_layout_triton = WideLayoutBuilder()
+
+
 # ------------------------------------------------------------------------------------------ functional API
 def _grid(Nq, BH):
     return lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), BH)
@@ -368,12 +496,8 @@ class _WideAttn(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _build(keys, nk, transpose=True):
-    return build_wide_layout(keys, nk, BQ, BK, transpose=transpose)
-
-
 # one split + layout per plan tensor, shared by every layer and head (and the backward)
-WIDE_LAYOUTS = LayoutCache(_build, size=4)
+WIDE_LAYOUTS = LayoutCache(build_wide_layout_triton, size=4)
 
 
 def wide_layout_for(keys: torch.Tensor, nk: int, transpose: bool = True) -> WideLayout:
@@ -388,7 +512,7 @@ def sparse_attention_wide(q, k, v, keys, scale=None, layout: WideLayout | None =
     if layout is None and not need_grad and q.shape[2] <= DECODE_MAX_Q:
         return wide_attention_decode(q, k, v, keys, scale)
     if layout is None or not layout.wide:
-        layout = build_wide_layout(keys, k.shape[2], BQ, BK, transpose=need_grad, force=True)
+        layout = build_wide_layout_triton(keys, k.shape[2], transpose=need_grad, force=True)
     if need_grad:
         return _WideAttn.apply(q, k, v, layout, scale)
     return wide_attention_fwd(q, k, v, layout, scale)[0]

@@ -141,6 +141,30 @@ def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
 
 
 @kernel
+@pytest.mark.parametrize("kind,N,K,nk", [("wide", 300, 64, 300), ("structured", 200, 48, 210),
+                                         ("causal", 130, 130, 130), ("wide", 5, 16, 70)])
+def test_layout_kernel_matches_the_torch_builder(kind, N, K, nk):
+    keys = wide_plan(kind, 2, N, K, seed=N + K).to(DEV)
+    g = triton_wide.build_wide_layout_triton(keys, nk, force=True)
+    r = build_wide_layout(keys, nk, force=True)
+    assert torch.equal(wide_mask(g, N, nk), plan_mask(keys, nk))
+    for f in ("ns", "lo", "hi", "kb_count", "ux_count", "qb_ptr"):
+        assert torch.equal(getattr(g, f), getattr(r, f)), f
+    U, W = r.kb.shape[-1], r.ux.shape[-1]                       # the GPU lists may be wider (-1 padded)
+    assert torch.equal(g.kb[..., :U], r.kb) and (g.kb[..., U:] == -1).all()
+    assert torch.equal(g.ux[..., :W], r.ux) and (g.ux[..., W:] == -1).all()
+
+
+@gpu_only
+@pytest.mark.parametrize("name,K,window,sinks", [("w128", 128, 64, 16), ("w256", 256, 128, 64)])
+def test_layout_kernel_on_wide_real_sized_plans(name, K, window, sinks):
+    # 4k rows: the relaunch-wider path (caps start small) and many chunks per query block
+    keys = wide_plan("wide", 1, 4096, K, seed=K, window=window, sinks=sinks).to(DEV)
+    g = triton_wide.WideLayoutBuilder()(keys, 4096, force=True)
+    assert torch.equal(wide_mask(g, 4096, 4096), plan_mask(keys, 4096))
+
+
+@kernel
 def test_small_decode_fp32():
     # rows of a 600-token wide plan against a 620-slot cache (the extra slots never planned), GQA 8/2
     keys = wide_plan("wide", 2, 3, 160, seed=4, offset=597).to(DEV)
