@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import GenerationError
+from .errors import GenerationError, require_unicode
 from .generate import stream_generate
-from .sampling import Sampler, SamplerConfig
+from .sampling import Sampler
 from .session import DEFAULT_PREFILL_CHUNK, Session
 
 USER, ASSISTANT = "User:", "Assistant:"
@@ -26,6 +26,19 @@ class Conversation:
     user: str = USER
     assistant: str = ASSISTANT
 
+    def __post_init__(self):
+        for name in ("system", "user", "assistant"):
+            if not isinstance(getattr(self, name), str):
+                raise GenerationError(f"Conversation {name} must be text, got {type(getattr(self, name)).__name__}")
+        if not self.user.strip() or not self.assistant.strip():
+            raise GenerationError("Conversation user and assistant labels must not be blank")
+        try:
+            self.turns = [(u, a) for u, a in self.turns]
+        except (TypeError, ValueError):
+            raise GenerationError("Conversation turns must be a list of (user, assistant) text pairs") from None
+        if not all(isinstance(u, str) and isinstance(a, str) for u, a in self.turns):
+            raise GenerationError("Conversation turns must be a list of (user, assistant) text pairs")
+
     @property
     def stops(self) -> tuple[str, ...]:
         return ("\n" + self.user, "\n" + self.assistant, "\n" + self.user.rstrip(":") + " :")
@@ -39,7 +52,7 @@ class Conversation:
         """Token ids of the prompt for `user`, dropping the oldest turns until it fits `budget` tokens
         (None if even the message alone does not fit)."""
         while True:
-            ids = tokenizer.encode(self.render(user))
+            ids = tokenizer.encode(require_unicode(self.render(user), "the conversation"))
             if len(ids) <= budget:
                 return ids
             if not self.turns:
@@ -53,14 +66,15 @@ class Chat:
     def __init__(self, lm, max_tokens=256, ctx_size=None, max_kv_size=None,
                  prefill_chunk=DEFAULT_PREFILL_CHUNK, system="", conversation: Conversation | None = None,
                  **sampler_kw):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise GenerationError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+        if conversation is not None and not isinstance(conversation, Conversation):
+            raise GenerationError(f"conversation must be a Conversation, got {type(conversation).__name__}")
         self.lm = lm
         self.max_tokens = max_tokens
         self.session = Session(lm, ctx_size=ctx_size, max_kv_size=max_kv_size, prefill_chunk=prefill_chunk)
-        try:
-            self.sampler = Sampler(SamplerConfig(**sampler_kw))
-        except ValueError as e:
-            raise GenerationError(str(e)) from None
-        self.conv = conversation or Conversation(system=system)
+        self.sampler = Sampler(**sampler_kw)            # unknown or out-of-range options: GenerationError
+        self.conv = conversation if conversation is not None else Conversation(system=system)
         self.last = None
 
     def reset(self) -> None:
@@ -69,6 +83,9 @@ class Chat:
 
     def reply(self, user: str):
         """Yields text segments of the reply and records the turn."""
+        if not isinstance(user, str):
+            raise GenerationError(f"the message must be text, got {type(user).__name__}")
+        require_unicode(user, "the message")
         ctx = self.session.ctx_size
         max_new = min(self.max_tokens, ctx // 2)
         ids = self.conv.fit(self.lm.tokenizer, user, ctx - max_new)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import resource
 import sys
 import time
@@ -27,9 +28,9 @@ from .checkpoint import load_checkpoint, model_analyzer, parse_dtype, read_confi
 from .config import ModelConfig, PlanConfig
 from .errors import BackendError, CacheFull, GenerationError, require_unicode
 from .linguistics.planner import Planner
-from .quantize import quantize_model
+from .quantize import SCHEMES, quantize_model
 from .registry import resolve
-from .sampling import Sampler, SamplerConfig
+from .sampling import Sampler
 from .session import DEFAULT_PREFILL_CHUNK, Session
 from .streaming import StopMatcher, StreamingDetokenizer
 
@@ -89,6 +90,9 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         dtype, kv_dtype = parse_dtype(dtype), parse_dtype(kv_dtype)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+    if quantize and quantize not in SCHEMES:                   # before the weights are read
+        raise GenerationError(f"unknown quantization {quantize!r}; available: {', '.join(SCHEMES)}")
+    _check_planner(planner)
     if _export_format(path) == "asa-mlx/1":           # `asa-run export --format mlx` folder: no torch model
         return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     if _export_format(path) == "asa-onnx/1":          # `asa-run export --format onnx` folder: no torch model
@@ -167,8 +171,21 @@ def _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner) 
                        meta=raw.get("meta", {}))
 
 
+def _check_planner(planner) -> None:
+    if planner is not None and not (hasattr(planner, "incremental") and hasattr(planner, "incremental_from_state")):
+        raise GenerationError(f"planner must be a Planner (asa_runtime.linguistics.planner), got "
+                              f"{type(planner).__name__}")
+
+
 def from_model(model, tokenizer, planner=None, device="cpu", backend="torch", kv_dtype=None) -> LoadedModel:
     """Wrap an in-memory model (tests, training evaluation) like `load` does. The model is not changed."""
+    if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "cfg", None), ModelConfig):
+        raise GenerationError(f"from_model needs an asa_runtime Transformer (a module with a ModelConfig .cfg), "
+                              f"got {type(model).__name__}")
+    if not all(hasattr(tokenizer, a) for a in ("encode", "decode", "pieces", "vocab_size")):
+        raise GenerationError(f"from_model needs an asa_runtime Tokenizer, got {type(tokenizer).__name__}")
+    _check_planner(planner)
+    device = check_device(device)
     cfg = model.cfg
     if planner is None and not cfg.plan.dense:
         planner = Planner(cfg.plan)
@@ -212,11 +229,16 @@ def generate_step(session: Session, logits: torch.Tensor, sampler: Sampler,
     max_tokens or when the context is full."""
     history = list(session.tokens)
     token = -1
+    version = session.version
     for n in range(max_tokens):
         if n:
+            if session.version != version:     # another generation (or a feed / reset) moved the session
+                raise GenerationError("the session changed during this generation (another generation, feed, "
+                                      "reset or restore on it): one generation at a time per Session")
             if session.room < 1:
                 return
             logits = session.step(token)
+            version = session.version
         token = sampler(logits[: session.n_vocab], history)
         history.append(token)
         yield token
@@ -234,24 +256,46 @@ def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: in
     prompt is in the cache (the CLI saves its prompt cache there). The last response has finish_reason
     set and carries any text held back until then."""
     t0 = time.perf_counter()
+    if not isinstance(lm, LoadedModel):
+        raise GenerationError(f"expected a LoadedModel (from load() or from_model()), got {type(lm).__name__}")
     tok = lm.tokenizer
     if isinstance(prompt, str):
         ids = tok.encode(require_unicode(prompt, "the prompt"))
+    elif isinstance(prompt, (bytes, bytearray)):
+        raise GenerationError("prompt is bytes: decode it to text first (token ids go in a list)")
     else:
         try:
-            ids = [int(i) for i in prompt]
-        except (TypeError, ValueError):
-            raise GenerationError("prompt must be text or a sequence of token ids") from None
+            ids = [operator.index(i) for i in prompt]          # ints, numpy / torch integers; not floats
+        except TypeError:
+            raise GenerationError("prompt must be text or a sequence of integer token ids") from None
     if not ids:
         raise GenerationError("empty prompt")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise GenerationError(f"max_tokens must be an integer, got {max_tokens!r}")
     if max_tokens < 0:
         raise GenerationError(f"max_tokens must be >= 0, got {max_tokens}")
+    stop = (stop,) if isinstance(stop, str) else (() if stop is None else stop)
+    try:
+        stop = tuple(stop)
+    except TypeError:
+        raise GenerationError(f"stop must be a string or a list of strings, got {type(stop).__name__}") from None
+    if not all(isinstance(s, str) for s in stop):
+        raise GenerationError("stop must be a string or a list of strings")
+    if on_prompt is not None and not callable(on_prompt):
+        raise GenerationError(f"on_prompt must be callable, got {type(on_prompt).__name__}")
     if sampler is None:
-        try:
-            sampler = Sampler(SamplerConfig(**sampler_kw))
-        except ValueError as e:
-            raise GenerationError(str(e)) from None
-    session = session or Session(lm, ctx_size=ctx_size, max_kv_size=max_kv_size, prefill_chunk=prefill_chunk)
+        sampler = Sampler(**sampler_kw)              # unknown or out-of-range options: GenerationError
+    elif sampler_kw:
+        raise GenerationError(f"sampling options ({', '.join(sorted(sampler_kw))}) and a sampler given: "
+                              f"set them on the sampler")
+    elif not callable(sampler):
+        raise GenerationError(f"sampler must be a Sampler, got {type(sampler).__name__}")
+    if session is None:
+        session = Session(lm, ctx_size=ctx_size, max_kv_size=max_kv_size,
+                          prefill_chunk=DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk)
+    elif not isinstance(session, Session) or session.lm is not lm:
+        raise GenerationError("session must be a Session of this LoadedModel" if isinstance(session, Session)
+                              else f"session must be a Session, got {type(session).__name__}")
     if len(ids) >= session.ctx_size:
         raise GenerationError(f"prompt has {len(ids)} tokens but the context holds {session.ctx_size} "
                               f"(raise --ctx-size or shorten the prompt)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -82,37 +82,55 @@ class SamplerConfig:
     repeat_last_n: int = 64
     seed: int | None = None
 
+    @classmethod
+    def from_options(cls, **kw) -> "SamplerConfig":
+        """A validated config from keyword options; an unknown name (e.g. `temperature` for `temp`) is a
+        GenerationError naming the options there are, not a TypeError."""
+        unknown = sorted(set(kw) - {f.name for f in fields(cls)})
+        if unknown:
+            raise GenerationError(f"unknown sampling option{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))}; expected {', '.join(f.name for f in fields(cls))}")
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
     def validate(self) -> None:
-        """Raise ValueError naming the first out-of-range value (the CLI turns it into a one-line error)."""
+        """Raise GenerationError (a ValueError) naming the first out-of-range value, in one line."""
         for name in ("temp", "top_p", "min_p", "repeat_penalty"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
+                raise GenerationError(f"{name} must be a finite number, got {v!r}")
         for name in ("top_k", "repeat_last_n"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+                raise GenerationError(f"{name} must be an integer, got {v!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not -2**63 <= self.seed < 2**64):       # torch's generator range
+            raise GenerationError(f"seed must be an integer in [-2**63, 2**64), got {self.seed!r}")
         if not self.temp >= 0:
-            raise ValueError(f"temp must be >= 0, got {self.temp}")
+            raise GenerationError(f"temp must be >= 0, got {self.temp}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+            raise GenerationError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+            raise GenerationError(f"min_p must be in [0, 1), got {self.min_p}")
         if not self.repeat_penalty > 0:
-            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+            raise GenerationError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
         if self.repeat_last_n < -1:
-            raise ValueError(f"repeat_last_n must be >= -1 (-1 = whole history), got {self.repeat_last_n}")
+            raise GenerationError(f"repeat_last_n must be >= -1 (-1 = whole history), got {self.repeat_last_n}")
 
 
 class Sampler:
     """Stateful only in its seeded generator: `sampler(logits, history) -> token id`."""
 
     def __init__(self, cfg: SamplerConfig | None = None, **kw):
-        self.cfg = cfg or SamplerConfig(**kw)
+        """`Sampler(SamplerConfig(...))` or `Sampler(temp=..., ...)`, not both. Bad options: GenerationError."""
+        if cfg is not None and not isinstance(cfg, SamplerConfig):
+            raise GenerationError(f"Sampler takes a SamplerConfig (or keyword options), got {type(cfg).__name__}")
+        if cfg is not None and kw:
+            raise GenerationError("give Sampler a SamplerConfig or keyword options, not both")
+        self.cfg = cfg if cfg is not None else SamplerConfig.from_options(**kw)
         self.cfg.validate()
         self.generator = torch.Generator()
         if self.cfg.seed is None:

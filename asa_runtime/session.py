@@ -11,6 +11,7 @@ Files are the caller's business (asa_runtime/prompt_cache.py, opened by the CLI 
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,11 @@ class Session:
 
     def __init__(self, lm, ctx_size: int | None = None, max_kv_size: int | None = None,
                  prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+        if not all(hasattr(lm, a) for a in ("config", "backend", "tokenizer", "planner")):
+            raise GenerationError(f"Session needs a LoadedModel (from load() or from_model()), got "
+                                  f"{type(lm).__name__}")
         self.lm = lm
+        self.version = 0               # bumped on every change of the sequence (generate_step checks it)
         for name, v in (("ctx_size", ctx_size), ("max_kv_size", max_kv_size), ("prefill_chunk", prefill_chunk)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
                 raise GenerationError(f"{name} must be an integer, got {v!r}")
@@ -74,6 +79,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget the sequence (the cache's memory is kept: stale rows are never read)."""
+        self.version += 1
         self.slots.reset()
         self.plan = None if self.dense else self.lm.planner.incremental()
         self.tokens: list[int] = []
@@ -105,11 +111,17 @@ class Session:
     # ---- feeding tokens ----------------------------------------------------------------------------
     def feed(self, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
         """Prefill `ids` in chunks; returns the last token's logits (V,), or (len(ids), V) if all_logits."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if len(ids) == 0:
+        try:
+            arr = np.asarray(ids)
+        except (TypeError, ValueError, OverflowError):
+            arr = np.asarray(None)
+        if arr.ndim != 1:
+            raise GenerationError(f"feed takes a flat sequence of token ids, got {type(ids).__name__}")
+        if len(arr) == 0:
             raise GenerationError("nothing to feed")
-        if ids.min() < 0 or ids.max() >= len(self.pieces):
-            raise GenerationError(f"token ids must lie in [0, {len(self.pieces)}) for this tokenizer")
+        if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(self.pieces):
+            raise GenerationError(f"token ids must be integers in [0, {len(self.pieces)}) for this tokenizer")
+        ids = arr.astype(np.int64, copy=False)
         if len(ids) > self.room:
             raise GenerationError(f"{len(ids)} tokens do not fit: {self.room} of {self.ctx_size} context "
                                   f"positions left")
@@ -131,15 +143,23 @@ class Session:
                 rows = self.slots.map_rows(prow)                                     # (n, K) slots
             outs.append(self.backend.prefill(self.cache, chunk, rows, pos, sl, all_logits=all_logits))
             self.tokens.extend(chunk.tolist())
+            self.version += 1
             i += n
         self.last_logits = outs[-1] if not all_logits else outs[-1][-1]
         return torch.cat(outs) if all_logits else self.last_logits
 
     def step(self, token: int, attn_out: list | None = None) -> torch.Tensor:
         """Decode one token: extend the plan by one row, map it to slots, run the backend. If attn_out is
-        a list (and the backend supports it), it receives per layer the attention weights over the row."""
+        a list (and the backend supports it), it receives per layer the attention weights over the row.
+        A full context raises CacheFull and keeps the sequence."""
+        try:
+            token = operator.index(token)
+        except TypeError:
+            raise GenerationError(f"token must be an integer id, got {type(token).__name__}") from None
         if not 0 <= token < len(self.pieces):
             raise GenerationError(f"token id {token} is outside the tokenizer's {len(self.pieces)} ids")
+        if self.room < 1:
+            raise CacheFull(f"context full ({self.ctx_size} positions)")
         try:
             return self._step(token, attn_out)
         except BaseException:
@@ -155,6 +175,7 @@ class Session:
             row = self.slots.map_rows(self.last_row, out=self._row)                # (K,) slots
         self.last_logits = self.backend.decode(self.cache, token, row, int(pos[0]), int(sl[0]), attn_out)
         self.tokens.append(int(token))
+        self.version += 1
         return self.last_logits
 
     # ---- reuse of a common prefix (chat turns, prompt caches) --------------------------------------
@@ -190,6 +211,7 @@ class Session:
         return logits, len(rest)
 
     def _rewind(self, m: _Mark) -> None:
+        self.version += 1
         if m.n_pos == self.n_past:
             self.last_logits = m.logits
             return
@@ -228,6 +250,17 @@ class Session:
     def restore(self, state: dict) -> int:
         """Continue from `state()` of a session of the same model; returns the number of tokens restored.
         Raises GenerationError (one line) if it does not fit or is inconsistent; the session is then empty."""
+        try:
+            return self._restore(state)
+        except GenerationError:
+            self.reset()
+            raise
+
+    def _restore(self, state: dict) -> int:
+        if not (isinstance(state, dict) and isinstance(state.get("tensors"), dict)
+                and isinstance(state.get("meta"), dict)):
+            raise GenerationError("restore takes a Session.state() dict ({'tensors', 'meta'}); a prompt cache "
+                                  "file is read by asa_runtime.prompt_cache.load_prompt_cache")
         t, meta = state["tensors"], state["meta"]
         try:
             tokens = [int(x) for x in t["tokens"].tolist()]
@@ -274,6 +307,7 @@ class Session:
             raise GenerationError(f"session state does not match this session ({e})") from None
         self.tokens = tokens
         self.last_logits = last
+        self.version += 1
         self.mark()
         return len(tokens)
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def main():
 
     torch.set_num_threads(1)
     rows, bad = [], 0
+    loads, done = [os.getloadavg()[0]], threading.Event()
+
+    def sample_load():            # the 1-minute load average every 30 s: the machine is shared
+        while not done.wait(30):
+            loads.append(os.getloadavg()[0])
+
+    threading.Thread(target=sample_load, daemon=True).start()
+    started = time.gmtime()
     t_all = time.perf_counter()
     for name, fn, share in TARGETS:
         if a.only and name not in a.only.split(","):
@@ -61,11 +70,17 @@ def main():
         print(f"{name:13} {tf.COUNTS[name]:8d} inputs {dt:8.1f} s  {status}", flush=True)
     total = sum(r[1] for r in rows)
     dt_all = time.perf_counter() - t_all
+    done.set()
+    loads.append(os.getloadavg()[0])
+    load = (f"1-min load average {loads[0]:.1f} at the start, {loads[-1]:.1f} at the end, min {min(loads):.1f} / "
+            f"mean {sum(loads) / len(loads):.1f} / max {max(loads):.1f} over {len(loads)} samples (every 30 s)")
     print(f"total         {total:8d} inputs {dt_all:8.1f} s  failures: {bad}")
+    print(load)
     if a.out:
-        lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: `fuzz.py --n {a.n}`\n",
+        only = f" --only {a.only}" if a.only else ""
+        lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', started)}: `fuzz.py --n {a.n}{only}`\n",
                  f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores (shared), Python "
-                 f"{platform.python_version()}, run under `nice -n 10` on one core.\n",
+                 f"{platform.python_version()}, niceness {os.nice(0)}, one torch thread, one process. {load}.\n",
                  "| target | inputs | time (s) | result |", "|---|---:|---:|---|"]
         lines += [f"| {n} | {c} | {d:.0f} | {s} |" for n, c, d, s in rows]
         lines.append(f"| **total** | **{total}** | **{dt_all:.0f}** | {bad} failing targets |\n")
