@@ -66,7 +66,7 @@ def extra_keys(keys: torch.Tensor, sp: PlanSplit, width: int) -> torch.Tensor:
 
 @dataclass
 class WideLayout:
-    wide: bool                # False: the plan is narrow, the narrow tile kernels serve it (nothing else built)
+    wide: bool                # False: a narrow plan, for the narrow tile kernels (nothing else built)
     block_q: int
     block_k: int
     nk: int
@@ -75,7 +75,7 @@ class WideLayout:
     ns: torch.Tensor | None = None         # (B, Nq) int32 (PlanSplit)
     lo: torch.Tensor | None = None
     hi: torch.Tensor | None = None
-    ux: torch.Tensor | None = None         # (B, nQB, C * BK) int32 union of the block's irregular keys, -1 pad
+    ux: torch.Tensor | None = None         # (B, nQB, C * BK) int32 block's irregular keys, -1 pad
     ux_count: torch.Tensor | None = None   # (B, nQB) int32 chunks of BK gathered keys in use
     xbits: torch.Tensor | None = None      # (B, Nq, C) int64 membership of row i in its block's chunk c
     qb_ptr: torch.Tensor | None = None     # transpose of kb as CSR (layout.transpose_csr)
@@ -124,8 +124,8 @@ def build_wide_layout(keys: torch.Tensor, nk: int, block_q: int = 64, block_k: i
         else force
     stats = dict(structured_mean=s_mean, extra_max=int(e_max))
     if not wide:
-        lay = WideLayout(False, block_q, block_k, nk, torch.full((B, 1, 1), -1, dtype=torch.int32, device=dev),
-                         stats=stats)
+        empty = torch.full((B, 1, 1), -1, dtype=torch.int32, device=dev)
+        lay = WideLayout(False, block_q, block_k, nk, empty, stats=stats)
         if transpose:
             lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(lay.kb, 1)
         return lay

@@ -337,7 +337,7 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS, NEED, Nq,
         if r < CCAP * BLOCK_K:
             tl.store(ux + r, cur)
         hit = tl.max(tl.where(blk == cur, 1, 0), 1) > 0
-        w = w | tl.where(hit, one << (r % BLOCK_K), 0)
+        w = w | tl.where(hit, one << (r % BLOCK_K).to(tl.int64), 0)
         if r % BLOCK_K == BLOCK_K - 1:
             if r // BLOCK_K < CCAP:
                 tl.store(bits + r // BLOCK_K, w, mask=row_ok)
@@ -464,7 +464,8 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float):
 
 
 def wide_attention_decode(q, k, v, keys, scale: float):
-    """Few queries against a long cache, no layout: sinks and window as contiguous ranges, the rest gathered."""
+    """Few queries against a long cache, no layout: sinks and window as contiguous ranges, the rest
+    gathered."""
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv

@@ -30,7 +30,8 @@ except ImportError:
 DEV = "cuda" if ON_GPU else "cpu"
 # kernel tests: GPU-marked on CUDA; on the CPU they run only in the interpreter
 kernel = (pytest.mark.gpu if ON_GPU else
-          pytest.mark.skipif(not (INTERPRET and HAVE_TRITON), reason="needs CUDA, or Triton with TRITON_INTERPRET=1"))
+          pytest.mark.skipif(not (INTERPRET and HAVE_TRITON),
+                             reason="needs CUDA, or Triton with TRITON_INTERPRET=1"))
 gpu_only = pytest.mark.gpu if ON_GPU else pytest.mark.skip(reason="needs a CUDA GPU")
 
 TOL_FWD = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -133,7 +134,8 @@ def test_small_forward_backward_fp32(kind, N, K, Hq, Hkv, D):
 @kernel
 def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
     monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 1)           # split structured dk/dv lists, fp32 atomics
-    _check_fwd_bwd(wide_plan("wide", 1, 200, 64, seed=8, window=40, sinks=10), torch.float32, 2, 1, 32, seed=8)
+    _check_fwd_bwd(wide_plan("wide", 1, 200, 64, seed=8, window=40, sinks=10), torch.float32, 2, 1, 32,
+                   seed=8)
     monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 32)
     # the last 40 rows of a 340-token plan against a 360-slot cache (Nq < Nk, tile path)
     _check_fwd_bwd(wide_plan("wide", 1, 40, 64, seed=7, offset=300, window=40, sinks=10), torch.float32,

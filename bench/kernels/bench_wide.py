@@ -88,15 +88,35 @@ def run(args):
                                      wide_attention_decode, wide_attention_fwd, wide_layout_for)
 
     DEV, DT = "cuda", torch.bfloat16
+    ns_fwd, n_fb, decode_s, n_check = NS, 16384, DECODE_S, 4096
+    if args.smoke:              # CPU, TRITON_INTERPRET=1: each code path once, tiny sizes, timings meaningless
+        DEV, DT = "cpu", torch.float32
+        ns_fwd, n_fb, decode_s, n_check = (192,), 192, (1024,), 192
+        import kernels.triton_sparse as ts
+        for kern in (ts._fwd_kernel, ts._bwd_dq_kernel, ts._bwd_dkdv_kernel, ts._decode_kernel):
+            kern.configs = kern.configs[:1]
+
+        def bench(fn, *a, **kw):                                        # noqa: F811
+            t = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t) * 1e3
+
+        def ceilings():                                                  # noqa: F811
+            return {"copy_GBps": 4800.0, "bf16_mm_TFLOPs": 800.0}
+
+        triton.testing.do_bench_cudagraph = lambda fn, **kw: bench(fn)
+        args.no_flex = True
     plans_dir = Path(args.plans)
     t0 = time.time()
     cfg = ceilings()
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+    res = dict(device=torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke)",
+               torch=torch.__version__, triton=triton.__version__,
                ceilings=cfg, args=vars(args), forward=[], fwd_bwd=[], decode=[], checks=[])
     print(res["device"], {k: round(v, 1) for k, v in cfg.items()}, flush=True)
 
     def plan(name, N):
-        return torch.from_numpy(load_plan(plans_dir / name / f"plan_{N}.npz")).to(DEV)[None]
+        src = min(n for n in NS if n >= N)                  # causal: a prefix is the shorter plan
+        return torch.from_numpy(load_plan(plans_dir / name / f"plan_{src}.npz")[:N]).to(DEV)[None]
 
     def wide_layout(keys, N, transpose):
         return build_wide_layout_triton(keys, N, transpose=transpose, force=True)   # the GPU builder
@@ -110,12 +130,12 @@ def run(args):
 
     # -- correctness on the real plans first (full tests: tests/test_kernels_wide.py)
     for name in args.plan_names:
-        keys = plan(name, 4096)
+        keys = plan(name, n_check)
         g = torch.Generator(device=DEV).manual_seed(1)
-        q, k, v = (torch.randn(1, 2, 4096, 64, device=DEV, generator=g).to(DT).requires_grad_(True)
+        q, k, v = (torch.randn(1, 2, n_check, 64, device=DEV, generator=g).to(DT).requires_grad_(True)
                    for _ in range(3))
         do = torch.randn(q.shape, device=DEV, generator=g).to(DT)
-        lay = wide_layout(keys, 4096, True)
+        lay = wide_layout(keys, n_check, True)
         o, lse = wide_attention_fwd(q, k, v, lay, 0.125)
         got = wide_attention_bwd(q, k, v, o, lse, do, lay, 0.125)
         q64, k64, v64 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
@@ -125,7 +145,7 @@ def run(args):
         def rel(a, b):
             return ((a.double() - b).norm() / b.norm()).item()
 
-        c = dict(plan=name, N=4096, fwd=rel(o, ref), dq=rel(got[0], want[0]), dk=rel(got[1], want[1]),
+        c = dict(plan=name, N=n_check, fwd=rel(o, ref), dq=rel(got[0], want[0]), dk=rel(got[1], want[1]),
                  dv=rel(got[2], want[2]))
         res["checks"].append(c)
         print("check bf16 vs fp64", c, flush=True)
@@ -135,7 +155,7 @@ def run(args):
     BlockMask, flex = flex_setup() if not args.no_flex else (None, None)
     # -- forward
     for name in args.plan_names:
-        for N in (NS if name != "k64" else (16384,)):
+        for N in (ns_fwd if name != "k64" else ns_fwd[-2:-1] or ns_fwd):
             keys = plan(name, N)
             kavg = float((keys >= 0).sum(-1).float().mean())
             t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=False), 5, 30)
@@ -156,7 +176,7 @@ def run(args):
                 r["narrow_layout_ms"] = t_nlay
                 r["wide_ms"] = bench(lambda: wide_attention_fwd(q, k, v, wlay, scale))
                 r["wide_layout_ms"] = t_wlay
-                sparse_attention_auto(q, k, v, keys, scale)                 # layout cached: dispatch cost only
+                sparse_attention_auto(q, k, v, keys, scale)          # layout cached: dispatch cost only
                 r["auto_ms"] = bench(lambda: sparse_attention_auto(q, k, v, keys, scale))
                 wo = wide_attention_fwd(q, k, v, wlay, scale)[0].float()
                 no = sparse_attention_fwd(q, k, v, nlay, scale)[0].float()
@@ -174,7 +194,8 @@ def run(args):
                             opts = dict(BLOCK_M=64, BLOCK_N=64, num_stages=2, num_warps=4)
                             fo = flex(q, k, v, block_mask=bm, scale=scale, kernel_options=opts)
                         r["flex_vs_wide_rel"] = ((fo.float() - wo).norm() / wo.norm()).item()
-                        r["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=bm, scale=scale, kernel_options=opts))
+                        r["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=bm, scale=scale,
+                                                          kernel_options=opts))
                     except Exception as e:
                         r["flex_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 res["forward"].append(r)
@@ -186,7 +207,7 @@ def run(args):
             save()
     # -- forward + backward at 16k
     for name in args.plan_names:
-        N = 16384
+        N = n_fb
         keys = plan(name, N)
         kavg = float((keys >= 0).sum(-1).float().mean())
         t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=True), 5, 30)
@@ -220,15 +241,17 @@ def run(args):
                      narrow_layout_ms=t_nlay, wide_ms=bench(wide), wide_layout_ms=t_wlay,
                      wide_vs_narrow_grad_rel=diff, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H))
             res["fwd_bwd"].append(r)
-            print(f"fwd+bwd {name} N={N} D={D} dense {r['dense_ms']:.4f} narrow {r['narrow_ms']:.4f}+{t_nlay:.4f}"
-                  f" wide {r['wide_ms']:.4f}+{t_wlay:.4f} floor {r['floor_ms']:.4f} diff {diff:.1e}", flush=True)
+            print(f"fwd+bwd {name} N={N} D={D} dense {r['dense_ms']:.4f} narrow {r['narrow_ms']:.4f}"
+                  f"+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} floor {r['floor_ms']:.4f} "
+                  f"diff {diff:.1e}", flush=True)
             del q, k, v, do, qd, kd, vd, gw, gn
         save()
     # -- decode: the row of query S-1 of the plan, against an S-slot cache
     for name in args.plan_names:
         rows = load_plan(plans_dir / name / "decode_rows.npz")
-        for si, S in enumerate(DECODE_S):
-            keys = torch.from_numpy(rows[si]).to(DEV)[None, None]                     # (1, 1, K)
+        for S in decode_s:
+            row = rows[DECODE_S.index(S)] if S in DECODE_S else plan(name, S)[0, -1].cpu().numpy()
+            keys = torch.from_numpy(row).to(DEV)[None, None]                          # (1, 1, K)
             kavg = float((keys >= 0).sum())
             for (H, Hkv) in [(8, 8), (32, 8)]:
                 for D in args.D:
@@ -275,8 +298,8 @@ def to_markdown(res: dict, short: bool = False) -> str:
          "w = wide kernels (triton_wide.py), n = narrow tile kernels (triton_sparse.py); "
          "+lay = with that path's plan -> layout build in the same call.", ""]
     if res.get("checks"):
-        L += ["checks (bf16 vs float64 reference, N=4096, 2 heads, D=64): " + "; ".join(
-            f"{c['plan']}: fwd {c['fwd']:.1e} dq {c['dq']:.1e} dk {c['dk']:.1e} dv {c['dv']:.1e}"
+        L += ["checks (bf16 vs float64 reference, 2 heads, D=64): " + "; ".join(
+            f"{c['plan']} N={c['N']}: fwd {c['fwd']:.1e} dq {c['dq']:.1e} dk {c['dk']:.1e} dv {c['dv']:.1e}"
             for c in res["checks"]), ""]
     L += ["| plan | N | D | K avg | auto | dense | narrow | n+lay | wide | w layout | w+lay | auto | flex (+mask) |"
           " x dense (w+lay) | x flex (w+lay) | w+lay / floor | n tiles | w tiles+chunks |",
@@ -320,6 +343,7 @@ def main():
     ap.add_argument("--flex-N", type=int, nargs="*", default=[16384])
     ap.add_argument("--flex-D", type=int, nargs="*", default=[64])
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1: every path, tiny sizes")
     args = ap.parse_args()
     if args.make_plans:
         make_plans(Path(args.make_plans))
