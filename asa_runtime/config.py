@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-MODES = ("full", "pos_only", "features_only", "none", "random", "random_bonds")
+MODES = ("full", "pos_only", "features_only", "none", "random", "random_bonds", "local")
 
 
 @dataclass
 class PlanConfig:
     # full | pos_only | features_only | none (dense causal) | random (control: the whole row drawn at random)
     # | random_bonds (control: self, word, sinks and window kept; only the bonded keys drawn at random)
+    # | local (control: self, word, sinks and window only; no bonds, no antecedents)
     mode: str = "full"
     k: int = 64                 # max keys per query (row length of the AttentionPlan)
     window: int = 16            # local window: the last `window` tokens (0 = off)

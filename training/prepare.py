@@ -29,7 +29,7 @@ from asa_runtime.tokenizer import Tokenizer
 from . import corpus
 
 SPLITS = ("train", "valid", "wt2_valid", "wt2_test")
-PLAN_MODES = ("full", "pos_only", "features_only", "random", "random_bonds")
+PLAN_MODES = ("full", "pos_only", "features_only", "random", "random_bonds", "local")
 
 
 # ---- planner hook ------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ Selection policy (each term switchable in PlanConfig), in priority order until K
   5. for pronouns (`cross_sentence`): agreeing nominal antecedents from earlier sentences, most recent first;
   6. strided global keys: every `stride`-th position before the window, most recent first.
 The kept keys are then sorted ascending and padded with -1.
+
+Mode "local" is the locality control: terms 1-3 (and 6 when `stride` is set) only, no bonds and no
+antecedents, so a model trained on it shows what self + word + sinks + window alone are worth at the same K.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ class IncrementalPlan:
         self.st: AnalyzerState = planner.analyzer.start()
         mode = "full" if cfg.mode in ("random", "random_bonds") else cfg.mode
         self._control = cfg.mode if cfg.mode != mode else None   # the random controls rewrite rows
+        self._local = cfg.mode == "local"                         # no linguistic terms (bonds, antecedents)
         self._use_pos = mode in ("full", "pos_only")
         self._use_feat = mode in ("full", "features_only")
         self._antecedents: deque[int] = deque(maxlen=ANTECEDENT_MEMORY)
@@ -177,10 +181,13 @@ class IncrementalPlan:
             # antecedents (those are in earlier sentences), so the most recent `budget` of them in [ns, lo)
             # are one slice found by bisection, and no set is needed.
             budget = K - (i + 1 - lo) - ns
-            toks, s0 = self._bonded(w)
-            b = bisect_left(toks, lo, s0)
-            extra = toks[max(bisect_left(toks, ns, s0, b), b - budget):b]
-            if cfg.cross_sentence and len(extra) < budget and self._is_pronoun(w):
+            if self._local:
+                extra = []
+            else:
+                toks, s0 = self._bonded(w)
+                b = bisect_left(toks, lo, s0)
+                extra = toks[max(bisect_left(toks, ns, s0, b), b - budget):b]
+            if cfg.cross_sentence and not self._local and len(extra) < budget and self._is_pronoun(w):
                 ant = [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
                 extra = ant[::-1] + extra
             if cfg.stride and len(extra) < budget:
@@ -221,8 +228,8 @@ class IncrementalPlan:
         if (take(range(i - 1, ws - 1, -1))
                 or (cfg.sinks and take(range(min(cfg.sinks, i))))
                 or (cfg.window and take(range(i - 1, max(-1, i - 1 - cfg.window), -1)))
-                or take(self._bonded_recent_first(w))
-                or (cfg.cross_sentence and take(self._antecedent_tokens(w)))
+                or (not self._local and take(self._bonded_recent_first(w)))
+                or (cfg.cross_sentence and not self._local and take(self._antecedent_tokens(w)))
                 or (cfg.stride and take(self._strided(i)))):
             pass
         out.sort()
@@ -408,9 +415,12 @@ class IncrementalPlan:
         keep = set(range(min(cfg.sinks, n)))
         keep.update(range(max(0, n - cfg.window), n))
         w = st.tok_word[-1]
-        lo = max(st.w_sent_first[w], w - cfg.lookback_words)
-        keep.update(range(st.w_start[lo], n))            # words a later query of this sentence may bond
-        if cfg.cross_sentence:
+        if cfg.mode == "local":
+            keep.update(range(st.w_start[w], n))         # the current word may go on
+        else:
+            lo = max(st.w_sent_first[w], w - cfg.lookback_words)
+            keep.update(range(st.w_start[lo], n))        # words a later query of this sentence may bond
+        if cfg.cross_sentence and cfg.mode != "local":
             for j in self._antecedents:
                 keep.update(range(st.w_start[j], st.w_start[j + 1]))
             if NOMINAL_MASK >> st.w_upos[w] & 1:

@@ -1,0 +1,134 @@
+"""The asa-small v2 driver (training/experiments/asa_v2.py) end to end on a tiny configuration: tiny data,
+the real planner, three models trained for a few steps, the shipped model replaced by a tiny one, every
+evaluation and the report; then resuming finds everything done and redoes nothing."""
+import json
+import random
+import tarfile
+
+import numpy as np
+import pytest
+
+from asa_runtime.tokenizer import Tokenizer
+from training.experiments import asa_v2
+from training.prepare import write_prepared
+
+CTX = 32
+
+
+def _texts(n, seed):
+    rng = random.Random(seed)
+    names = ["Dorothea", "Casaubon", "Featherstone", "Lydgate"]
+    subj = ["the cat", "a dog", "the old man", "my sister"]
+    verb = ["sees", "likes", "chases", "finds"]
+    return [" ".join(f"{rng.choice(subj + names).capitalize()} {rng.choice(verb)} {rng.choice(names)}."
+                     for _ in range(60)) for _ in range(n)]
+
+
+def _words(texts):
+    return sum(len(t.split()) for t in texts)
+
+
+@pytest.fixture(scope="module")
+def analyzer_or_skip():
+    from asa_runtime.linguistics.analyzer import Analyzer
+
+    try:
+        Analyzer.default()
+    except Exception as e:                                  # artifacts not built here
+        pytest.skip(f"analyzer artifacts unavailable: {e}")
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory, analyzer_or_skip):
+    root = tmp_path_factory.mktemp("v2")
+    prep = root / "prep"
+    train_t, valid_t = _texts(12, 0), _texts(2, 1)
+    tok = Tokenizer.train(train_t, vocab_size=300)
+    write_prepared(prep, tok, {"train": (train_t, _words(train_t), {}),
+                                  "valid": (valid_t, _words(valid_t), {})}, CTX, log=lambda *_: None)
+    from conftest import build_tiny_checkpoint
+
+    shipped = build_tiny_checkpoint(root / "shipped", tok, mode="full", k=8, window=2, sinks=1)
+    s = asa_v2.Setup(prep=prep, runs=root / "runs", carry=root / "carry", max_steps=3,
+                     train_args=("--preset", "test", "--batch-size", "2", "--warmup", "1", "--eval-every", "0",
+                                 "--log-every", "1", "--ckpt-every", "2", "--final-eval", "valid", "--device", "cpu"),
+                     contexts=(16, 32, 64), max_tokens=200, seq_len=64, dense_windows=(16,), shipped_dir=str(shipped),
+                     workers=1)
+    asa_v2.start(s, call_s=0, foreground=True)
+    return s
+
+
+@pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
+def test_every_model_is_trained_and_evaluated(done):
+    st = json.loads((done.runs / "state.json").read_text())
+    assert st["status"] == "done"
+    assert {n: m["status"] for n, m in st["models"].items()} == {n: "trained" for n in asa_v2.DEFAULT_TRAIN}
+    for n in asa_v2.DEFAULT_TRAIN:
+        summ = json.loads((done.runs / n / "summary.json").read_text())
+        assert summ["steps"] == 3
+    cfg = json.loads((done.runs / "w64" / "model" / "config.json").read_text())
+    assert cfg["plan"]["window"] == 64 and cfg["plan"]["k"] == 96 and cfg["plan"]["mode"] == "full"
+    assert json.loads((done.runs / "local" / "model" / "config.json").read_text())["plan"]["mode"] == "local"
+
+
+@pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
+def test_evaluations_cover_contexts_baselines_positions_and_far_context(done):
+    res = json.loads((done.runs / "asa_v2_results.json").read_text())
+    assert set(res["models"]) == {"dense", "local", "w64", "asa_small"}
+    dense = res["models"]["dense"]["methods"]
+    assert set(dense) == {"model", "window:16", "sinks:4+12"}
+    assert dense["sinks:4+12"]["kv_slots"] == 16 and dense["model"]["kv_slots"] is None
+    for r in res["models"].values():
+        for m in r["methods"].values():
+            assert set(m["by_context"]) == {"16", "32", "64"}
+            assert all(v["ppl"] > 1 for v in m["by_context"].values())
+            assert m["by_position"] and m["tokens"] > 0
+            assert "all" in m["far_context"]
+    # the local plan reaches no farther than its window and own word; asa-small (tiny, window 2) has bonds
+    local = res["models"]["local"]["reach"]
+    assert local["max_distance"] <= 16 + 40 and local["mean_keys"] <= 64
+    assert res["models"]["asa_small"]["plan"]["mode"] == "full"
+    assert res["models"]["local"]["kv_bound"]["max"] > 0
+
+
+@pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
+def test_report_and_finish_files(done, tmp_path):
+    md = (done.runs / "asa_v2.md").read_text()
+    assert "Perplexity by context length" in md and "dense, sinks 4 + 12" in md and "Far context" in md
+    assert "NOT asa-small's 5170" in md                    # 3 steps: the report says it is not comparable
+    out = tmp_path / "out"
+    asa_v2.finish(done, out, wait_s=0)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["asa_v2.md", "asa_v2_results.json", "runs.tar.gz"]    # <= 8 files come back
+    with tarfile.open(out / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "dense/metrics.jsonl" in names and "state.json" in names
+    dst = tmp_path / "installed"
+    asa_v2.install(out, dst)
+    assert (dst / "dense_metrics.jsonl").is_file() and (dst / "asa_v2.md").is_file()
+
+
+@pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
+def test_start_again_redoes_nothing(done):
+    before = {p: p.stat().st_mtime for p in (done.runs / "eval").glob("*.json")}
+    metrics = (done.runs / "dense" / "metrics.jsonl").read_text()
+    asa_v2.start(done, call_s=0, foreground=True)
+    assert {p: p.stat().st_mtime for p in (done.runs / "eval").glob("*.json")} == before
+    assert (done.runs / "dense" / "metrics.jsonl").read_text() == metrics
+
+
+def test_setup_round_trips_and_specs_change_one_thing(tmp_path):
+    s = asa_v2.Setup(prep=tmp_path / "p", runs=tmp_path / "r", train=("dense", "local"), contexts=(16, 32))
+    s.save()
+    assert asa_v2.Setup.load(tmp_path / "r") == s
+    base = asa_v2.MODELS["asa_small"].plan_config().to_dict()
+    local = asa_v2.MODELS["local"].plan_config().to_dict()
+    assert {k for k in base if base[k] != local[k]} == {"mode"}
+    w64 = asa_v2.MODELS["w64"].plan_config().to_dict()
+    assert {k: w64[k] for k in base if base[k] != w64[k]} == {"window": 64, "k": 96}
+    assert asa_v2.Setup().evaluated() == ["dense", "local", "w64", "asa_small"]
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(SystemExit, match="unknown model"):
+        asa_v2.main(["start", "--train", "dense,nonsense"])
