@@ -50,6 +50,8 @@ class Session:
         self.ctx_size = int(ctx_size or lm.config.max_seq_len)
         if self.ctx_size < 2:
             raise GenerationError(f"ctx_size must be >= 2, got {self.ctx_size}")
+        if prefill_chunk is None:                       # as in stream_generate: the default chunk
+            prefill_chunk = DEFAULT_PREFILL_CHUNK
         if prefill_chunk < 1:
             raise GenerationError(f"prefill chunk must be >= 1, got {prefill_chunk}")
         n_slots = self.ctx_size

@@ -162,6 +162,8 @@ def test_lenient_values_that_have_a_meaning(lm):
     assert generate(lm, P, 0) == ""                                      # prompt statistics only
     assert greedy(lm, P, ctx_size=0) == greedy(lm, P)                    # 0 = the model's context
     assert greedy(lm, P, prefill_chunk=None) == greedy(lm, P)            # None = the default chunk
+    assert Session(lm, prefill_chunk=None).prefill_chunk == Session(lm).prefill_chunk
+    assert Session(lm, max_kv_size=0).slots.n_slots == Session(lm).slots.n_slots   # 0 = no bound
     assert greedy(lm, P, stop=None) == greedy(lm, P)
     assert generate(lm, P, 8, temp=0, seed=-1) == generate(lm, P, 8, temp=0)
     assert isinstance(generate(lm, P, 3, top_k=10**30, seed=1), str)     # a k above the vocab keeps all
