@@ -264,13 +264,17 @@ class Session:
             raise GenerationError("restore takes a Session.state() dict ({'tensors', 'meta'}); a prompt cache "
                                   "file is read by asa_runtime.prompt_cache.load_prompt_cache")
         t, meta = state["tensors"], state["meta"]
+        for name in ("tokens", "slot2pos"):          # ids and positions: a float tensor may hold inf / NaN
+            v = t.get(name)
+            if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex() or v.dtype == torch.bool):
+                raise GenerationError(f"session state {name} must be an integer tensor, got {v.dtype}")
         try:
             tokens = [int(x) for x in t["tokens"].tolist()]
             slot2pos = t["slot2pos"].numpy().astype(np.int64)
             last = t["last_logits"].float()
             plan_arrays = {k[len("plan."):]: v.numpy() for k, v in t.items() if k.startswith("plan.")}
             n_pos = int(meta["n_pos"])
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
             raise GenerationError(f"incomplete session state (missing {e})") from None
         if bool(meta.get("dense")) != self.dense or len(tokens) != n_pos \
                 or tuple(last.shape) != (self.lm.config.vocab_size,):

@@ -312,3 +312,22 @@ def test_restore_refuses_a_slot_map_shorter_than_its_tokens():
     with pytest.raises(GenerationError, match="slot map lacks positions"):
         s.restore({"tensors": tensors, "meta": good["meta"]})
     assert s.n_past == 0
+
+
+@pytest.mark.parametrize("name", ["tokens", "slot2pos"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.bool])
+def test_restore_refuses_ids_that_are_not_integers(name, dtype):
+    """A float16 token tensor holding 65520 (inf in that dtype) raised OverflowError from int() in
+    Session.restore (found by the long fuzz run, bench/fuzz/results.md); ids and positions must be integers."""
+    from asa_runtime.generate import Session
+
+    lm, _, good = tiny_session_state()
+    bad = good["tensors"][name].clone()
+    bad[0] = 65520
+    tensors = dict(good["tensors"], **{name: bad.to(dtype)})
+    s = Session(lm, ctx_size=96)
+    with pytest.raises(GenerationError, match="must be an integer tensor") as ei:
+        s.restore({"tensors": tensors, "meta": good["meta"]})
+    one_line_error(ei.value, GenerationError)
+    assert s.n_past == 0
+    assert Session(lm, ctx_size=96).restore(good) == len(good["tensors"]["tokens"])   # the real state still does
