@@ -37,6 +37,7 @@ from .triton_sparse import (DECODE_CONFIGS, DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TIL
 
 BQ, BK = 64, 64
 WIDE_DECODE_MIN_K = 128       # decode rows at least this wide use the wide decode kernel
+FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv up to this D (spills above)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
 W_TILE_CONFIGS = TILE_CONFIGS[:1] if _INTERPRET else TILE_CONFIGS
@@ -111,16 +112,17 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
 
 
 # ---------------------------------------------------------------------------------------------- backward
-@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "C", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "C", "ROWS", "GATHER_DKDV"], do_bench=_tune_bench,
                  reset_to_zero=["DKX", "DVX"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
                         sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
                         Hq, G, Nq, Nk, US, C, NQB, ROWS, qk_scale, sm_scale,
                         LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
-                        BLOCK_M: tl.constexpr):
-    # DO, DQ contiguous (B, Hq, Nq, D); DKX, DVX fp32 contiguous (B, Hkv, Nk, D), zeroed, accumulated here
-    # with atomics (the gathered chunks' dk/dv; reset_to_zero keeps autotuning from double counting)
+                        GATHER_DKDV: tl.constexpr, BLOCK_M: tl.constexpr):
+    # DO, DQ contiguous (B, Hq, Nq, D); DKX, DVX fp32 contiguous (B, Hkv, Nk, D), zeroed. GATHER_DKDV: also
+    # add the gathered chunks' dk/dv there with atomics (reset_to_zero keeps autotuning from double
+    # counting); else _wide_bwd_xdkdv_kernel does (fewer live registers: no spills at D=128)
     pid_bh, b, h, hk, offs_m, offs_d, row_ok, q, ns, lo, hi, qb = _wide_prologue(
         Q, NS, LO, HI, sqb, sqh, sqn, Hq, G, Nq, BLOCK_M, LQ, D)
     kbase = K + b * skb + hk * skh
@@ -149,12 +151,59 @@ def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, K
         keep = _members(tl.load(bits_ptr + c, mask=row_ok, other=0), offs_n)
         p, ds = _p_ds(q, k, v, do, lse, delta, keep, qk_scale, PREC)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale    # (BK, D)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        out = (dkv_base + safe[:, None]) * D + offs_d[None, :]
-        tl.atomic_add(DKX + out, dk, mask=ok[:, None])
-        tl.atomic_add(DVX + out, dv, mask=ok[:, None])
+        if GATHER_DKDV:
+            _gathered_dkdv(DKX, DVX, dkv_base, safe, ok, offs_d, q, do, p, ds, sm_scale, D, PREC)
     _store_rows(DQ + pid_bh * Nq * D, offs_m, D, offs_d, row_ok, dq * sm_scale)
+
+
+@triton.jit
+def _gathered_dkdv(DKX, DVX, dkv_base, safe, ok, offs_d, q, do, p, ds, sm_scale, D: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Add a gathered chunk's dk = ds^T q and dv = p^T do (BK, D) into rows `safe` of the fp32 buffers;
+    dk, then dv, each added as soon as made, so the two tiles are not live at once."""
+    out = (dkv_base + safe[:, None]) * D + offs_d[None, :]
+    tl.atomic_add(DKX + out, tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale,
+                  mask=ok[:, None])
+    tl.atomic_add(DVX + out, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC), mask=ok[:, None])
+
+
+@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "C", "ROWS"], do_bench=_tune_bench,
+                 reset_to_zero=["DKX", "DVX"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
+@triton.jit
+def _wide_bwd_xdkdv_kernel(Q, K, V, DO, DKX, DVX, LSE, DELTA, UX, UXCNT, XBITS,
+                           sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+                           Hq, G, Nq, Nk, C, NQB, ROWS, qk_scale, sm_scale,
+                           LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+                           BLOCK_M: tl.constexpr):
+    # the gathered chunks' dk/dv alone (p and ds recomputed), when the dq kernel does not add them
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    hk = h // G
+    offs_m = pid_q * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BLOCK_K)
+    row_ok = offs_m < Nq
+    qb = pid_q * BLOCK_M // LQ
+    xcnt = tl.load(UXCNT + b * NQB + qb)
+    if xcnt > 0:
+        q = _rows(Q + b * sqb + h * sqh, offs_m, sqn, offs_d, row_ok)
+        do, lse, delta = _grad_rows(DO, LSE, DELTA, pid_bh, offs_m, row_ok, offs_d, Nq, D)
+        kbase = K + b * skb + hk * skh
+        vbase = V + b * svb + hk * svh
+        ux_ptr = UX + (b * NQB + qb) * (C * BLOCK_K)
+        bits_ptr = XBITS + (b * Nq + offs_m) * C
+        dkv_base = (b * (Hq // G) + hk) * Nk
+        for c in range(0, xcnt):
+            pos = tl.load(ux_ptr + c * BLOCK_K + offs_n)
+            ok = pos >= 0
+            safe = tl.where(ok, pos, 0).to(tl.int64)
+            k = _rows(kbase, safe, skn, offs_d, ok)
+            v = _rows(vbase, safe, svn, offs_d, ok)
+            keep = _members(tl.load(bits_ptr + c, mask=row_ok, other=0), offs_n)
+            p, ds = _p_ds(q, k, v, do, lse, delta, keep, qk_scale, PREC)
+            _gathered_dkdv(DKX, DVX, dkv_base, safe, ok, offs_d, q, do, p, ds, sm_scale, D, PREC)
 
 
 @triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "G", "ROWS"], do_bench=_tune_bench,
@@ -299,14 +348,23 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS, NEED, Nq,
     BIG: tl.constexpr = 2147483647
     rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < Nq
-    t = tl.arange(0, KP)
     rbase = KEYS + (b * Nq + rows) * KW
-    key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
-    valid = key >= 0
-    n = tl.sum(valid.to(tl.int32), 1)
-    hi = tl.max(key, 1)
-    ns = tl.sum((key == t[None, :]).to(tl.int32), 1)
-    run = tl.sum((valid & (key == (hi - n + 1)[:, None] + t[None, :])).to(tl.int32), 1)
+    # the split in column chunks of KC (a (BQ, KP) tile would spill): pass 1 n, hi, ns; pass 2 the run
+    KC: tl.constexpr = KP if KP < 64 else 64
+    n = tl.zeros([BLOCK_Q], tl.int32)
+    ns = tl.zeros([BLOCK_Q], tl.int32)
+    hi = tl.full([BLOCK_Q], -1, tl.int32)
+    for c0 in tl.static_range(0, KP, KC):
+        t = c0 + tl.arange(0, KC)
+        key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
+        n += tl.sum((key >= 0).to(tl.int32), 1)
+        ns += tl.sum((key == t[None, :]).to(tl.int32), 1)
+        hi = tl.maximum(hi, tl.max(key, 1))
+    run = tl.zeros([BLOCK_Q], tl.int32)
+    for c0 in tl.static_range(0, KP, KC):
+        t = c0 + tl.arange(0, KC)
+        key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
+        run += tl.sum(((key >= 0) & (key == (hi - n + 1)[:, None] + t[None, :])).to(tl.int32), 1)
     ns = tl.minimum(ns, n - run)
     lo = hi - run + 1
     tl.store(NS + b * Nq + rows, ns, mask=row_ok)
@@ -435,7 +493,9 @@ def wide_attention_fwd(q, k, v, lay: WideLayout, scale: float):
     return out, lse
 
 
-def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float):
+def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, fused: bool | None = None):
+    """fused: the dq kernel also adds the gathered chunks' dk/dv (default for D <= FUSED_MAX_D); else a
+    separate kernel does, recomputing their p and ds."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     dout = dout.contiguous()
@@ -452,10 +512,16 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float):
     dv = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=v.device)
     common = _strides(q, k, v)
     rows = _bucket(B * Hq * Nq)
+    fused = D <= FUSED_MAX_D if fused is None else fused
     _wide_bwd_dq_kernel[_grid(Nq, B * Hq)](
         q, k, v, dout, dq, dkx, dvx, lse, delta, *_lay_args(lay), *common,
         Hq, Hq // Hkv, Nq, Nk, US, lay.chunks, nqb, rows, scale * LOG2E, scale,
-        LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype))
+        LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype), GATHER_DKDV=fused)
+    if not fused:                                   # after the dq kernel (its tuning zeroes dkx, dvx)
+        _wide_bwd_xdkdv_kernel[_grid(Nq, B * Hq)](
+            q, k, v, dout, dkx, dvx, lse, delta, lay.ux, lay.ux_count, lay.xbits, *common,
+            Hq, Hq // Hkv, Nq, Nk, lay.chunks, nqb, rows, scale * LOG2E, scale,
+            LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype))
     _wide_bwd_dkdv_kernel[(nkb, B * Hkv, split)](
         q, k, v, dout, dk, dv, dkx, dvx, lse, delta, lay.ns, lay.lo, lay.hi, lay.qb_ptr, lay.qb_idx, *common,
         Hq, Hkv, Hq // Hkv, Nq, Nk, US, nkb, NT, rows, scale * LOG2E, scale,

@@ -132,6 +132,14 @@ def test_small_forward_backward_fp32(kind, N, K, Hq, Hkv, D):
 
 
 @kernel
+@pytest.mark.parametrize("fused", [False, True])
+def test_gathered_dkdv_fused_or_separate(monkeypatch, fused):
+    # D <= FUSED_MAX_D: the dq kernel adds the gathered chunks' dk/dv; above it a separate kernel does
+    monkeypatch.setattr(triton_wide, "FUSED_MAX_D", 256 if fused else 0)
+    _check_fwd_bwd(wide_plan("wide", 1, 140, 48, seed=5), torch.float32, 4, 2, 32, seed=5)
+
+
+@kernel
 def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
     monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 1)           # split structured dk/dv lists, fp32 atomics
     _check_fwd_bwd(wide_plan("wide", 1, 200, 64, seed=8, window=40, sinks=10), torch.float32, 2, 1, 32,

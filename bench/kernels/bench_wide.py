@@ -224,9 +224,9 @@ def run(args):
                 o, lse = sparse_attention_fwd(q, k, v, nlay, scale)
                 return sparse_attention_bwd(q, k, v, o, lse, do, nlay, scale)
 
-            def wide():
+            def wide(fused=None):
                 o, lse = wide_attention_fwd(q, k, v, wlay, scale)
-                return wide_attention_bwd(q, k, v, o, lse, do, wlay, scale)
+                return wide_attention_bwd(q, k, v, o, lse, do, wlay, scale, fused=fused)
 
             qd, kd, vd = (t.clone().requires_grad_(True) for t in (q, k, v))
 
@@ -239,11 +239,12 @@ def run(args):
             nbytes = 2 * (4 * H * N * D) + 2 * (8 * H * N * D)
             r = dict(plan=name, N=N, D=D, H=H, K_avg=kavg, dense_ms=bench(dense), narrow_ms=bench(narrow),
                      narrow_layout_ms=t_nlay, wide_ms=bench(wide), wide_layout_ms=t_wlay,
-                     wide_vs_narrow_grad_rel=diff, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H))
+                     wide_vs_narrow_grad_rel=diff, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H),
+                     wide_fused_ms=bench(lambda: wide(True)), wide_separate_ms=bench(lambda: wide(False)))
             res["fwd_bwd"].append(r)
             print(f"fwd+bwd {name} N={N} D={D} dense {r['dense_ms']:.4f} narrow {r['narrow_ms']:.4f}"
-                  f"+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} floor {r['floor_ms']:.4f} "
-                  f"diff {diff:.1e}", flush=True)
+                  f"+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} (fused {r['wide_fused_ms']:.4f}, "
+                  f"separate {r['wide_separate_ms']:.4f}) floor {r['floor_ms']:.4f} diff {diff:.1e}", flush=True)
             del q, k, v, do, qd, kd, vd, gw, gn
         save()
     # -- decode: the row of query S-1 of the plan, against an S-slot cache
@@ -314,13 +315,14 @@ def to_markdown(res: dict, short: bool = False) -> str:
                  f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {r['narrow_tiles']} | "
                  f"{r['wide_tiles']}+{r['wide_chunks']} |")
     L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout | w+lay | x dense (w+lay) | "
-          "x dense (n+lay) | w+lay / floor |", "|" + "---|" * 12]
+          "x dense (n+lay) | w+lay / floor | w fused dk/dv | w separate dk/dv |", "|" + "---|" * 14]
     for r in res["fwd_bwd"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
         nl = r["narrow_ms"] + r["narrow_layout_ms"]
         L.append(f"| {r['plan']} | {r['N']} | {r['D']} | {_f(r['dense_ms'])} | {_f(r['narrow_ms'])} | {_f(nl)} | "
                  f"{_f(r['wide_ms'])} | {_f(r['wide_layout_ms'])} | {_f(wl)} | {_x(r['dense_ms'], wl)} | "
-                 f"{_x(r['dense_ms'], nl)} | {_x(wl, r['floor_ms'])} |")
+                 f"{_x(r['dense_ms'], nl)} | {_x(wl, r['floor_ms'])} | {_f(r['wide_fused_ms'])} | "
+                 f"{_f(r['wide_separate_ms'])} |")
     if not short:
         L += ["", "| decode plan | S | H/Hkv | D | K | narrow us | wide us | dense us | x dense (wide) | wide / floor |",
               "|" + "---|" * 10]
