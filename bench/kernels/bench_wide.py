@@ -283,6 +283,57 @@ def run(args):
     print(f"done in {res['wall_s']:.0f}s", flush=True)
 
 
+# ------------------------------------------------------------------------ compile check (CPU, no GPU)
+def compile_check(D: int, warps: int, block_m: int) -> bool:
+    """Compile the wide kernels for sm_90 with the ptxas in Triton's wheel (no GPU needed) and print each
+    one's registers, stack (spills) and shared memory from cuobjdump: compile errors the interpreter cannot
+    see, and register pressure, before a device call."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    from kernels import triton_wide as tw
+
+    ptr = {n: "*bf16" for n in ("Q", "K", "V", "O", "DO", "DQ")}
+    ptr.update({n: "*fp32" for n in ("DK", "DV", "LSE", "DELTA", "DKX", "DVX")}, XBITS="*i64")
+    ptr.update({n: "*i32" for n in ("NS", "LO", "HI", "KB", "KBCNT", "UX", "UXCNT", "QBPTR", "QBIDX", "KEYS",
+                                    "NEED")})
+    tile = dict(LQ=64, BLOCK_K=64, D=D, PREC="tf32", BLOCK_M=block_m)
+    jobs = [("fwd", tw._wide_fwd_kernel, tile),
+            ("dq+gathered dkdv", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=True)),
+            ("dq", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=False)),
+            ("gathered dkdv", tw._wide_bwd_xdkdv_kernel, tile),
+            ("structured dkdv", tw._wide_bwd_dkdv_kernel, dict(tile, CH=32, ATOMIC=True)),
+            ("decode", tw._wide_decode_kernel, dict(GP=16, D=D, PREC="tf32", KP=256, BC=64)),
+            ("layout", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=256, EP=64, USCAP=8, CCAP=4))]
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+    ok = True
+    for name, kern, ce in jobs:
+        fn = kern
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        sig = {a: "constexpr" if a in ce else ptr.get(a, "fp32" if "scale" in a else "i32") for a in fn.arg_names}
+        try:
+            src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in ce.items()})
+            c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+            with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+                f.write(c.asm["cubin"])
+            use = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", f.name],
+                                 capture_output=True, text=True).stdout
+            m = re.search(r"REG:\d+ STACK:\d+", use)
+            print(f"{name:18s} D={D} warps={warps} BLOCK_M={block_m}: {m.group(0) if m else use[-200:]} "
+                  f"shared {c.metadata.shared} B", flush=True)
+        except Exception as e:
+            ok = False
+            print(f"{name}: FAILED {type(e).__name__}: {str(e)[-1500:]}", flush=True)
+    return ok
+
+
 # ----------------------------------------------------------------------------------------------- report
 def _f(x, nd=4):
     return "-" if x is None else f"{x:.{nd}f}"
@@ -346,7 +397,12 @@ def main():
     ap.add_argument("--flex-D", type=int, nargs="*", default=[64])
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1: every path, tiny sizes")
+    ap.add_argument("--compile-check", action="store_true",
+                    help="CPU: compile the wide kernels for sm_90 (ptxas), print registers and spills")
     args = ap.parse_args()
+    if args.compile_check:
+        ok = all([compile_check(D, w, bm) for D in args.D for w, bm in ((4, 64), (8, 64), (4, 32))])
+        raise SystemExit(0 if ok else 1)
     if args.make_plans:
         make_plans(Path(args.make_plans))
     else:
