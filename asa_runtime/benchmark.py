@@ -59,6 +59,11 @@ class Spec:
     gguf: str | None = None
     max_kv_size: int | None = None
     warmup: int = 4
+    device: str = "cpu"
+    dtype: str | None = None     # weights (and KV) dtype; None: the model's own
+    cuda_graph: bool = True      # CUDA only: decode replayed from a CUDA graph (False: eager steps)
+    compile: bool = False        # CUDA only: torch.compile the decode step before the graph records it
+    prefill_chunk: int | None = None   # None: the engine's default (512, sized for CPUs)
 
 
 @dataclass
@@ -76,6 +81,11 @@ class Row:
     peak_rss_mib: float
     kv_mib: float
     spread: dict = field(default_factory=dict)     # column -> [min, max] over repeats
+    device: str = "cpu"
+    cuda_graph: bool = False
+    compile: bool = False
+    gpu_peak_mib: float = 0.0    # CUDA: torch's peak allocated memory
+    plan_s: float = 0.0          # CUDA, ASA: the analyzer + planner's share of TTFT (timed apart, on the CPU)
 
 
 # ---- the text ------------------------------------------------------------------------------------------
@@ -105,9 +115,26 @@ def measure_runtime(spec: Spec) -> dict:
     from .session import Session
 
     torch.set_num_threads(spec.threads)
-    lm = load(spec.model, backend=spec.backend, mode="none" if spec.mode == "dense" else None)
+    cuda = spec.device.startswith("cuda")
+    lm = load(spec.model, backend=spec.backend, mode="none" if spec.mode == "dense" else None, device=spec.device,
+              dtype=spec.dtype)
+    if cuda:
+        lm.backend.cuda_graph, lm.backend.compile_decode = spec.cuda_graph, spec.compile
     ids = prompt_ids(lm.tokenizer, spec.context, spec.text_file)
-    s = Session(lm, ctx_size=spec.context + spec.n_gen + spec.warmup + 8, max_kv_size=spec.max_kv_size)
+    extra = {}
+    if cuda and spec.mode != "dense":      # the CPU-side share of TTFT, timed apart (a GPU waits for it)
+        p0 = time.perf_counter()
+        lm.planner.plan([lm.tokenizer.pieces[t] for t in ids])
+        extra["plan_s"] = time.perf_counter() - p0
+    if cuda:                               # compile and autotune the kernels outside the timed prefill
+        w = Session(lm, ctx_size=1024)
+        w.feed(ids[:512])
+        for _ in range(2):
+            w.step(ids[0])
+        del w
+        torch.cuda.synchronize()
+    s = Session(lm, ctx_size=spec.context + spec.n_gen + spec.warmup + 8, max_kv_size=spec.max_kv_size,
+                prefill_chunk=spec.prefill_chunk)
     t0 = time.perf_counter()
     logits = s.feed(ids)
     tok = int(logits[: s.n_vocab].argmax())
@@ -117,10 +144,12 @@ def measure_runtime(spec: Spec) -> dict:
     w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(spec.n_gen):
         tok = int(s.step(tok)[: s.n_vocab].argmax())
-    w1, c1 = time.perf_counter(), time.process_time()
+    w1, c1 = time.perf_counter(), time.process_time()     # int(argmax) each step: the GPU is synchronised
+    if cuda:
+        extra["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
             "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
-            "kv_mib": s.kv_bytes() / 2**20}
+            "kv_mib": s.kv_bytes() / 2**20, **extra}
 
 
 def measure_llama_cpp(spec: Spec) -> dict:
@@ -189,12 +218,19 @@ def systems(model: str, backends: list[str], modes: list[str], llama_cpp: bool) 
 
 def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, backends=("torch",),
         modes=("asa", "dense"), gguf: str | None = None, threads: int = 1, text_file: str | None = None,
-        progress: bool = True) -> list[Row]:
+        progress: bool = True, device: str = "cpu", dtype: str | None = None,
+        cuda_graphs=(True,), compile: bool = False, prefill_chunk: int | None = None) -> list[Row]:
     """gguf: the dense GGUF of the same weights (with `<name>.tokenizer.json` beside it) to run llama.cpp on;
-    None leaves llama.cpp out."""
+    None leaves llama.cpp out. On CUDA, `cuda_graphs=(False, True)` measures eager and graphed decode."""
     from tqdm import tqdm
 
-    plan = [(sysd, c) for c in contexts for sysd in systems(model, list(backends), list(modes), gguf is not None)]
+    found = systems(model, list(backends), list(modes), gguf is not None)
+    if device.startswith("cuda"):
+        found = [{**d, "device": device, "dtype": dtype, "cuda_graph": g, "compile": compile and g,
+                  "prefill_chunk": prefill_chunk} for d in found if d["system"] == "asa-run" for g in cuda_graphs]
+    elif dtype:
+        found = [{**d, "dtype": dtype} if d["system"] == "asa-run" else d for d in found]
+    plan = [(sysd, c) for c in contexts for sysd in found]
     rows, bar = [], tqdm(total=len(plan) * repeats, desc="bench", unit="run", disable=not progress,
                          file=sys.stderr)
     for sysd, c in plan:
@@ -202,13 +238,15 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
                     **sysd)
         results = []
         for _ in range(repeats):
-            bar.set_postfix_str(f"{sysd['system']} {sysd['backend']} {sysd['mode']} {c}")
+            bar.set_postfix_str(f"{sysd['system']} {sysd['backend']} {sysd['mode']} {c} {spec.device}")
             results.append(run_one(spec))
             bar.update()
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
         spread = {k: [min(r[k] for r in results), max(r[k] for r in results)] for k in results[0]}
         rows.append(Row(system=sysd["system"], backend=sysd["backend"], mode=sysd["mode"], context=c,
-                        n_gen=n_gen, repeats=repeats, spread=spread, **med))
+                        n_gen=n_gen, repeats=repeats, spread=spread, device=spec.device,
+                        cuda_graph=spec.device.startswith("cuda") and spec.cuda_graph, compile=spec.compile,
+                        **med))
     bar.close()
     return rows
 

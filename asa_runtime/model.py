@@ -155,9 +155,11 @@ class Attention(nn.Module):
             y = sparse_attention(q, k, v, keys)                   # (B, H, T, hs)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hs))
 
-    def decode_one(self, h, rot, idx, pos: int, slot: int, cache: KVCache, attn_out: list | None):
+    def decode_one(self, h, rot, idx, pos, slot, cache: KVCache, attn_out: list | None, mask=None):
         """One token of one sequence on 1-D vectors. h: (d,); rot: (hs/2,) complex cos + i sin of the
-        position; idx: (n,) planned slots, or None for the dense baseline (slots 0..pos are positions)."""
+        position; idx: (n,) planned slots, or None for the dense baseline (slots 0..pos are positions).
+        Static shapes (a CUDA graph replays it): pos and slot 0-d tensors, mask (n,) bool over idx (padded
+        to the plan width) or, with idx None, over every cache slot."""
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         nqk = (H + Hkv) * hs
         dt = h.dtype
@@ -165,6 +167,15 @@ class Attention(nn.Module):
         # RoPE on interleaved pairs = complex multiplication by cos + i sin (Llama / GGUF convention)
         qk = torch.view_as_complex(qkv[:nqk].float().view(H + Hkv, hs // 2, 2))
         r = torch.view_as_real(qk * rot).view(H + Hkv, hs).to(dt)  # (H + Hkv, hs)
+        if mask is not None:                                      # static: write by a device-side index
+            cache.k[0].index_copy_(1, slot.view(1), r[H:, None].to(cache.k.dtype))
+            cache.v[0].index_copy_(1, slot.view(1), qkv[nqk:].view(Hkv, 1, hs).to(cache.v.dtype))
+            kg, vg = (cache.k, cache.v) if idx is None else (cache.k.index_select(2, idx),
+                                                             cache.v.index_select(2, idx))
+            # the cache's dtype, not float32: dense reads every slot, an upcast copy would dominate
+            y = F.scaled_dot_product_attention(r[:H].view(1, H, 1, hs).to(kg.dtype), kg, vg, attn_mask=mask[None],
+                                               enable_gqa=H != Hkv)
+            return _mv(self.wo, y.view(H * hs).to(dt))
         cache.k[0, :, slot] = r[H:]                               # (Hkv, hs)
         cache.v[0, :, slot] = qkv[nqk:].view(Hkv, hs)
         if idx is None:
@@ -209,9 +220,10 @@ class Block(nn.Module):
         x = x + self.attention(self.attention_norm(x), rc, keys, slots, attn_mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def decode_one(self, x, rot, idx, pos, slot, cache, attn_out=None):
+    def decode_one(self, x, rot, idx, pos, slot, cache, attn_out=None, mask=None):
         # .forward: a decode step is ~100 small ops, the hook dispatch of Module.__call__ shows in its time
-        x = x + self.attention.decode_one(self.attention_norm.forward(x), rot, idx, pos, slot, cache, attn_out)
+        x = x + self.attention.decode_one(self.attention_norm.forward(x), rot, idx, pos, slot, cache, attn_out,
+                                          mask)
         return x + self.feed_forward.decode_one(self.ffn_norm.forward(x))
 
 
@@ -316,15 +328,23 @@ class Transformer(nn.Module):
             x = x[:, -1:]                                          # (B, 1, d)
         return self.output(self.norm(x))                           # (B, T or 1, vocab)
 
-    def decode_one(self, token: int, idx: torch.Tensor | None, pos: int, slot: int, cache: ModelCache,
-                   attn_out: list | None = None) -> torch.Tensor:
+    def decode_one(self, token, idx: torch.Tensor | None, pos, slot, cache: ModelCache,
+                   attn_out: list | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """One token of one sequence (the decode step, few large ops): logits (V,) float32. idx: (n,) the
         plan row's slots without padding, or None (dense). attn_out, if a list, receives per layer the
-        head-averaged attention weights over idx (n,)."""
-        rot = torch.view_as_complex(self.rope_table(pos + 1)[pos].contiguous())   # (hs/2,)
-        x = self.tok_embeddings.weight[token]                      # (d,)
+        head-averaged attention weights over idx (n,). With a mask the step has static shapes for a CUDA
+        graph (asa_runtime/backends/cuda_graph.py): token, pos and slot are 0-d device tensors, idx is
+        padded and mask (n,) marks its valid entries (dense: idx None, mask over every slot); call
+        rope_table(ctx) before, so the table is not grown inside a capture."""
+        if mask is None:
+            rot = torch.view_as_complex(self.rope_table(pos + 1)[pos].contiguous())   # (hs/2,)
+        else:
+            # index_select: indexing by a 0-d tensor reads it back to the host, which a capture forbids
+            rot = torch.view_as_complex(self.rope.index_select(0, pos.view(1))[0])    # (hs/2,)
+        emb = self.tok_embeddings.weight
+        x = emb[token] if mask is None else emb.index_select(0, token.view(1))[0]    # (d,)
         for layer, c in zip(self.layers, cache):
-            x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out)
+            x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask)
         return _mv(self.output, self.norm.forward(x)).float()      # (V,)
 
     def num_params(self) -> int:

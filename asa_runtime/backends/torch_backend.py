@@ -3,9 +3,13 @@
 It calls only the model's own forward (`Transformer.forward` for prefill chunks, `Transformer.decode_one`
 for a decode step) and chooses the plan's layout per chunk: on the CPU a chunk whose plan rows select a
 small union of slots is attended as one masked dense SDPA over that union (kernels.torch_sparse.UnionPlan),
-otherwise the rows go to kernels.sparse_attention. It never changes the model's parameters.
+otherwise the rows go to kernels.sparse_attention. It never changes the model's parameters. On CUDA a decode step replays a CUDA graph of the same step
+(backends/cuda_graph.py); ASA_CUDA_GRAPH=0 or `cuda_graph = False` runs it eagerly, ASA_CUDA_GRAPH=compile
+fuses the step with torch.compile first (slow first call).
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -22,6 +26,9 @@ class TorchBackend:
         self.vocab_size = model.cfg.vocab_size
         self.kv_dtype = kv_dtype
         self.union_prefill = union_prefill
+        mode = os.environ.get("ASA_CUDA_GRAPH", "1")        # 0: eager steps; compile: torch.compile, then graph
+        self.cuda_graph = self.device.type == "cuda" and mode != "0"
+        self.compile_decode = mode == "compile"
 
     def make_cache(self, n_slots: int):
         return self.model.make_cache(n_slots, dtype=self.kv_dtype)
@@ -44,6 +51,11 @@ class TorchBackend:
 
     @torch.inference_mode()
     def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
+        if self.cuda_graph and attn_out is None:
+            from .cuda_graph import graphed_decoder
+
+            g = graphed_decoder(self.model, cache, plan_row, self.compile_decode)
+            return g(int(token), plan_row, int(pos), int(slot))
         idx = None
         if plan_row is not None:
             n = int(np.count_nonzero(plan_row >= 0))              # padding (-1) is trailing

@@ -1,0 +1,80 @@
+"""Decode steps replayed from a CUDA graph (gpt-fast's trick for launch-bound decoding).
+
+A decode step of asa-small is a few hundred small kernels; on a GPU their launches, not the arithmetic, set
+the speed. A CUDA graph records the step once and replays it with one launch. A graph needs static shapes and
+addresses, so the step runs `Transformer.decode_one` in its static form (the same forward: see its
+docstring): the token, position, slot and plan row travel in one int64 device buffer, the plan row padded to
+the plan width K with slot 0 and masked, the dense baseline masked over every cache slot.
+
+One graph per (cache, plan width): the cache's tensors are baked into it. Compaction (`move_slots`) copies in
+place, so a graph stays valid for its cache's life. Not used when the attention weights are asked for
+(`attn_out`: the bonds view), which runs the eager step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class GraphedDecode:
+    def __init__(self, model, cache, width: int | None, compile: bool = False):
+        self.model, self.cache, self.width = model, cache, width
+        # compile: inductor fuses the step's few hundred small kernels before the graph records them
+        self.fn = torch.compile(self._step, dynamic=False) if compile else self._step
+        dev = cache[0].k.device
+        n = 4 + (width or 0)                                   # token, pos, slot, n valid, row...
+        self.host = torch.zeros(n, dtype=torch.int64).pin_memory()
+        self.buf = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.ar = torch.arange(width or cache.n_slots, device=dev)
+        self.graph = None
+        self.rope_ptr = None                                    # the RoPE table the graph reads
+        self.out = None
+
+    def _step(self) -> torch.Tensor:
+        b = self.buf
+        if self.width:                                          # sparse: the padded plan row, masked
+            idx, mask = b[4:], self.ar < b[3]
+        else:                                                   # dense: every slot up to the position
+            idx, mask = None, self.ar <= b[1]
+        return self.model.decode_one(b[0], idx, b[1], b[2], self.cache, mask=mask)
+
+    def _capture(self) -> None:
+        # warm-up on a side stream first (cuBLAS / SDPA pick their kernels); it runs the real first step, so
+        # its cache write is the one the replay repeats
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                self.fn()
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self.fn()
+
+    def __call__(self, token: int, plan_row: np.ndarray | None, pos: int, slot: int) -> torch.Tensor:
+        h = self.host.numpy()
+        h[0], h[1], h[2] = token, pos, slot
+        if self.width:
+            n = int(np.count_nonzero(plan_row >= 0))            # padding (-1) is trailing
+            h[3] = n
+            h[4: 4 + n] = plan_row[:n]
+            h[4 + n:] = 0                                       # a valid slot; masked out
+        self.buf.copy_(self.host)                               # synchronous: the host buffer is reused
+        rope = self.model.rope_table(pos + 1)                   # grown outside the capture, if at all
+        if self.graph is None or rope.data_ptr() != self.rope_ptr:   # (re)grown, here or by another session
+            self.rope_ptr = rope.data_ptr()
+            self._capture()
+        self.graph.replay()
+        return self.out.clone()                                 # the next replay overwrites self.out
+
+
+def graphed_decoder(model, cache, plan_row: np.ndarray | None, compile: bool = False) -> GraphedDecode:
+    """The graph for this cache and plan width, made on first use and kept on the cache object."""
+    width = None if plan_row is None else int(plan_row.shape[-1])
+    graphs = getattr(cache, "graphs", None)
+    if graphs is None:
+        graphs = cache.graphs = {}
+    g = graphs.get(width)
+    if g is None:
+        g = graphs[width] = GraphedDecode(model, cache, width, compile)
+    return g
