@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import CacheFull, GenerationError
-from .kv_policy import SlotMap
+from .kv_policy import SlotMap, auto_kv_slots
 from .resources import check_fits, session_bytes
 
 DEFAULT_PREFILL_CHUNK = 512
@@ -28,8 +28,7 @@ DEFAULT_PREFILL_CHUNK = 512
 @dataclass
 class _Mark:
     n_pos: int
-    n_used: int
-    compactions: int
+    reachable: np.ndarray | None    # positions the plan could still select then (a rewind needs them cached)
     plan_state: dict | None
     logits: torch.Tensor
 
@@ -55,6 +54,12 @@ class Session:
         if prefill_chunk < 1:
             raise GenerationError(f"prefill chunk must be >= 1, got {prefill_chunk}")
         n_slots = self.ctx_size
+        # no bound given: a sparse plan gets the lossless bound anyway, sized on its own (kv_policy.py);
+        # the random controls can select any past key, so they keep every one
+        growable = (not max_kv_size and not lm.dense
+                    and lm.config.plan.mode not in ("random", "random_bonds"))
+        if growable:
+            n_slots = auto_kv_slots(lm.config.plan.k, self.ctx_size)
         if max_kv_size:
             if max_kv_size < 1:
                 raise GenerationError(f"max_kv_size must be >= 1, got {max_kv_size}")
@@ -69,7 +74,8 @@ class Session:
         kv_elem = torch.empty(0, dtype=kv_dtype).element_size()
         check_fits(session_bytes(lm.config, n_slots, self.ctx_size, kv_elem),
                    f"a context of {self.ctx_size} tokens ({n_slots} cached keys)", lm.device)
-        self.slots = SlotMap(self.ctx_size, n_slots)
+        self.kv_elem = kv_elem
+        self.slots = SlotMap(self.ctx_size, n_slots, growable=growable)
         self.backend = lm.backend
         self.cache = lm.backend.make_cache(n_slots)
         self.pieces = lm.tokenizer.pieces
@@ -102,13 +108,34 @@ class Session:
         return self.cache.nbytes()
 
     def _reachable(self) -> np.ndarray:
-        return self.plan.reachable()
+        # what later rows may select, and what the marks' plans could (so a chat turn can still rewind)
+        extra = [m.reachable for m in self.marks if m.reachable is not None]
+        r = self.plan.reachable()
+        return np.union1d(r, np.concatenate(extra)) if extra else r
 
     def _make_room(self, want: int) -> int:
-        n, moves = self.slots.room(want, self._reachable)
+        sm = self.slots
+        if sm.growable and sm.bounded and sm.n_used + min(want, self.room) > sm.n_slots:
+            moves = sm.compact(self._reachable())          # first free what no later row can select
+            if len(moves[0]):
+                self.cache.move_slots(*moves)
+            grow_to = sm.wants_growth(want)
+            if grow_to:
+                self._grow(grow_to)
+        n, moves = sm.room(want, self._reachable)
         if moves is not None:
             self.cache.move_slots(*moves)
         return n
+
+    def _grow(self, n_slots: int) -> None:
+        """A larger cache with the kept rows copied over (rare: the bound doubles each time)."""
+        check_fits(session_bytes(self.lm.config, n_slots, self.ctx_size, self.kv_elem),
+                   f"a KV cache of {n_slots} keys (the plan can still select {self.slots.n_used})", self.lm.device)
+        cache = self.backend.make_cache(n_slots)
+        if self.slots.n_used:
+            cache.load_state(self.cache.state(self.slots.n_used))
+        self.cache = cache
+        self.slots.grow(n_slots)
 
     # ---- feeding tokens ----------------------------------------------------------------------------
     def feed(self, ids: Sequence[int], all_logits: bool = False) -> torch.Tensor:
@@ -187,8 +214,8 @@ class Session:
             return
         state = None if self.dense else _copy_plan_state(self.plan.state_dict())
         self.marks = [m for m in self.marks if m.n_pos != self.n_past][-(self.MAX_MARKS - 1):]
-        self.marks.append(_Mark(self.n_past, self.slots.n_used, self.slots.compactions, state,
-                                self.last_logits.clone()))
+        need = None if self.dense or not self.slots.bounded else self.plan.reachable()
+        self.marks.append(_Mark(self.n_past, need, state, self.last_logits.clone()))
 
     def prepare(self, ids: Sequence[int]) -> tuple[torch.Tensor, int]:
         """Bring the session to `ids`, reusing the longest cached prefix it can: returns (last logits,
@@ -196,8 +223,9 @@ class Session:
         ids = list(ids)
         common = _common_prefix(self.tokens, ids)
         if common < len(self.tokens):
-            usable = [m for m in self.marks
-                      if m.n_pos <= common and m.compactions == self.slots.compactions]
+            cached = self.slots.cached_positions() if self.slots.bounded else None
+            usable = [m for m in self.marks if m.n_pos <= common
+                      and (m.reachable is None or cached is None or np.isin(m.reachable, cached).all())]
             if usable:
                 self._rewind(max(usable, key=lambda m: m.n_pos))
             else:
@@ -217,7 +245,7 @@ class Session:
         if m.n_pos == self.n_past:
             self.last_logits = m.logits
             return
-        self.slots.truncate(m.n_pos, m.n_used)
+        self.slots.truncate(m.n_pos)
         if not self.dense:
             self.plan = self.lm.planner.incremental_from_state(_copy_plan_state(m.plan_state))
         del self.tokens[m.n_pos:]
@@ -279,6 +307,12 @@ class Session:
         if bool(meta.get("dense")) != self.dense or len(tokens) != n_pos \
                 or tuple(last.shape) != (self.lm.config.vocab_size,):
             raise GenerationError("inconsistent session state")
+        if self.slots.growable and self.slots.n_slots < len(slot2pos) <= self.ctx_size:
+            self.reset()
+            n = self.slots.n_slots
+            while n < len(slot2pos):
+                n *= 2
+            self._grow(n)
         if len(tokens) >= self.ctx_size or len(slot2pos) > self.slots.n_slots:
             raise GenerationError(f"cached prefix ({len(tokens)} tokens, {len(slot2pos)} cached keys) does "
                                   f"not fit this context ({self.ctx_size}) / KV size ({self.slots.n_slots})")

@@ -21,7 +21,7 @@ def test_compact_keeps_exactly_reachable_in_order():
     m = SlotMap(ctx_size=100, n_slots=8)
     m.assign(8)                                           # positions 0..7 in slots 0..7
     src, dst = m.compact(np.array([0, 3, 6, 7, 50]))      # 50 is not cached: ignored
-    assert src.tolist() == [0, 3, 6, 7] and dst.tolist() == [0, 1, 2, 3]
+    assert src.tolist() == [3, 6, 7] and dst.tolist() == [1, 2, 3]     # slot 0 stays where it is
     assert m.cached_positions().tolist() == [0, 3, 6, 7] and m.n_used == 4 and m.evicted == 4
     assert m.map_rows(np.array([0, 3, 7, -1])).tolist() == [0, 1, 3, -1]   # monotonic: rows stay ascending
     with pytest.raises(CacheFull, match="evicted position 5"):
@@ -110,3 +110,66 @@ def test_dense_model_cannot_evict(tiny_dense_checkpoint):
     lm = load(tiny_dense_checkpoint)
     with pytest.raises(GenerationError, match="sparse"):
         Session(lm, ctx_size=200, max_kv_size=50)
+
+
+# ---- the default: a sparse model's cache is bounded losslessly without a flag --------------------------------
+def _greedy_logits(s, ids, steps):
+    out = [s.feed(ids)]
+    for _ in range(steps):
+        out.append(s.step(int(out[-1].argmax())))
+    return torch.stack(out)
+
+
+def test_default_cache_is_bounded_and_lossless(tiny_checkpoint):
+    lm = load(tiny_checkpoint, planner=WindowPlanner())
+    ids = (lm.tokenizer.encode(" ".join(PARAGRAPHS)) * 12)[:2400]
+    every = Session(lm, ctx_size=3000, max_kv_size=3000)            # a bound of the context: keeps every key
+    auto = Session(lm, ctx_size=3000)
+    assert not every.slots.bounded and auto.slots.growable and auto.slots.n_slots == 1024
+    full, bounded = _greedy_logits(every, ids, 30), _greedy_logits(auto, ids, 30)
+    assert auto.slots.compactions >= 2 and auto.cache.n_slots == 1024     # no growth: the window policy is small
+    assert auto.kv_bytes() * 2 < every.kv_bytes()
+    torch.testing.assert_close(bounded, full, atol=1e-5 * full.abs().max().item(), rtol=1e-5)
+    assert bounded.argmax(-1).tolist() == full.argmax(-1).tolist()
+
+
+def test_default_cache_grows_when_the_policy_keeps_more(tiny_checkpoint):
+    """A policy that keeps over half the rows reachable: the cache doubles instead of failing or thrashing."""
+    class KeepsMore(WindowPlanner):          # rows take the most recent K keys; reachable() stays ~1/3 of the past
+        def row_keys(self, i):
+            return super().row_keys(i)[-self.k:]
+
+    lm = load(tiny_checkpoint, planner=KeepsMore(lookback=4000, every=3))
+    ids = (lm.tokenizer.encode(" ".join(PARAGRAPHS)) * 12)[:2600]
+    every = Session(lm, ctx_size=3000, max_kv_size=3000)
+    auto = Session(lm, ctx_size=3000)
+    full, grown = _greedy_logits(every, ids, 10), _greedy_logits(auto, ids, 10)
+    assert auto.cache.n_slots == auto.slots.n_slots == 2048                 # grew once, 1024 -> 2048
+    assert set(auto.plan.reachable().tolist()) <= set(auto.slots.cached_positions().tolist())
+    torch.testing.assert_close(grown, full, atol=1e-5 * full.abs().max().item(), rtol=1e-5)
+
+
+def test_rewind_after_a_compaction_reuses_the_prefix(tiny_checkpoint):
+    """Chat turns rewind to an earlier mark; a compaction since then no longer forces a full recompute when
+    every key the mark's plan could reach is still cached."""
+    lm = load(tiny_checkpoint, planner=WindowPlanner())
+    base = (lm.tokenizer.encode(" ".join(PARAGRAPHS)) * 12)[:1000]
+    s = Session(lm, ctx_size=3000)
+    s.prepare(base)                                                         # mark at 1000 tokens
+    for t in (lm.tokenizer.encode(PARAGRAPHS[1]) * 2)[:100]:                # a reply crosses a compaction
+        s.step(t)
+    assert s.slots.compactions >= 1
+    other = lm.tokenizer.encode(PARAGRAPHS[2])[:20]
+    logits, computed = s.prepare(base + other)                              # the reply is replaced
+    assert computed == len(other) and s.n_past == 1020
+    ref = Session(lm, ctx_size=3000, max_kv_size=3000)
+    want = ref.feed(base + other)
+    torch.testing.assert_close(logits, want, atol=1e-5 * want.abs().max().item(), rtol=1e-5)
+
+
+def test_random_controls_keep_every_key(tiny_checkpoint):
+    from asa_runtime.kv_policy import auto_kv_slots
+
+    assert auto_kv_slots(64, 32768) == 1024 and auto_kv_slots(64, 500) == 500 and auto_kv_slots(128, 1 << 20) == 2048
+    lm = load(tiny_checkpoint, mode="random_bonds")
+    assert not Session(lm, ctx_size=3000).slots.growable

@@ -62,7 +62,8 @@ def model_options(f):
                      help="Context length in tokens (0 = the model's max_seq_len)."),
         click.option("--max-kv-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Bound the KV cache to this many keys; keys the plan can never select again are "
-                          "evicted (0 = unbounded, sparse models only)."),
+                          "evicted (sparse models only). 0: a sparse model's cache is bounded the same lossless "
+                          "way, sized automatically (it grows when the plan keeps more keys reachable)."),
         click.option("--prefill-chunk", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Prompt tokens per prefill step (bounds prefill memory)."),
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
