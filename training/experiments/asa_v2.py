@@ -95,6 +95,7 @@ class Setup:
     dense_windows: tuple = DENSE_WINDOWS
     shipped_dir: str = ""            # asa-small's folder ("" = the package's)
     workers: int = 0                 # plan processes (0: all CPUs but 2)
+    max_books: int = 0               # book sequences evaluated (0: all; a cap for quick checks)
 
     @classmethod
     def load(cls, runs: Path) -> "Setup":
@@ -304,6 +305,7 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
     pieces = prep.tokenizer().pieces
     ids = np.asarray(prep.tokens("valid"), dtype=np.int64)
     books = book_sequences(ids, prep.meta["eos_id"], s.seq_len, min_len=min(1024, s.seq_len // 4))
+    books = books[: s.max_books] if s.max_books else books
     lower = fc.lowercase_vocabulary(fc.words(ids, pieces))
     targets = [fc.find_targets(b, pieces, lower) for b in books]
     t0 = time.time()
