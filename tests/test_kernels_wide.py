@@ -32,7 +32,10 @@ DEV = "cuda" if ON_GPU else "cpu"
 kernel = (pytest.mark.gpu if ON_GPU else
           pytest.mark.skipif(not (INTERPRET and HAVE_TRITON),
                              reason="needs CUDA, or Triton with TRITON_INTERPRET=1"))
-gpu_only = pytest.mark.gpu if ON_GPU else pytest.mark.skip(reason="needs a CUDA GPU")
+# GPU cases; ASA_INTERPRET_ALL=1 with TRITON_INTERPRET=1 runs them in the interpreter too (slow; no bf16 there)
+gpu_only = (pytest.mark.gpu if ON_GPU else
+            pytest.mark.skipif(not (INTERPRET and HAVE_TRITON and os.environ.get("ASA_INTERPRET_ALL") == "1"),
+                               reason="needs a CUDA GPU"))
 
 TOL_FWD = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 TOL_BWD = {torch.float32: 5e-5, torch.float16: 1e-2, torch.bfloat16: 3e-2}
@@ -183,12 +186,22 @@ def test_small_decode_fp32():
     assert rel_err(out, sparse_attention_reference(q, k, v, keys)) < TOL_FWD[torch.float32]
 
 
+BF, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+PLANS = {"wide128": ("wide", 700, 128), "wide256": ("wide", 1000, 256), "structured": ("structured", 333, 96),
+         "bonds": ("bonds", 300, 64), "causal": ("causal", 130, 130)}
+MHA64, GQA128 = (4, 4, 64), (8, 2, 128)
+# every plan kind in bf16 with both head shapes where it matters; fp16 and fp32 on a spread of the rest
+CASES = [(BF, "wide128", MHA64), (BF, "wide128", GQA128), (BF, "wide256", MHA64), (BF, "wide256", GQA128),
+         (BF, "structured", GQA128), (BF, "bonds", MHA64), (BF, "causal", GQA128),
+         (FP16, "wide128", GQA128), (FP16, "structured", MHA64), (FP16, "bonds", MHA64),
+         (FP32, "wide128", MHA64), (FP32, "wide256", GQA128), (FP32, "structured", MHA64),
+         (FP32, "bonds", GQA128), (FP32, "causal", MHA64)]
+
+
 @gpu_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind,N,K", [("wide", 700, 128), ("wide", 1000, 256), ("structured", 333, 96),
-                                      ("bonds", 300, 64), ("causal", 130, 130)])
-@pytest.mark.parametrize("Hq,Hkv,D", [(4, 4, 64), (8, 2, 128)])
-def test_forward_backward(dtype, kind, N, K, Hq, Hkv, D):
+@pytest.mark.parametrize("dtype,plan,heads", CASES, ids=[f"{str(d)[6:]}-{p}-D{h[2]}" for d, p, h in CASES])
+def test_forward_backward(dtype, plan, heads):
+    (kind, N, K), (Hq, Hkv, D) = PLANS[plan], heads
     window, sinks = (64, 16) if K == 128 else (128, 48)
     _check_fwd_bwd(wide_plan(kind, 2, N, K, seed=N + D, window=window, sinks=sinks), dtype, Hq, Hkv, D,
                    seed=D + K)
