@@ -185,7 +185,7 @@ def run(args):
                 r["wide_vs_narrow_rel"] = ((wo - no).norm() / no.norm()).item()
                 nbytes = 2 * (4 * H * N * D) + keys.numel() * 4
                 r["floor_ms"] = floor_ms(cfg, nbytes, 4 * N * kavg * D * H)
-                if flex is not None and N in args.flex_N and D in args.flex_D:
+                if flex is not None and N in args.flex_N and D in args.flex_D and name in args.flex_plans:
                     try:
                         r["flex_layout_ms"] = bench(lambda: flex_block_mask(BlockMask, keys, N), 3, 20)
                         bm = flex_block_mask(BlockMask, keys, N)
@@ -397,6 +397,7 @@ def main():
     ap.add_argument("--D", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--flex-N", type=int, nargs="*", default=[16384])
     ap.add_argument("--flex-D", type=int, nargs="*", default=[64])
+    ap.add_argument("--flex-plans", nargs="*", default=["w128", "w256"], help="each is one torch.compile")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1: every path, tiny sizes")
     ap.add_argument("--compile-check", action="store_true",
