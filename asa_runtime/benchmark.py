@@ -61,9 +61,11 @@ class Spec:
     warmup: int = 4
     device: str = "cpu"
     dtype: str | None = None     # weights (and KV) dtype; None: the model's own
+    kv_dtype: str | None = "auto"   # as asa-run generate: bfloat16 for a sparse fp32 model
     cuda_graph: bool = True      # CUDA only: decode replayed from a CUDA graph (False: eager steps)
     compile: bool = False        # CUDA only: torch.compile the decode step before the graph records it
     prefill_chunk: int | None = None   # None: the engine's default (512, sized for CPUs)
+    quantize: str | None = None  # weight-only scheme passed to load ("int8"; torch backend)
 
 
 @dataclass
@@ -86,6 +88,10 @@ class Row:
     compile: bool = False
     gpu_peak_mib: float = 0.0    # CUDA: torch's peak allocated memory
     plan_s: float = 0.0          # CUDA, ASA: the analyzer + planner's share of TTFT (timed apart, on the CPU)
+    pp_cpu_tps: float = 0.0      # asa-run: prompt tokens per CPU second of the process
+    rss_before_prompt_mib: float = 0.0   # asa-run: peak RSS with the model loaded, before the prompt
+    kv_keys_held: float = 0.0    # asa-run: cache slots in use at the end (below the context when bounded)
+    evicted: float = 0.0         # asa-run: keys dropped by a bounded cache (max_kv_size)
 
 
 # ---- the text ------------------------------------------------------------------------------------------
@@ -117,7 +123,7 @@ def measure_runtime(spec: Spec) -> dict:
     torch.set_num_threads(spec.threads)
     cuda = spec.device.startswith("cuda")
     lm = load(spec.model, backend=spec.backend, mode="none" if spec.mode == "dense" else None, device=spec.device,
-              dtype=spec.dtype)
+              dtype=spec.dtype, quantize=spec.quantize, kv_dtype=spec.kv_dtype if spec.mode != "dense" else None)
     if cuda:
         lm.backend.cuda_graph, lm.backend.compile_decode = spec.cuda_graph, spec.compile
     ids = prompt_ids(lm.tokenizer, spec.context, spec.text_file)
@@ -135,10 +141,11 @@ def measure_runtime(spec: Spec) -> dict:
         torch.cuda.synchronize()
     s = Session(lm, ctx_size=spec.context + spec.n_gen + spec.warmup + 8, max_kv_size=spec.max_kv_size,
                 prefill_chunk=spec.prefill_chunk)
-    t0 = time.perf_counter()
+    rss0 = _peak_rss()
+    t0, pc0 = time.perf_counter(), time.process_time()
     logits = s.feed(ids)
     tok = int(logits[: s.n_vocab].argmax())
-    t1 = time.perf_counter()
+    t1, pc1 = time.perf_counter(), time.process_time()
     for _ in range(spec.warmup):             # first-call costs are not speed (llama-bench warms up too)
         tok = int(s.step(tok)[: s.n_vocab].argmax())
     w0, c0 = time.perf_counter(), time.process_time()
@@ -149,7 +156,9 @@ def measure_runtime(spec: Spec) -> dict:
         extra["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
             "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
-            "kv_mib": s.kv_bytes() / 2**20, **extra}
+            "kv_mib": s.kv_bytes() / 2**20, "pp_cpu_tps": len(ids) / max(pc1 - pc0, 1e-9),
+            "rss_before_prompt_mib": rss0 / 2**20, "kv_keys_held": int(s.slots.n_used),
+            "evicted": int(s.slots.evicted), **extra}
 
 
 def measure_llama_cpp(spec: Spec) -> dict:

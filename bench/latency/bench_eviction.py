@@ -3,6 +3,11 @@ the largest logit difference, and the cache's size. Eviction drops only keys the
 select again, so the cost should be zero up to float summation order (prefill chunks end at other places).
 
     python bench/latency/bench_eviction.py --tokens 4096 --bounds 256,512,1024
+
+This script measures quality, not speed, so it runs its own teacher-forced loop in this process:
+asa_runtime.benchmark (the code behind `asa-run bench`) has no perplexity measurement. The "seconds" of
+each row in the JSON are only the time that loop took; the speed and memory of a bounded cache are
+measured through the library by `bench_latency.py --max-kv-size` (`asa-run bench` runs the same code).
 """
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
 """Latency benchmark of the generation engine (CPU, torch backend): llama-bench style.
 
-For each context length L: prefill an L-token prompt of book text (prompt tok/s, time to first token),
-then decode --gen tokens at depth L (generation tok/s), each measurement in a fresh process so the peak
-RSS is its own. Also reports the KV cache against a dense cache of the same length, and the same runs
-with a bounded cache (--max-kv-size) to show memory staying flat past the window.
+A thin caller of asa_runtime.benchmark (the code behind `asa-run bench`): each measurement is a
+benchmark.Spec run by benchmark.run_one in a fresh process (its own peak RSS); this script picks the grid
+(threads x modes x contexts x KV bounds), the model (asa-small, a folder, or the random-weight model saved
+as a folder by common.model_folder), the prompt (book prose from ../shared/data, common.prose_file) and
+writes its own result files. For each context length L: prefill an L-token prompt (prompt tok/s, time to
+first token), then decode --gen tokens at depth L (generation tok/s). Also reports the KV cache against a
+dense cache of the same length, and the same runs with a bounded cache (--max-kv-size) to show memory
+staying flat past the window.
 
     python bench/latency/bench_latency.py                      # 512, 8k, 32k; writes results/latency-<host>.*
     python bench/latency/bench_latency.py --contexts 512 --threads 1,2 --gen 64
@@ -15,9 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,56 +28,30 @@ sys.path.insert(0, str(HERE))
 
 import common
 
-
-def kv_bytes_dense(cfg, n: int, elem: int = 4) -> int:
-    return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * n * elem
+from asa_runtime.benchmark import Spec, run_one
 
 
-def kv_elem_size(cfg, session) -> int:
-    """Bytes per cached number (the dense comparison uses the same dtype as the cache measured)."""
-    return session.kv_bytes() // (2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * session.slots.n_slots)
-
-
-def worker(cfg: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(cfg["threads"])
-    from asa_runtime.generate import Session
-    from asa_runtime.sampling import Sampler
-
-    lm, desc = common.build_model(cfg["model"], cfg["mode"], quantize=cfg.get("quantize"), dtype=cfg.get("dtype"))
-    L, gen = cfg["context"], cfg["gen"]
-    ids = common.text_ids(lm.tokenizer, L)
-    session = Session(lm, ctx_size=L + gen + cfg.get("warmup", 0) + 8, max_kv_size=cfg.get("max_kv_size"),
-                      prefill_chunk=cfg["prefill_chunk"])
-    sampler = Sampler(temp=0.0)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    t0, c0 = time.perf_counter(), time.process_time()
-    logits = session.feed(ids)
-    tok = sampler(logits[: session.n_vocab], ids)
-    t1, c1 = time.perf_counter(), time.process_time()
-    for _ in range(cfg.get("warmup", 0)):       # llama-bench style warm-up: first-call costs are not speed
-        logits = session.step(tok)
-        tok = sampler(logits[: session.n_vocab], ())
-    t1w, c1w = time.perf_counter(), time.process_time()
-    n = 0
-    for _ in range(gen):
-        logits = session.step(tok)
-        tok = sampler(logits[: session.n_vocab], ())
-        n += 1
-    t2, c2 = time.perf_counter(), time.process_time()
+def measure(model_path: str, desc: str, cfg: dict, text_file: str) -> dict:
+    """One run through asa_runtime.benchmark, in the result-file schema of this script."""
+    spec = Spec(system="asa-run", model=model_path, backend="torch", mode="dense" if cfg["mode"] == "none" else "asa",
+                context=cfg["context"], n_gen=cfg["gen"], threads=cfg["threads"], text_file=text_file,
+                max_kv_size=cfg["max_kv_size"], warmup=cfg["warmup"], dtype=cfg["dtype"], quantize=cfg["quantize"],
+                prefill_chunk=cfg["prefill_chunk"])
+    try:
+        r = run_one(spec)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        return {**cfg, "error": " ".join(str(e).split())}
+    mib = 2**20
     return {**cfg, "model_desc": desc,
-            "prompt_tps": L / (t1 - t0), "prompt_tps_cpu": L / (c1 - c0),
-            "ttft_s": t1 - t0, "gen_tps": n / (t2 - t1w), "gen_tps_cpu": n / (c2 - c1w),
-            "kv_cache_bytes": session.kv_bytes(),
-            "kv_dense_bytes": kv_bytes_dense(lm.config, session.ctx_size, elem=kv_elem_size(lm.config, session)),
-            "kv_keys_held": int(session.slots.n_used), "evicted": int(session.slots.evicted),
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "rss_before_prompt_bytes": rss0, "loadavg_after": common.loadavg()}
+            "prompt_tps": r["pp_tps"], "prompt_tps_cpu": r["pp_cpu_tps"], "ttft_s": r["ttft_s"],
+            "gen_tps": r["tg_tps"], "gen_tps_cpu": r["tg_cpu_tps"], "kv_cache_bytes": round(r["kv_mib"] * mib),
+            "kv_keys_held": r["kv_keys_held"], "evicted": r["evicted"],
+            "peak_rss_bytes": round(r["peak_rss_mib"] * mib),
+            "rss_before_prompt_bytes": round(r["rss_before_prompt_mib"] * mib), "loadavg_after": common.loadavg()}
 
 
 def fmt_mib(b):
-    return f"{b / 2**20:.0f}"
+    return "-" if b is None else f"{b / 2**20:.0f}"
 
 
 def markdown(res: dict) -> str:
@@ -107,10 +84,9 @@ def markdown(res: dict) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="asa-small", help="asa-small, a model folder, or random")
     ap.add_argument("--contexts", default="512,8192,32768")
-    ap.add_argument("--modes", default="full", help="ASA modes to run (random model only), e.g. full,none")
+    ap.add_argument("--modes", default="full", help="ASA modes, e.g. full,none (none: the same weights dense; other modes need --model random, a model folder runs its own plan)")
     ap.add_argument("--dense-max", type=int, default=8192, help="skip dense runs above this context (O(N^2))")
     ap.add_argument("--threads", default="1", help="comma list of torch thread counts")
     ap.add_argument("--dtype", default=None, help="weights: bfloat16 (AMX / avx512_bf16 CPUs) or float32")
@@ -122,13 +98,13 @@ def main():
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="suffix for the result file names")
     a = ap.parse_args()
-    if a.worker:
-        print(json.dumps(worker(json.loads(a.worker))))
-        return
     runs, start = [], common.loadavg()
+    contexts = [int(c) for c in a.contexts.split(",")]
+    text_file = common.prose_file(max(contexts))
+    folders = {mode: common.model_folder(a.model, "full" if mode == "none" else mode) for mode in a.modes.split(",")}
     for threads in [int(t) for t in a.threads.split(",")]:
         for mode in a.modes.split(","):
-            for L in [int(c) for c in a.contexts.split(",")]:
+            for L in contexts:
                 if mode == "none" and L > a.dense_max:
                     continue
                 base = dict(model=a.model, mode=mode, threads=threads, context=L, gen=a.gen,
@@ -136,7 +112,12 @@ def main():
                 bounds = [None] + ([a.max_kv_size] if a.max_kv_size and mode != "none" and L > a.max_kv_size
                                    else [])
                 for kv in bounds:
-                    r = common.run_worker(Path(__file__), {**base, "max_kv_size": kv})
+                    r = measure(*folders[mode], {**base, "max_kv_size": kv}, text_file)
+                    if "error" not in r:      # the dense cache of the same length: the unbounded run's
+                        dense = r["kv_cache_bytes"] if kv is None else next(
+                            (u.get("kv_cache_bytes") for u in runs[::-1] if u.get("max_kv_size") is None
+                             and all(u[k] == r[k] for k in ("mode", "threads", "context"))), None)
+                        r["kv_dense_bytes"] = dense
                     runs.append(r)
                     print(json.dumps(r), flush=True)
     desc = next((r["model_desc"] for r in runs if "model_desc" in r), a.model)

@@ -4,6 +4,8 @@ The model is asa-small when the package ships it; otherwise (or with --model ran
 of the issue's size (d 384, 8 layers, 6 heads, vocab 16k) with a 16k BPE trained on public-domain prose
 from ../shared/data, so that plans are built from real English. Random weights measure speed and memory,
 not quality: perplexities of such a model only show whether a change alters the logits.
+It is saved as a model folder under CACHE (model_folder), so the speed measurements of
+asa_runtime.benchmark (which load a folder in a fresh process) run it like any other model.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import json
 import lzma
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,35 +66,72 @@ def text_ids(tok, n_tokens: int, held_out: bool = False) -> list[int]:
     return ids[:n_tokens]
 
 
-def build_model(model: str, mode: str = "full", device: str = "cpu", quantize: str | None = None,
-                dtype: str | None = None):
-    """(LoadedModel, description). `model`: "asa-small", a folder, or "random"."""
-    import torch
-
-    from asa_runtime.generate import from_model, load
-    from asa_runtime.registry import available
+def model_folder(model: str, mode: str = "full") -> tuple[str, str]:
+    """(model folder or registry name, description) of the model under test. `model`: "asa-small", a folder,
+    or "random". The random-weight model (seed 0) is saved once as a model folder under CACHE with
+    asa_runtime.checkpoint.save_checkpoint (fp32; one folder per ASA mode), so asa_runtime.benchmark's
+    measurements (`load(path)` in a fresh process) and the perplexity scripts open the very same weights."""
+    from asa_runtime.checkpoint import read_config
+    from asa_runtime.registry import available, resolve
 
     if model != "random" and (model != "asa-small" or "asa-small" in available()):
-        lm = load(model, device=device, quantize=quantize, dtype=dtype)
-        return lm, f"{model} (trained checkpoint, mode {lm.config.plan.mode})"
-    from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
-    from asa_runtime.model import Transformer
-
-    tok = tokenizer_16k()
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**PRESETS["small"], "vocab_size": 16384, "max_seq_len": 2048,
-                         "plan": PlanConfig(mode=mode)})
-    m = Transformer(cfg).eval()
-    if dtype in ("bf16", "bfloat16"):
-        m = m.to(torch.bfloat16)
-    if quantize:
-        from asa_runtime.quantize import quantize_model
-
-        quantize_model(m, quantize)
-    lm = from_model(m, tok)
+        cfg, _ = read_config(resolve(model))
+        return model, f"{model} (trained checkpoint, mode {cfg.plan.mode})"
     why = "asa-small not shipped yet" if model == "asa-small" else "requested"
-    return lm, (f"random-weight model of asa-small's size ({why}): d 384, 8 layers, 6 heads, vocab 16384, "
+    path = CACHE / f"random-small-{mode}"
+    if not (path / "config.json").is_file():
+        import shutil
+
+        import torch
+
+        from asa_runtime.checkpoint import save_checkpoint
+        from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
+        from asa_runtime.model import Transformer
+
+        tok = tokenizer_16k()
+        torch.manual_seed(0)
+        cfg = ModelConfig(**{**PRESETS["small"], "vocab_size": 16384, "max_seq_len": 2048,
+                             "plan": PlanConfig(mode=mode)})
+        m = Transformer(cfg).eval()
+        desc = (f"random-weight model of asa-small's size: d 384, 8 layers, 6 heads, vocab 16384, "
                 f"{m.num_params() / 1e6:.1f}M params, ASA mode {mode}")
+        tmp = CACHE / f".random-small-{mode}.{os.getpid()}"
+        save_checkpoint(tmp, m, tok, card=f"# {desc}\nRandom weights (seed 0), for speed and memory benchmarks.\n",
+                        meta={"bench_desc": desc})
+        try:
+            tmp.rename(path)                  # atomic: a concurrent run may have made it first
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    _, raw = read_config(path)
+    desc = raw.get("meta", {}).get("bench_desc", f"random-weight model, ASA mode {mode}")
+    return str(path), desc.replace("asa-small's size:", f"asa-small's size ({why}):")
+
+
+def build_model(model: str, mode: str = "full", device: str = "cpu", quantize: str | None = None,
+                dtype: str | None = None):
+    """(LoadedModel, description) in this process (perplexity scripts); `model` as in model_folder."""
+    from asa_runtime.generate import load
+
+    path, desc = model_folder(model, mode)
+    return load(path, device=device, quantize=quantize, dtype=dtype), desc
+
+
+def prose_file(n_tokens: int, held_out: bool = False) -> str:
+    """A text file of book prose (the books text_ids reads) long enough for an n_tokens prompt: the
+    `text_file` of asa_runtime.benchmark.Spec (which tokenizes it with the model's own tokenizer)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    n_chars = 8 * n_tokens + 4096           # BPE of English prose: ~4-5 characters a token
+    path = CACHE / f"prose_{'heldout' if held_out else 'main'}_{n_chars}.txt"
+    if not path.exists():
+        text = ""
+        for b in books(12, skip=40 if held_out else 0):
+            text += b + "\n\n"
+            if len(text) >= n_chars:
+                break
+        tmp = path.with_name(path.name + f".{os.getpid()}")
+        tmp.write_text(text[:n_chars], encoding="utf-8")
+        os.replace(tmp, path)
+    return str(path)
 
 
 def machine() -> dict:
@@ -114,12 +152,3 @@ def loadavg() -> list[float] | None:
         return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
     except OSError:
         return None
-
-
-def run_worker(script: Path, cfg: dict, timeout: int = 1800) -> dict:
-    """Run one measurement in a fresh process (clean peak-RSS figure); returns its JSON result."""
-    p = subprocess.run([sys.executable, str(script), "--worker", json.dumps(cfg)], capture_output=True,
-                       text=True, timeout=timeout, cwd=str(ROOT))
-    if p.returncode != 0:
-        return {**cfg, "error": (p.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
