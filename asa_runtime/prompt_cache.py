@@ -31,8 +31,13 @@ def write_state(path, state: dict, model_hash: str) -> Path:
     try:
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
+    except Exception as e:  # safetensors raises its own type for I/O errors; os.replace an OSError
+        raise PromptCacheError(f"{path}: cannot write prompt cache ({one_line(e)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return path
 
 

@@ -378,3 +378,6 @@ def test_prompt_cache_files_misuse(lm, tmp_path):
     other = Session(lm, ctx_size=4)
     refused(lambda: load_prompt_cache(tmp_path / "p.cache", other), PromptCacheError, "does not fit")
     assert load_prompt_cache(tmp_path / "p.cache", Session(lm)) == s.n_past
+    for where in (tmp_path / "no" / "p.cache", tmp_path):            # a missing folder, a folder: was
+        refused(lambda: save_prompt_cache(where, s), PromptCacheError, "cannot write")   # SafetensorError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.cache", "p.cache"]    # no temporary left
