@@ -56,8 +56,10 @@ def model_options(f):
                      help="Weight-only quantization of the linear layers."),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                      help="Weight dtype (default: float32 on CPU, as stored elsewhere)."),
-        click.option("--kv-dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
-                     help="KV cache dtype (default: the model's); bfloat16 halves cache memory."),
+        click.option("--kv-dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+                     show_default=True,
+                     help="KV cache dtype. auto: bfloat16 for a sparse model on the torch backend (half the "
+                          "memory, same perplexity), the model's dtype otherwise."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Context length in tokens (0 = the model's max_seq_len)."),
         click.option("--max-kv-size", type=click.IntRange(min=0), default=0, show_default=True,
