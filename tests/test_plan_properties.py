@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from asa_runtime.config import PlanConfig
 from asa_runtime.linguistics.pieces import word_pieces
 from asa_runtime.linguistics.plan import validate_rows
-from asa_runtime.linguistics.planner import Planner
+from asa_runtime.linguistics.planner import Planner, _word_cap
 
 WORDS = ("the a dog dogs man woman idea ate saw himself herself him her he she it they them John Mary "
          "quickly big and that who said . , ; ! ? \" ' 's n't un believ able \n\n \n").split(" ")
@@ -158,10 +158,12 @@ def test_random_bonds_control_keeps_the_local_part_and_randomises_the_rest():
     assert rows_with_bonds > 50 and changed >= 0.9 * rows_with_bonds          # their bonded part is redrawn
 
 
-def _bonded_reference(st_, w, cfg):
+def _bonded_reference(st_, w, cfg, cap=None):
     """Plain statement of the bonding rule: the earlier words of w's sentence within the lookback that are
     POS-compatible (pos modes) and not blocked by rules.feature_block (feature modes), all their tokens,
-    ascending. No cache, no inlined rule."""
+    ascending. No cache, no inlined rule. With `cap`, only each word's last `cap` tokens: the planner lists
+    a bonded word's last planner._word_cap(cfg) tokens on purpose (no row can select an older one;
+    tests/test_linearity.py::test_word_cap_changes_no_row checks the rows against an uncapped build)."""
     from asa_runtime.linguistics.rules import POS_COMPAT, feature_block
     from asa_runtime.linguistics.segment import SPACE
     if st_.w_kind[w] == SPACE:
@@ -179,8 +181,23 @@ def _bonded_reference(st_, w, cfg):
                                       st_.w_text[w], st_.w_upos[j], st_.w_sem[j], st_.w_agr[j], st_.w_subj[j],
                                       st_.w_obj[j], st_.w_clause[j] == st_.w_clause[w], use_pos):
             continue
-        out += range(st_.w_start[j], st_.w_start[j + 1])
+        a, e = st_.w_start[j], st_.w_start[j + 1]
+        out += range(a if cap is None else max(a, e - cap), e)
     return out
+
+
+def _check_bonded_lists(pieces, cfg):
+    """After every token: the planner's bonded list equals the rule with the word cap, and the same planner
+    with the cap set out of reach equals the plain rule (all tokens of every bonded word)."""
+    capped = Planner(cfg).incremental()
+    uncapped = Planner(cfg).incremental()
+    uncapped._cap = 10 ** 9
+    for p in pieces:
+        for inc, cap in ((capped, _word_cap(cfg)), (uncapped, None)):
+            inc.extend(p)
+            w = inc.st.tok_word[-1]
+            toks, s0 = inc._bonded(w)
+            assert toks[s0:] == _bonded_reference(inc.st, w, cfg, cap), (p, cap)
 
 
 @FAST
@@ -190,12 +207,24 @@ def test_incremental_bonded_lists_equal_the_plain_rule(pieces, cfg):
     after every token its answer must equal the rule applied from scratch."""
     if cfg.mode in ("random", "random_bonds"):
         cfg = PlanConfig(**{**cfg.to_dict(), "mode": "full"})
-    inc = Planner(cfg).incremental()
-    for p in pieces:
-        inc.extend(p)
-        w = inc.st.tok_word[-1]
-        toks, s0 = inc._bonded(w)
-        assert toks[s0:] == _bonded_reference(inc.st, w, cfg)
+    _check_bonded_lists(pieces, cfg)
+
+
+def test_bonded_list_of_a_word_longer_than_the_cap():
+    """Regression (hypothesis example): ' the' 'the' 'the' is one word of 3 tokens, and with k=1 the cap is
+    2K + window + sinks = 2, so ' dog' lists that word's last 2 tokens [1, 2], not [0, 1, 2]. That is the word
+    cap (planner._word_cap), not a stale cache: the reference used to ignore the cap. Uncapped, it is [0, 1, 2]."""
+    cfg = PlanConfig(mode="full", k=1, window=0, sinks=0, stride=0, lookback_words=1, cross_sentence=False,
+                     seed=0)
+    pieces = [" the", "the", "the", " dog"]
+    _check_bonded_lists(pieces, cfg)
+    for cap, want in ((None, [0, 1, 2]), (_word_cap(cfg), [1, 2])):
+        inc = Planner(cfg).incremental()
+        if cap is None:
+            inc._cap = 10 ** 9
+        inc.extend_many(pieces)
+        toks, s0 = inc._bonded(1)
+        assert toks[s0:] == want
 
 
 def test_incremental_bonded_lists_on_prose_with_features():
@@ -204,10 +233,4 @@ def test_incremental_bonded_lists_on_prose_with_features():
             "thanked him. She ate the bread quickly; the idea ate nothing. They said the dogs saw themselves "
             "in the water while John and Mary watched her and the boys laughed at him and his big dogs. ") * 3
     for mode in ("full", "pos_only", "features_only"):
-        cfg = PlanConfig(mode=mode, k=64, lookback_words=20)
-        inc = Planner(cfg).incremental()
-        for p in word_pieces(text):
-            inc.extend(p)
-            w = inc.st.tok_word[-1]
-            toks, s0 = inc._bonded(w)
-            assert toks[s0:] == _bonded_reference(inc.st, w, cfg)
+        _check_bonded_lists(word_pieces(text), PlanConfig(mode=mode, k=64, lookback_words=20))

@@ -237,7 +237,9 @@ class IncrementalPlan:
 
     def _bonded(self, w: int) -> tuple[list[int], int]:
         """Tokens of the earlier words of w's sentence that w bonds with, ascending, and the index of the first
-        one inside the lookback (`lookback_words` words).
+        one inside the lookback (`lookback_words` words). Of each bonded word only its last `self._cap`
+        (_word_cap) tokens are listed: no row can select an older one, so a word longer than the cap is cut
+        here on purpose (tests/test_linearity.py checks the rows against an uncapped build).
 
         Incremental: whether w bonds with an earlier word j depends only on w's own analysis (its UPOS, and its
         features and clause where a feature rule can apply) and on j, which is complete and final. So lists are
