@@ -321,6 +321,6 @@ def load_checkpoint(path, device="cpu", dtype=None, verify: bool = True) -> Chec
     with torch.no_grad():
         for k, p in model.state_dict().items():
             if k in state:
-                p.copy_(state[k].to(p.dtype))
+                p.copy_(state[k])                          # casts in place: no full-size temporary
     model = model.to(device=device, dtype=dtype).eval()
     return Checkpoint(model=model, tokenizer=tokenizer, config=cfg, meta=raw.get("meta", {}))
