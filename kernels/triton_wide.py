@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import LayoutCache, transpose_csr
+from .layout import LayoutCache
 from .plan_split import WideLayout
 from .triton_sparse import (DECODE_CONFIGS, DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
                             _check, _chunks_fit_row, _grad_rows, _members, _p_ds, _prec, _rows,
@@ -51,6 +51,13 @@ def _structured_keep(kpos, ns, lo, hi):
 
 
 @triton.jit
+def _structured_blocks(SB, WB, KBCNT, blk):
+    """A query block's structured key blocks: j < count, block j (sinks 0..sb-1) or wb + j - sb (window)."""
+    nsb = tl.load(SB + blk)
+    return tl.load(KBCNT + blk), nsb, tl.load(WB + blk) - nsb
+
+
+@triton.jit
 def _wide_prologue(Q, NS, LO, HI, sqb, sqh, sqn, Hq, G, Nq, BLOCK_M: tl.constexpr, LQ: tl.constexpr,
                    D: tl.constexpr):
     pid_q = tl.program_id(0)
@@ -69,12 +76,12 @@ def _wide_prologue(Q, NS, LO, HI, sqb, sqh, sqn, Hq, G, Nq, BLOCK_M: tl.constexp
 
 
 # ----------------------------------------------------------------------------------------------- forward
-@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "C", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "C", "ROWS"], do_bench=_tune_bench,
                  prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
-def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
+def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS,
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-                     Hq, G, Nq, Nk, US, C, NQB, ROWS, qk_scale,
+                     Hq, G, Nq, Nk, C, NQB, ROWS, qk_scale,
                      LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr):
     pid_bh, b, h, hk, offs_m, offs_d, row_ok, q, ns, lo, hi, qb = _wide_prologue(
@@ -85,9 +92,9 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    scnt = tl.load(KBCNT + b * NQB + qb)
+    scnt, nsb, shift = _structured_blocks(SB, WB, KBCNT, b * NQB + qb)
     for j in range(0, scnt):                                         # structured: dense tiles
-        kpos = tl.load(KB + (b * NQB + qb) * US + j) * BLOCK_K + offs_n
+        kpos = (j + shift * (j >= nsb).to(tl.int32)) * BLOCK_K + offs_n
         k_ok = kpos < Nk
         k = _rows(kbase, kpos, skn, offs_d, k_ok)
         v = _rows(vbase, kpos, svn, offs_d, k_ok)
@@ -96,7 +103,7 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
         m_i, l_i, acc = _softmax_step(tl.where(keep, s, float("-inf")), v, m_i, l_i, acc, PREC)
     xcnt = tl.load(UXCNT + b * NQB + qb)
     ux_ptr = UX + (b * NQB + qb) * (C * BLOCK_K)
-    bits_ptr = XBITS + (b * Nq + offs_m) * C
+    bits_ptr = XBITS + (b * NQB + qb).to(tl.int64) * C * LQ + (offs_m - qb * LQ)
     for c in range(0, xcnt):                                         # irregular: gathered columns
         pos = tl.load(ux_ptr + c * BLOCK_K + offs_n)
         ok = pos >= 0
@@ -104,7 +111,7 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
         k = _rows(kbase, safe, skn, offs_d, ok)
         v = _rows(vbase, safe, svn, offs_d, ok)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        keep = _members(tl.load(bits_ptr + c, mask=row_ok, other=0), offs_n)
+        keep = _members(tl.load(bits_ptr + c * LQ, mask=row_ok, other=0), offs_n)
         m_i, l_i, acc = _softmax_step(tl.where(keep, s, float("-inf")), v, m_i, l_i, acc, PREC)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     _store_rows(O + b * sob + h * soh, offs_m, son, offs_d, row_ok, acc / l_safe[:, None])
@@ -112,12 +119,12 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
 
 
 # ---------------------------------------------------------------------------------------------- backward
-@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "C", "ROWS", "GATHER_DKDV"], do_bench=_tune_bench,
+@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "C", "ROWS", "GATHER_DKDV"], do_bench=_tune_bench,
                  reset_to_zero=["DKX", "DVX"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
-def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS,
-                        sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-                        Hq, G, Nq, Nk, US, C, NQB, ROWS, qk_scale, sm_scale,
+def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT,
+                        XBITS, sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
+                        Hq, G, Nq, Nk, C, NQB, ROWS, qk_scale, sm_scale,
                         LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                         GATHER_DKDV: tl.constexpr, BLOCK_M: tl.constexpr):
     # DO, DQ contiguous (B, Hq, Nq, D); DKX, DVX fp32 contiguous (B, Hkv, Nk, D), zeroed. GATHER_DKDV: also
@@ -130,9 +137,9 @@ def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, K
     do, lse, delta = _grad_rows(DO, LSE, DELTA, pid_bh, offs_m, row_ok, offs_d, Nq, D)
     offs_n = tl.arange(0, BLOCK_K)
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    scnt = tl.load(KBCNT + b * NQB + qb)
+    scnt, nsb, shift = _structured_blocks(SB, WB, KBCNT, b * NQB + qb)
     for j in range(0, scnt):
-        kpos = tl.load(KB + (b * NQB + qb) * US + j) * BLOCK_K + offs_n
+        kpos = (j + shift * (j >= nsb).to(tl.int32)) * BLOCK_K + offs_n
         k_ok = kpos < Nk
         k = _rows(kbase, kpos, skn, offs_d, k_ok)
         v = _rows(vbase, kpos, svn, offs_d, k_ok)
@@ -140,7 +147,7 @@ def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, K
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     xcnt = tl.load(UXCNT + b * NQB + qb)
     ux_ptr = UX + (b * NQB + qb) * (C * BLOCK_K)
-    bits_ptr = XBITS + (b * Nq + offs_m) * C
+    bits_ptr = XBITS + (b * NQB + qb).to(tl.int64) * C * LQ + (offs_m - qb * LQ)
     dkv_base = (b * (Hq // G) + hk) * Nk
     for c in range(0, xcnt):
         pos = tl.load(ux_ptr + c * BLOCK_K + offs_n)
@@ -148,7 +155,7 @@ def _wide_bwd_dq_kernel(Q, K, V, DO, DQ, DKX, DVX, LSE, DELTA, NS, LO, HI, KB, K
         safe = tl.where(ok, pos, 0).to(tl.int64)
         k = _rows(kbase, safe, skn, offs_d, ok)
         v = _rows(vbase, safe, svn, offs_d, ok)
-        keep = _members(tl.load(bits_ptr + c, mask=row_ok, other=0), offs_n)
+        keep = _members(tl.load(bits_ptr + c * LQ, mask=row_ok, other=0), offs_n)
         p, ds = _p_ds(q, k, v, do, lse, delta, keep, qk_scale, PREC)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
         if GATHER_DKDV:
@@ -193,7 +200,7 @@ def _wide_bwd_xdkdv_kernel(Q, K, V, DO, DKX, DVX, LSE, DELTA, UX, UXCNT, XBITS,
         kbase = K + b * skb + hk * skh
         vbase = V + b * svb + hk * svh
         ux_ptr = UX + (b * NQB + qb) * (C * BLOCK_K)
-        bits_ptr = XBITS + (b * Nq + offs_m) * C
+        bits_ptr = XBITS + (b * NQB + qb).to(tl.int64) * C * LQ + (offs_m - qb * LQ)
         dkv_base = (b * (Hq // G) + hk) * Nk
         for c in range(0, xcnt):
             pos = tl.load(ux_ptr + c * BLOCK_K + offs_n)
@@ -201,17 +208,17 @@ def _wide_bwd_xdkdv_kernel(Q, K, V, DO, DKX, DVX, LSE, DELTA, UX, UXCNT, XBITS,
             safe = tl.where(ok, pos, 0).to(tl.int64)
             k = _rows(kbase, safe, skn, offs_d, ok)
             v = _rows(vbase, safe, svn, offs_d, ok)
-            keep = _members(tl.load(bits_ptr + c, mask=row_ok, other=0), offs_n)
+            keep = _members(tl.load(bits_ptr + c * LQ, mask=row_ok, other=0), offs_n)
             p, ds = _p_ds(q, k, v, do, lse, delta, keep, qk_scale, PREC)
             _gathered_dkdv(DKX, DVX, dkv_base, safe, ok, offs_d, q, do, p, ds, sm_scale, D, PREC)
 
 
-@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "US", "G", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "G", "ROWS"], do_bench=_tune_bench,
                  reset_to_zero=["DK", "DV"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
-def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI, QBPTR, QBIDX,
+def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI, QBCNT, QBIDX,
                           sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
-                          Hq, Hkv, G, Nq, Nk, US, NKB, NT, ROWS, qk_scale, sm_scale,
+                          Hq, Hkv, G, Nq, Nk, NKB, NQB, ROWS, qk_scale, sm_scale,
                           LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                           CH: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr):
     # structured dk/dv of one key block over the query blocks listing it; adds DKX/DVX (read only here)
@@ -223,20 +230,23 @@ def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI,
     offs_n = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, D)
     k_ok = offs_n < Nk
-    k = _rows(K + b * skb + hk * skh, offs_n, skn, offs_d, k_ok)
-    v = _rows(V + b * svb + hk * svh, offs_n, svn, offs_d, k_ok)
+    # the query blocks listing this key block: qb_idx[b, kb, :cnt]; programs past the list load nothing
+    # (the grid's split comes from the host bound nQB / CH, not from the lists: no sync)
+    cnt = tl.load(QBCNT + b * NKB + pid_k)
+    start = pid_s * CH
+    end = tl.minimum(cnt, start + CH)
+    live = k_ok & (tl.zeros_like(offs_n) + start < end)
+    k = _rows(K + b * skb + hk * skh, offs_n, skn, offs_d, live)
+    v = _rows(V + b * svb + hk * svh, offs_n, svn, offs_d, live)
     dk = tl.zeros([BLOCK_K, D], tl.float32)
     dv = tl.zeros([BLOCK_K, D], tl.float32)
-    seg_lo = tl.load(QBPTR + b * (NKB + 1) + pid_k)
-    seg_hi = tl.load(QBPTR + b * (NKB + 1) + pid_k + 1)
-    start = seg_lo + pid_s * CH
-    end = tl.minimum(seg_hi, start + CH)
+    qlist = QBIDX + (b * NKB + pid_k).to(tl.int64) * NQB
     for hg in range(0, G):
         h = hk * G + hg
         bh = b * Hq + h
         qbase = Q + b * sqb + h * sqh
         for i in range(start, end):
-            qb = tl.load(QBIDX + b * NT + i)
+            qb = tl.load(qlist + i)
             for sub in tl.static_range(LQ // BLOCK_M):
                 offs_m = qb * LQ + sub * BLOCK_M + tl.arange(0, BLOCK_M)
                 row_ok = offs_m < Nq
@@ -256,7 +266,7 @@ def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI,
         if pid_s == 0:                              # one program per key block adds the gathered part
             dk += tl.load(DKX + out, mask=kmask, other=0.0)
             dv += tl.load(DVX + out, mask=kmask, other=0.0)
-        if seg_hi - seg_lo > CH:
+        if cnt > CH:
             # pid_s 0 is busy (the list is longer than CH); the comparison as a tensor for the interpreter
             busy = kmask & (tl.zeros_like(offs_n) + start < end)[:, None]
             tl.atomic_add(DK + out, dk, mask=busy)
@@ -335,33 +345,56 @@ def _wide_decode_kernel(Q, K, V, O, KEYS,
 
 # ------------------------------------------------------------------------------------------------ layout
 @triton.jit
-def _wide_layout_kernel(KEYS, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS, NEED, Nq, KW, NQB,
-                        BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, EP: tl.constexpr,
-                        USCAP: tl.constexpr, CCAP: tl.constexpr):
-    """One program per (query block, batch row): the rows' split (plan_split.split_rows), the block's
-    structured key-block list, and the sorted union of its irregular keys (repeated min-extraction over a
-    (BQ, EP) tile: one pass per distinct key) with each row's membership word per chunk of BK. NEED gets
-    (widest irregular part, chunks, structured keys summed, list length): the host relaunches wider when a
-    cap was short, and decides wide or narrow from the sums."""
+def _popc64(x):
+    """Population count of int64 words (SWAR; arithmetic shifts are fine: the masks clear the sign bits)."""
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return ((x * 0x0101010101010101) >> 56).to(tl.int32)
+
+
+@triton.jit
+def _extras(rbase, ns, e, x0, row_ok, XC: tl.constexpr):
+    """(BQ, XC) columns x0.. of the rows' irregular parts (slots [ns, ns + e)), -1 where none, and the mask."""
+    x = x0 + tl.arange(0, XC)
+    ok = row_ok[:, None] & (x[None, :] < e[:, None])
+    return tl.load(rbase[:, None] + ns[:, None] + x[None, :], mask=ok, other=-1), ok
+
+
+@triton.jit
+def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS, TAB, PREF,
+                        Nq, KW, NQB, NKB, C,
+                        BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, XC: tl.constexpr,
+                        TC: tl.constexpr):
+    """One program per (query block, batch row), all loops bounded by the block's own data (no host caps):
+    1. the rows' split (plan_split.split_rows) and the block's structured blocks (sb, wb, count);
+    2. the sorted union of the block's irregular keys without sorting: OR each key's bit into a per-(query
+       block, key block) 64-bit word (TAB, atomics; only the key blocks between the block's smallest and
+       largest irregular key are touched), prefix-sum the words' popcounts (PREF), then a key x's union
+       slot is PREF[x // BK] + popcount(word & below-x bits): ux[slot] = x and the row's membership word of
+       chunk slot // BK gets bit slot % BK (atomic or). Work O(BQ * E + key-block span) per block.
+    STATS per block: (widest irregular part, chunks, structured keys summed, structured blocks)."""
     qb = tl.program_id(0)
     b = tl.program_id(1)
     BIG: tl.constexpr = 2147483647
-    rows = qb * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    blk = b * NQB + qb
+    offs_q = tl.arange(0, BLOCK_Q)
+    rows = qb * BLOCK_Q + offs_q
     row_ok = rows < Nq
-    rbase = KEYS + (b * Nq + rows) * KW
+    rbase = KEYS + (b * Nq + rows).to(tl.int64) * KW
     # the split in column chunks of KC (a (BQ, KP) tile would spill): pass 1 n, hi, ns; pass 2 the run
-    KC: tl.constexpr = KP if KP < 64 else 64
+    KC: tl.constexpr = KP if KP < 32 else 32
     n = tl.zeros([BLOCK_Q], tl.int32)
     ns = tl.zeros([BLOCK_Q], tl.int32)
     hi = tl.full([BLOCK_Q], -1, tl.int32)
-    for c0 in tl.static_range(0, KP, KC):
+    for c0 in range(0, KP, KC):
         t = c0 + tl.arange(0, KC)
         key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
         n += tl.sum((key >= 0).to(tl.int32), 1)
         ns += tl.sum((key == t[None, :]).to(tl.int32), 1)
         hi = tl.maximum(hi, tl.max(key, 1))
     run = tl.zeros([BLOCK_Q], tl.int32)
-    for c0 in tl.static_range(0, KP, KC):
+    for c0 in range(0, KP, KC):
         t = c0 + tl.arange(0, KC)
         key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
         run += tl.sum(((key >= 0) & (key == (hi - n + 1)[:, None] + t[None, :])).to(tl.int32), 1)
@@ -370,100 +403,160 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, KB, KBCNT, UX, UXCNT, XBITS, NEED, Nq,
     tl.store(NS + b * Nq + rows, ns, mask=row_ok)
     tl.store(LO + b * Nq + rows, lo, mask=row_ok)
     tl.store(HI + b * Nq + rows, hi, mask=row_ok)
-    # structured list: sink blocks [0, nsb), window blocks [wlo, whi]
+    # structured blocks: sink blocks [0, nsb), window blocks [wlo, whi]
     wlo = tl.min(tl.where(row_ok, lo, BIG), 0) // BLOCK_K
     whi = tl.max(tl.where(row_ok, hi, -1), 0) // BLOCK_K
     nsb = tl.minimum((tl.max(tl.where(row_ok, ns, 0), 0) + BLOCK_K - 1) // BLOCK_K, wlo)
     scount = nsb + whi - wlo + 1
-    u = tl.arange(0, USCAP)
-    lst = tl.where(u < nsb, u, tl.where(u < scount, wlo + u - nsb, -1))
-    tl.store(KB + (b * NQB + qb) * USCAP + u, lst)
-    tl.store(KBCNT + b * NQB + qb, tl.minimum(scount, USCAP))
+    tl.store(SB + blk, nsb)
+    tl.store(WB + blk, wlo)
+    tl.store(KBCNT + blk, scount)
     # irregular rest: slots [ns, n - run) of each row
-    e = n - run - ns
-    x = tl.arange(0, EP)
-    ex = tl.load(rbase[:, None] + ns[:, None] + x[None, :], mask=row_ok[:, None] & (x[None, :] < e[:, None]),
-                 other=-1)
-    blk = tl.where(ex >= 0, ex, BIG)
-    ux = UX + (b * NQB + qb) * (CCAP * BLOCK_K)
-    bits = XBITS + (b * Nq + rows) * CCAP
-    one = tl.full([BLOCK_Q], 1, tl.int64)
-    w = tl.zeros([BLOCK_Q], tl.int64)
-    cur = tl.min(tl.min(blk, 1), 0)
-    r = 0
-    while cur < BIG:
-        if r < CCAP * BLOCK_K:
-            tl.store(ux + r, cur)
-        hit = tl.max(tl.where(blk == cur, 1, 0), 1) > 0
-        w = w | tl.where(hit, one << (r % BLOCK_K).to(tl.int64), 0)
-        if r % BLOCK_K == BLOCK_K - 1:
-            if r // BLOCK_K < CCAP:
-                tl.store(bits + r // BLOCK_K, w, mask=row_ok)
-            w = tl.zeros([BLOCK_Q], tl.int64)
-        r += 1
-        cur = tl.min(tl.min(tl.where(blk > cur, blk, BIG), 1), 0)
-    if r % BLOCK_K != 0:
-        if r // BLOCK_K < CCAP:
-            tl.store(bits + r // BLOCK_K, w, mask=row_ok)
-    nch = (r + BLOCK_K - 1) // BLOCK_K
-    offs = tl.arange(0, CCAP * BLOCK_K)
-    tl.store(ux + offs, tl.full([CCAP * BLOCK_K], -1, tl.int32), mask=offs >= r)
-    tl.store(UXCNT + b * NQB + qb, tl.minimum(nch, CCAP))
-    need = NEED + (b * NQB + qb) * 4
-    tl.store(need, tl.max(tl.where(row_ok, e, 0), 0))
-    tl.store(need + 1, nch)
-    tl.store(need + 2, tl.sum(tl.where(row_ok, ns + run, 0), 0))
-    tl.store(need + 3, scount)
+    e = tl.where(row_ok, n - run - ns, 0)
+    emax = tl.max(e, 0)
+    xmin = BIG
+    xmax = -1
+    for x0 in range(0, emax, XC):
+        ex, ok = _extras(rbase, ns, e, x0, row_ok, XC)
+        xmin = tl.minimum(xmin, tl.min(tl.min(tl.where(ok, ex, BIG), 1), 0))
+        xmax = tl.maximum(xmax, tl.max(tl.max(ex, 1), 0))
+    k0 = tl.minimum(xmin // BLOCK_K, NKB)
+    k1 = xmax // BLOCK_K                                             # k0 > k1: no irregular keys
+    tab = TAB + blk.to(tl.int64) * NKB
+    pref = PREF + blk.to(tl.int64) * NKB
+    offs_t = tl.arange(0, TC)
+    for t0 in range(k0, k1 + 1, TC):
+        tk = t0 + offs_t
+        tl.store(tab + tk, tl.zeros([TC], tl.int64), mask=tk <= k1)
+    tl.debug_barrier()
+    one = tl.full([BLOCK_Q, XC], 1, tl.int64)
+    for x0 in range(0, emax, XC):
+        ex, ok = _extras(rbase, ns, e, x0, row_ok, XC)
+        safe = tl.where(ok, ex, 0)
+        tl.atomic_or(tab + safe // BLOCK_K, one << (safe % BLOCK_K).to(tl.int64), mask=ok)
+    tl.debug_barrier()
+    total = 0
+    for t0 in range(k0, k1 + 1, TC):
+        tk = t0 + offs_t
+        m = tk <= k1
+        pc = _popc64(tl.load(tab + tk, mask=m, other=0, cache_modifier=".cg"))
+        tl.store(pref + tk, total + tl.cumsum(pc, 0) - pc, mask=m)
+        total += tl.sum(pc, 0)
+    nch = tl.minimum((total + BLOCK_K - 1) // BLOCK_K, C)
+    ux = UX + blk.to(tl.int64) * C * BLOCK_K
+    xb = XBITS + blk.to(tl.int64) * C * BLOCK_Q
+    for c in range(0, nch):                                          # the chunks in use: words zeroed,
+        tl.store(xb + c * BLOCK_Q + offs_q, tl.zeros([BLOCK_Q], tl.int64))
+    offs_k = tl.arange(0, BLOCK_K)                                   # the last one's tail -1
+    pad = total + offs_k
+    tl.store(ux + pad, tl.full([BLOCK_K], -1, tl.int32), mask=pad < nch * BLOCK_K)
+    tl.debug_barrier()
+    for x0 in range(0, emax, XC):
+        ex, ok = _extras(rbase, ns, e, x0, row_ok, XC)
+        safe = tl.where(ok, ex, 0)
+        kx = tl.where(ok, safe // BLOCK_K, k0)
+        w = tl.load(tab + kx, mask=ok, other=0, cache_modifier=".cg")
+        base = tl.load(pref + kx, mask=ok, other=0, cache_modifier=".cg")
+        below = w & ((one << (safe % BLOCK_K).to(tl.int64)) - 1)
+        slot = base + _popc64(below)
+        ok = ok & (slot < C * BLOCK_K)
+        tl.store(ux + slot, ex, mask=ok)
+        tl.atomic_or(xb + (slot // BLOCK_K) * BLOCK_Q + offs_q[:, None], one << (slot % BLOCK_K).to(tl.int64),
+                     mask=ok)
+    tl.store(UXCNT + blk, nch)
+    st = STATS + blk * 4
+    tl.store(st, emax)
+    tl.store(st + 1, nch)
+    tl.store(st + 2, tl.sum(tl.where(row_ok, ns + run, 0), 0))
+    tl.store(st + 3, scount)
+
+
+@triton.jit
+def _wide_transpose_kernel(SB, WB, KBCNT, QBCNT, QBIDX, NQB, NKB, QC: tl.constexpr):
+    """One program per (key block, batch row): the query blocks whose structured list holds it, ascending,
+    into its row of the (nKB, nQB) table (stream compaction with a cumsum), and their count."""
+    kb = tl.program_id(0)
+    b = tl.program_id(1)
+    offs = tl.arange(0, QC)
+    out = QBIDX + (b * NKB + kb).to(tl.int64) * NQB
+    carry = 0
+    for q0 in range(0, NQB, QC):
+        qb = q0 + offs
+        m = qb < NQB
+        sb = tl.load(SB + b * NQB + qb, mask=m, other=0)
+        wb = tl.load(WB + b * NQB + qb, mask=m, other=1)
+        cnt = tl.load(KBCNT + b * NQB + qb, mask=m, other=0)
+        member = m & ((kb < sb) | ((kb >= wb) & (kb < wb + cnt - sb)))
+        mi = member.to(tl.int32)
+        tl.store(out + carry + tl.cumsum(mi, 0) - mi, qb, mask=member)
+        carry += tl.sum(mi, 0)
+    tl.store(QBCNT + b * NKB + kb, carry)
+
+
+def _gpu_transpose(lay: WideLayout):
+    B, nqb = lay.sb.shape
+    nkb = lay.nkb
+    buf = torch.empty(B * nkb * (nqb + 1), dtype=torch.int32, device=lay.sb.device)
+    cnt, idx = buf[:B * nkb].view(B, nkb), buf[B * nkb:].view(B, nkb, nqb)
+    _wide_transpose_kernel[(nkb, B)](lay.sb, lay.wb, lay.kb_count, cnt, idx, nqb, nkb,
+                                     QC=min(1024, max(16, triton.next_power_of_2(nqb))), num_warps=4)
+    return cnt, idx
 
 
 class WideLayoutBuilder:
-    """Plan -> WideLayout on the GPU (BQ = BK = 64), the same as plan_split.build_wide_layout (the reference
-    builder), in one launch plus one host sync; relaunched wider when a width cap (irregular keys per row,
-    chunks or structured blocks per query block) was short. Starts from the widths the last plan needed."""
+    """Plan -> WideLayout on the GPU (BQ = BK = 64), the same layout as plan_split.build_wide_layout (the
+    reference builder) with chunk lists sized from shapes alone (plan_split.chunk_cap: the chunk count is
+    a stride, only the chunks in use are written or read): one launch, no host sync (force=True or False;
+    force=None decides wide/narrow from the structured mean: one sync), + one launch for the transpose
+    (backward; built on demand, WideLayout.ensure_transpose). Outputs in 2 allocations; the (nQB, nKB)
+    scratch words are cached per shape (each call overwrites only the span it uses)."""
 
     def __init__(self):
-        self.ep, self.ccap, self.uscap = 64, 4, 8
+        self._scratch: dict = {}
+
+    def _tables(self, dev, B, nqb, nkb):
+        key = (dev, B, nqb, nkb)
+        t = self._scratch.get(key)
+        if t is None:
+            if len(self._scratch) >= 4:
+                self._scratch.clear()
+            t = self._scratch[key] = (torch.empty(B * nqb * nkb, dtype=torch.int64, device=dev),
+                                      torch.empty(B * nqb * nkb, dtype=torch.int32, device=dev))
+        return t
 
     def __call__(self, keys: torch.Tensor, nk: int, transpose: bool = True, force: bool | None = None,
                  min_structured: float | None = None) -> WideLayout:
         from . import plan_split
 
         B, Nq, KW = keys.shape
-        keys = keys.to(torch.int32).contiguous()
+        if keys.dtype != torch.int32:
+            keys = keys.to(torch.int32)
+        keys = keys.contiguous()
         dev = keys.device
         nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
+        C = plan_split.chunk_cap(KW, nk, BQ, BK)
         KP = max(16, triton.next_power_of_2(KW))
-        ns, lo, hi = (torch.empty(B, Nq, dtype=torch.int32, device=dev) for _ in range(3))
-        cnt, xcnt = (torch.empty(B, nqb, dtype=torch.int32, device=dev) for _ in range(2))
-        need = torch.empty(B * nqb, 4, dtype=torch.int32, device=dev)
-        while True:
-            ep, ccap, uscap = self.ep, self.ccap, self.uscap
-            kb = torch.empty(B, nqb, uscap, dtype=torch.int32, device=dev)
-            ux = torch.empty(B, nqb, ccap * BK, dtype=torch.int32, device=dev)
-            xbits = torch.empty(B, Nq, ccap, dtype=torch.int64, device=dev)
-            _wide_layout_kernel[(nqb, B)](keys, ns, lo, hi, kb, cnt, ux, xcnt, xbits, need, Nq, KW, nqb,
-                                          BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, EP=ep, USCAP=uscap, CCAP=ccap,
-                                          num_warps=8 if KP >= 128 else 4)
-            mx = need.amax(0)
-            e_max, c_max, s_sum, us_max = torch.stack([mx[0].long(), mx[1].long(), need[:, 2].long().sum(),
-                                                       mx[3].long()]).tolist()              # the one sync
-            self.ep = max(16, triton.next_power_of_2(max(e_max, 1)))
-            self.ccap = max(1, triton.next_power_of_2(max(c_max, 1)))
-            self.uscap = max(4, triton.next_power_of_2(max(us_max, 1)))
-            if e_max <= ep and c_max <= ccap and us_max <= uscap:
-                break
-        s_mean = s_sum / (B * Nq)
-        thr = plan_split.WIDE_MIN_STRUCTURED if min_structured is None else min_structured
-        wide = s_mean >= thr if force is None else force
-        stats = dict(structured_mean=s_mean, extra_max=int(e_max), chunks=int(c_max))
-        if not wide:
-            lay = WideLayout(False, BQ, BK, nk, torch.full((B, 1, 1), -1, dtype=torch.int32, device=dev),
-                             stats=stats)
+        rn, bn, un = 3 * B * Nq, 8 * B * nqb, B * nqb * C * BK
+        buf = torch.empty(rn + bn + un, dtype=torch.int32, device=dev)
+        ns, lo, hi = buf[:rn].view(3, B, Nq).unbind(0)
+        sb, wb, cnt, xcnt = buf[rn:rn + 4 * B * nqb].view(4, B, nqb).unbind(0)
+        stats = buf[rn + 4 * B * nqb:rn + bn].view(B * nqb, 4)
+        ux = buf[rn + bn:].view(B, nqb, C * BK)
+        xbits = torch.empty(B, nqb, C, BQ, dtype=torch.int64, device=dev)
+        tab, pref = self._tables(dev, B, nqb, nkb)
+        _wide_layout_kernel[(nqb, B)](keys, ns, lo, hi, sb, wb, cnt, ux, xcnt, xbits, stats, tab, pref,
+                                      Nq, KW, nqb, nkb, C, BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, XC=32,
+                                      TC=min(1024, max(16, triton.next_power_of_2(nkb))),
+                                      num_warps=8)
+        lay = WideLayout(True, BQ, BK, nk, kb_count=cnt, sb=sb, wb=wb, ns=ns, lo=lo, hi=hi, ux=ux,
+                         ux_count=xcnt, xbits=xbits, stats_src=stats, transposer=_gpu_transpose)
+        if force is None:
+            thr = plan_split.WIDE_MIN_STRUCTURED if min_structured is None else min_structured
+            lay.wide = lay.stats["structured_mean"] >= thr                  # the one sync (dispatch only)
         else:
-            lay = WideLayout(True, BQ, BK, nk, kb, kb_count=cnt, ns=ns, lo=lo, hi=hi, ux=ux, ux_count=xcnt,
-                             xbits=xbits, stats=stats)
-        if transpose:
-            lay.qb_ptr, lay.qb_idx, lay.qb_slot = transpose_csr(lay.kb, nkb if wide else 1)
+            lay.wide = bool(force)
+        if transpose and lay.wide:
+            lay.ensure_transpose()
         return lay
 
 
@@ -476,7 +569,7 @@ def _grid(Nq, BH):
 
 
 def _lay_args(lay: WideLayout):
-    return (lay.ns, lay.lo, lay.hi, lay.kb, lay.kb_count, lay.ux, lay.ux_count, lay.xbits)
+    return (lay.ns, lay.lo, lay.hi, lay.sb, lay.wb, lay.kb_count, lay.ux, lay.ux_count, lay.xbits)
 
 
 def wide_attention_fwd(q, k, v, lay: WideLayout, scale: float):
@@ -485,10 +578,10 @@ def wide_attention_fwd(q, k, v, lay: WideLayout, scale: float):
     Hkv, Nk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)
     lse = torch.empty(B, Hq, Nq, dtype=torch.float32, device=q.device)
-    nqb, US = lay.kb.shape[1], lay.kb.shape[2]
+    nqb = lay.kb_count.shape[1]
     _wide_fwd_kernel[_grid(Nq, B * Hq)](
         q, k, v, out, lse, *_lay_args(lay), *_strides(q, k, v, out),
-        Hq, Hq // Hkv, Nq, Nk, US, lay.chunks, nqb, _bucket(B * Hq * Nq), scale * LOG2E,
+        Hq, Hq // Hkv, Nq, Nk, lay.chunks, nqb, _bucket(B * Hq * Nq), scale * LOG2E,
         LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype))
     return out, lse
 
@@ -503,9 +596,9 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, f
     dq = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=q.device)
     dkx = torch.zeros(B, Hkv, Nk, D, dtype=torch.float32, device=k.device)
     dvx = torch.zeros_like(dkx)
-    nqb, US = lay.kb.shape[1], lay.kb.shape[2]
-    nkb, NT = lay.qb_ptr.shape[1] - 1, lay.qb_idx.shape[1]
-    split = triton.cdiv(max(lay.max_segment(), 1), DKDV_CHUNK)
+    lay.ensure_transpose()
+    nqb, nkb = lay.kb_count.shape[1], lay.qb_idx.shape[1]
+    split = triton.cdiv(nqb, DKDV_CHUNK)            # a bound (a list has at most nQB entries): no sync
     acc_dt = torch.float32 if split > 1 else k.dtype
     alloc = torch.zeros if split > 1 else torch.empty
     dk = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=k.device)
@@ -515,7 +608,7 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, f
     fused = D <= FUSED_MAX_D if fused is None else fused
     _wide_bwd_dq_kernel[_grid(Nq, B * Hq)](
         q, k, v, dout, dq, dkx, dvx, lse, delta, *_lay_args(lay), *common,
-        Hq, Hq // Hkv, Nq, Nk, US, lay.chunks, nqb, rows, scale * LOG2E, scale,
+        Hq, Hq // Hkv, Nq, Nk, lay.chunks, nqb, rows, scale * LOG2E, scale,
         LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype), GATHER_DKDV=fused)
     if not fused:                                   # after the dq kernel (its tuning zeroes dkx, dvx)
         _wide_bwd_xdkdv_kernel[_grid(Nq, B * Hq)](
@@ -523,8 +616,8 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, f
             Hq, Hq // Hkv, Nq, Nk, lay.chunks, nqb, rows, scale * LOG2E, scale,
             LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype))
     _wide_bwd_dkdv_kernel[(nkb, B * Hkv, split)](
-        q, k, v, dout, dk, dv, dkx, dvx, lse, delta, lay.ns, lay.lo, lay.hi, lay.qb_ptr, lay.qb_idx, *common,
-        Hq, Hkv, Hq // Hkv, Nq, Nk, US, nkb, NT, rows, scale * LOG2E, scale,
+        q, k, v, dout, dk, dv, dkx, dvx, lse, delta, lay.ns, lay.lo, lay.hi, lay.qb_cnt, lay.qb_idx, *common,
+        Hq, Hkv, Hq // Hkv, Nq, Nk, nkb, nqb, rows, scale * LOG2E, scale,
         LQ=lay.block_q, BLOCK_K=lay.block_k, D=D, PREC=_prec(q.dtype), CH=DKDV_CHUNK, ATOMIC=split > 1)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
@@ -557,14 +650,24 @@ class _WideAttn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        if ctx.lay.qb_ptr is None:
-            raise RuntimeError("layout was built with transpose=False; backward needs the transposed lists")
         dq, dk, dv = wide_attention_bwd(q, k, v, out, lse, dout, ctx.lay, ctx.scale)
         return dq, dk, dv, None, None
 
 
-# one split + layout per plan tensor, shared by every layer and head (and the backward)
-WIDE_LAYOUTS = LayoutCache(build_wide_layout_triton, size=4)
+class WideLayoutCache(LayoutCache):
+    """LayoutCache for wide layouts: built without the transpose; the transpose is added to the cached
+    layout the first time a caller (or the backward) needs it, once per plan tensor."""
+
+    def get(self, keys: torch.Tensor, nk: int, transpose: bool = True) -> WideLayout:
+        lay = super().get(keys, nk, transpose=False)
+        if transpose and lay.wide:
+            lay.ensure_transpose()
+        return lay
+
+
+# one split + layout per plan tensor, shared by every layer and head (and the backward: _WideAttn keeps
+# the layout object, which gets its transpose once)
+WIDE_LAYOUTS = WideLayoutCache(build_wide_layout_triton, size=4)
 
 
 def wide_layout_for(keys: torch.Tensor, nk: int, transpose: bool = True) -> WideLayout:

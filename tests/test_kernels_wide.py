@@ -153,28 +153,78 @@ def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
                    2, 1, 32, nk=360, seed=7)
 
 
+def _same_layout(g, r, N, nk, keys):
+    """The GPU builder's layout equals the reference's: the encoded mask, every per-row / per-block number,
+    the union lists and membership words in use (the GPU ones are sized from shapes: wider, read only up to
+    ux_count), and the transpose."""
+    assert torch.equal(wide_mask(g, N, nk), plan_mask(keys, nk))
+    for f in ("ns", "lo", "hi", "sb", "wb", "kb_count", "ux_count"):
+        assert torch.equal(getattr(g, f), getattr(r, f)), f
+    assert torch.equal(g.structured_lists(), r.structured_lists())
+    B, nqb = r.ux_count.shape
+    bk = r.block_k
+    for b in range(B):
+        for qb in range(nqb):
+            c = int(r.ux_count[b, qb])
+            assert torch.equal(g.ux[b, qb, :c * bk], r.ux[b, qb, :c * bk]), (b, qb)
+            assert torch.equal(g.xbits[b, qb, :c], r.xbits[b, qb, :c]), (b, qb)
+    g.ensure_transpose()
+    r.ensure_transpose()
+    assert torch.equal(g.qb_cnt, r.qb_cnt)
+    for b in range(B):
+        for kb in range(r.qb_cnt.shape[1]):
+            c = int(r.qb_cnt[b, kb])
+            assert torch.equal(g.qb_idx[b, kb, :c], r.qb_idx[b, kb, :c]), (b, kb)
+    assert max(g.stats["chunks"], 1) == r.stats["chunks"] and g.stats["extra_max"] == r.stats["extra_max"]
+    assert abs(g.stats["structured_mean"] - r.stats["structured_mean"]) < 1e-9
+
+
 @kernel
 @pytest.mark.parametrize("kind,N,K,nk", [("wide", 300, 64, 300), ("structured", 200, 48, 210),
-                                         ("causal", 130, 130, 130), ("wide", 5, 16, 70)])
+                                         ("causal", 130, 130, 130), ("wide", 5, 16, 70),
+                                         ("bonds", 200, 48, 200), ("asa", 260, 64, 260)])
 def test_layout_kernel_matches_the_torch_builder(kind, N, K, nk):
     keys = wide_plan(kind, 2, N, K, seed=N + K).to(DEV)
     g = triton_wide.build_wide_layout_triton(keys, nk, force=True)
     r = build_wide_layout(keys, nk, force=True)
-    assert torch.equal(wide_mask(g, N, nk), plan_mask(keys, nk))
-    for f in ("ns", "lo", "hi", "kb_count", "ux_count", "qb_ptr"):
-        assert torch.equal(getattr(g, f), getattr(r, f)), f
-    U, W = r.kb.shape[-1], r.ux.shape[-1]                       # the GPU lists may be wider (-1 padded)
-    assert torch.equal(g.kb[..., :U], r.kb) and (g.kb[..., U:] == -1).all()
-    assert torch.equal(g.ux[..., :W], r.ux) and (g.ux[..., W:] == -1).all()
+    _same_layout(g, r, N, nk, keys)
+    assert g.wide
+    # the dispatch decision (force=None: the one sync) matches the reference's
+    assert triton_wide.build_wide_layout_triton(keys, nk, force=None).wide == build_wide_layout(keys, nk).wide
+
+
+@kernel
+def test_layout_kernel_dense_irregular_rows_many_chunks():
+    # rows whose irregular part is a whole random past: a block's union spans many chunks and key blocks
+    # (the sizing bound, chunk_cap, not a guess); rows of the last block partly past Nq
+    keys = wide_plan("bonds", 1, 170, 96, seed=3).to(DEV)
+    g = triton_wide.build_wide_layout_triton(keys, 170, force=True)
+    r = build_wide_layout(keys, 170, force=True)
+    assert r.stats["chunks"] >= 2
+    _same_layout(g, r, 170, 170, keys)
+
+
+@kernel
+def test_one_layout_shared_by_layers_and_backward():
+    # the cache: one build per plan tensor for every layer (forward and backward), transpose added once
+    keys = wide_plan("wide", 1, 150, 96, seed=9, window=48, sinks=12).to(DEV)
+    triton_wide.WIDE_LAYOUTS.clear()
+    triton_wide.WIDE_LAYOUTS.hits = triton_wide.WIDE_LAYOUTS.misses = 0
+    a = triton_wide.wide_layout_for(keys, 150, transpose=False)
+    assert a.qb_idx is None
+    assert a.wide
+    b = triton_wide.wide_layout_for(keys, 150, transpose=True)
+    assert b is a and a.qb_idx is not None
+    assert triton_wide.WIDE_LAYOUTS.misses == 1 and triton_wide.WIDE_LAYOUTS.hits == 1
 
 
 @gpu_only
 @pytest.mark.parametrize("name,K,window,sinks", [("w128", 128, 64, 16), ("w256", 256, 128, 64)])
 def test_layout_kernel_on_wide_real_sized_plans(name, K, window, sinks):
-    # 4k rows: the relaunch-wider path (caps start small) and many chunks per query block
+    # 4k rows: many chunks per query block, long sink lists in the transpose
     keys = wide_plan("wide", 1, 4096, K, seed=K, window=window, sinks=sinks).to(DEV)
     g = triton_wide.WideLayoutBuilder()(keys, 4096, force=True)
-    assert torch.equal(wide_mask(g, 4096, 4096), plan_mask(keys, 4096))
+    _same_layout(g, build_wide_layout(keys, 4096, force=True), 4096, 4096, keys)
 
 
 @kernel

@@ -11,7 +11,8 @@ PlanConfig, asa-small's plan: the narrow path, to show the dispatch leaves it al
 (np.diff of the rows compresses to a few MB even at 64k x 256).
 Timings: triton.testing.do_bench medians (ms); decode: CUDA-graph replays. "+layout": the plan -> layout
 build of that path (once per forward pass in a model, shared by every layer and head; charged to one call
-here). Floor as bench_sparse.py: max(bytes / copy bandwidth, useful FLOPs / bf16 matmul rate), bytes = read
+here; "+lay/L": one layout per step shared by L layers, --layers, default 8 as asa-small). "layout wall":
+back-to-back builds with one sync at the end (host launch cost included, no L2 flush). Floor as bench_sparse.py: max(bytes / copy bandwidth, useful FLOPs / bf16 matmul rate), bytes = read
 Q, K, V and write O once + the plan.
 """
 from __future__ import annotations
@@ -121,6 +122,17 @@ def run(args):
     def wide_layout(keys, N, transpose):
         return build_wide_layout_triton(keys, N, transpose=transpose, force=True)   # the GPU builder
 
+    def wall_ms(fn, n=50):
+        """Back-to-back calls, one sync at the end: host launch cost included (do_bench's L2 flush between
+        calls can hide up to ~60 us of host time), no cache flush."""
+        fn()
+        torch.cuda.synchronize() if DEV == "cuda" else None
+        t = time.perf_counter()
+        for _ in range(n if DEV == "cuda" else 1):
+            fn()
+        torch.cuda.synchronize() if DEV == "cuda" else None
+        return (time.perf_counter() - t) * 1e3 / (n if DEV == "cuda" else 1)
+
     def save():
         if args.out:
             out = Path(args.out)
@@ -162,6 +174,7 @@ def run(args):
             kavg = float((keys >= 0).sum(-1).float().mean())
             t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=False), 5, 30)
             t_wlay = bench(lambda: wide_layout(keys, N, False), 5, 30)
+            t_wlay_wall = wall_ms(lambda: wide_layout(keys, N, False))
             nlay = build_layout_triton(keys, N, transpose=False)
             wlay = wide_layout(keys, N, False)
             auto_wide = wide_layout_for(keys, N, transpose=False).wide
@@ -172,7 +185,7 @@ def run(args):
                 r = dict(plan=name, N=N, D=D, H=H, K=keys.shape[-1], K_avg=kavg, auto="wide" if auto_wide else
                          "narrow", narrow_tiles=nlay.tiles, wide_tiles=int(wlay.kb_count.sum()),
                          wide_chunks=int(wlay.ux_count.sum()),
-                         structured_mean=wlay.stats["structured_mean"])
+                         structured_mean=wlay.stats["structured_mean"], wide_layout_wall_ms=t_wlay_wall)
                 r["dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
                 r["narrow_ms"] = bench(lambda: sparse_attention_fwd(q, k, v, nlay, scale))
                 r["narrow_layout_ms"] = t_nlay
@@ -204,7 +217,7 @@ def run(args):
                 print(f"fwd {name} N={N:6d} D={D:3d} Kavg {kavg:.0f} dense {r['dense_ms']:.4f} "
                       f"narrow {r['narrow_ms']:.4f}+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} "
                       f"auto({r['auto']}) {r['auto_ms']:.4f} flex {r.get('flex_ms', float('nan')):.4f} "
-                      f"floor {r['floor_ms']:.4f} diff {r['wide_vs_narrow_rel']:.1e}", flush=True)
+                      f"floor {r['floor_ms']:.4f} diff {r['wide_vs_narrow_rel']:.1e} layout wall {t_wlay_wall:.4f}", flush=True)
                 del q, k, v, wo, no
             save()
     # -- forward + backward at 16k
@@ -214,6 +227,7 @@ def run(args):
         kavg = float((keys >= 0).sum(-1).float().mean())
         t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=True), 5, 30)
         t_wlay = bench(lambda: wide_layout(keys, N, True), 5, 30)
+        t_wlay_wall = wall_ms(lambda: wide_layout(keys, N, True))
         nlay = build_layout_triton(keys, N, transpose=True)
         wlay = wide_layout(keys, N, True)
         for D in args.D:
@@ -241,12 +255,13 @@ def run(args):
             nbytes = 2 * (4 * H * N * D) + 2 * (8 * H * N * D)
             r = dict(plan=name, N=N, D=D, H=H, K_avg=kavg, dense_ms=bench(dense), narrow_ms=bench(narrow),
                      narrow_layout_ms=t_nlay, wide_ms=bench(wide), wide_layout_ms=t_wlay,
-                     wide_vs_narrow_grad_rel=diff, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H),
+                     wide_vs_narrow_grad_rel=diff, wide_layout_wall_ms=t_wlay_wall, layers=args.layers, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H),
                      wide_fused_ms=bench(lambda: wide(True)), wide_separate_ms=bench(lambda: wide(False)))
             res["fwd_bwd"].append(r)
             print(f"fwd+bwd {name} N={N} D={D} dense {r['dense_ms']:.4f} narrow {r['narrow_ms']:.4f}"
                   f"+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} (fused {r['wide_fused_ms']:.4f}, "
-                  f"separate {r['wide_separate_ms']:.4f}) floor {r['floor_ms']:.4f} diff {diff:.1e}", flush=True)
+                  f"separate {r['wide_separate_ms']:.4f}) floor {r['floor_ms']:.4f} diff {diff:.1e} layout wall "
+                  f"{t_wlay_wall:.4f}; w+lay/{args.layers} {r['wide_ms'] + t_wlay / args.layers:.4f}", flush=True)
             del q, k, v, do, qd, kd, vd, gw, gn
         save()
     # -- decode: the row of query S-1 of the plan, against an S-slot cache
@@ -302,9 +317,9 @@ def compile_check(D: int, warps: int, block_m: int) -> bool:
     from kernels import triton_wide as tw
 
     ptr = {n: "*bf16" for n in ("Q", "K", "V", "O", "DO", "DQ")}
-    ptr.update({n: "*fp32" for n in ("DK", "DV", "LSE", "DELTA", "DKX", "DVX")}, XBITS="*i64")
-    ptr.update({n: "*i32" for n in ("NS", "LO", "HI", "KB", "KBCNT", "UX", "UXCNT", "QBPTR", "QBIDX", "KEYS",
-                                    "NEED")})
+    ptr.update({n: "*fp32" for n in ("DK", "DV", "LSE", "DELTA", "DKX", "DVX")}, XBITS="*i64", TAB="*i64")
+    ptr.update({n: "*i32" for n in ("NS", "LO", "HI", "SB", "WB", "KBCNT", "UX", "UXCNT", "QBCNT", "QBIDX",
+                                    "KEYS", "STATS", "PREF")})
     tile = dict(LQ=64, BLOCK_K=64, D=D, PREC="tf32", BLOCK_M=block_m)
     jobs = [("fwd", tw._wide_fwd_kernel, tile),
             ("dq+gathered dkdv", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=True)),
@@ -312,7 +327,9 @@ def compile_check(D: int, warps: int, block_m: int) -> bool:
             ("gathered dkdv", tw._wide_bwd_xdkdv_kernel, tile),
             ("structured dkdv", tw._wide_bwd_dkdv_kernel, dict(tile, CH=32, ATOMIC=True)),
             ("decode", tw._wide_decode_kernel, dict(GP=16, D=D, PREC="tf32", KP=256, BC=64)),
-            ("layout", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=256, EP=64, USCAP=8, CCAP=4))]
+            ("layout K=256", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=256, XC=32, TC=256)),
+            ("layout K=128", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=128, XC=32, TC=1024)),
+            ("transpose", tw._wide_transpose_kernel, dict(QC=256))]
     tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
     ok = True
     for name, kern, ce in jobs:
@@ -350,31 +367,40 @@ def to_markdown(res: dict, short: bool = False) -> str:
          f"ceilings measured in the run: copy {res['ceilings']['copy_GBps']:.0f} GB/s, bf16 matmul "
          f"{res['ceilings']['bf16_mm_TFLOPs']:.0f} TFLOP/s. B=1, {res['args']['H']} heads, bf16, medians in ms. "
          "w = wide kernels (triton_wide.py), n = narrow tile kernels (triton_sparse.py); "
-         "+lay = with that path's plan -> layout build in the same call.", ""]
+         "+lay = with that path's plan -> layout build in the same call (the layout charged to one layer); "
+         f"+lay/{res['args'].get('layers', 8)} = one layout per step shared by "
+         f"{res['args'].get('layers', 8)} layers (forward and backward), the training-relevant figure "
+         "(a model builds one layout per plan and step: kernels/triton_wide.WIDE_LAYOUTS).", ""]
     if res.get("checks"):
         L += ["checks (bf16 vs float64 reference, 2 heads, D=64): " + "; ".join(
             f"{c['plan']} N={c['N']}: fwd {c['fwd']:.1e} dq {c['dq']:.1e} dk {c['dk']:.1e} dv {c['dv']:.1e}"
             for c in res["checks"]), ""]
+    nl_ = res["args"].get("layers", 8)
     L += ["| plan | N | D | K avg | auto | dense | narrow | n+lay | wide | w layout | w+lay | auto | flex (+mask) |"
-          " x dense (w+lay) | x flex (w+lay) | w+lay / floor | n tiles | w tiles+chunks |",
-          "|" + "---|" * 19]
+          f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w layout wall | n tiles | "
+          "w tiles+chunks |", "|" + "---|" * 20]
     for r in res["forward"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
+        wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
         flex = r.get("flex_ms")
         L.append(f"| {r['plan']} | {r['N']} | {r['D']} | {r['K_avg']:.0f} | {r['auto']} | {_f(r['dense_ms'])} | "
                  f"{_f(r['narrow_ms'])} | {_f(r['narrow_ms'] + r['narrow_layout_ms'])} | {_f(r['wide_ms'])} | "
                  f"{_f(r['wide_layout_ms'])} | {_f(wl)} | {_f(r['auto_ms'])} | "
                  f"{_f(flex)}{' (+' + _f(r['flex_layout_ms'], 2) + ')' if flex else ''} | "
-                 f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {r['narrow_tiles']} | "
+                 f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {_x(r['dense_ms'], wlL)} | "
+                 f"{_f(r.get('wide_layout_wall_ms'))} | {r['narrow_tiles']} | "
                  f"{r['wide_tiles']}+{r['wide_chunks']} |")
-    L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout | w+lay | x dense (w+lay) | "
-          "x dense (n+lay) | w+lay / floor | w fused dk/dv | w separate dk/dv |", "|" + "---|" * 14]
+    L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout (+transpose) | w+lay | "
+          f"x dense (w+lay) | x dense (n+lay) | w+lay / floor | w+lay/{nl_} (one layout per step, {nl_} layers) | "
+          f"x dense (w+lay/{nl_}) | w layout wall | w fused dk/dv | w separate dk/dv |", "|" + "---|" * 17]
     for r in res["fwd_bwd"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
+        wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
         nl = r["narrow_ms"] + r["narrow_layout_ms"]
         L.append(f"| {r['plan']} | {r['N']} | {r['D']} | {_f(r['dense_ms'])} | {_f(r['narrow_ms'])} | {_f(nl)} | "
                  f"{_f(r['wide_ms'])} | {_f(r['wide_layout_ms'])} | {_f(wl)} | {_x(r['dense_ms'], wl)} | "
-                 f"{_x(r['dense_ms'], nl)} | {_x(wl, r['floor_ms'])} | {_f(r['wide_fused_ms'])} | "
+                 f"{_x(r['dense_ms'], nl)} | {_x(wl, r['floor_ms'])} | {_f(wlL)} | {_x(r['dense_ms'], wlL)} | "
+                 f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r['wide_fused_ms'])} | "
                  f"{_f(r['wide_separate_ms'])} |")
     if not short:
         L += ["", "| decode plan | S | H/Hkv | D | K | narrow us | wide us | dense us | x dense (wide) | wide / floor |",
@@ -394,6 +420,8 @@ def main():
     ap.add_argument("--tag", default="run")
     ap.add_argument("--plan-names", nargs="+", default=list(PLANS))
     ap.add_argument("--H", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=8,
+                    help="layers sharing one layout per step (asa-small: 8) for the 'lay/L' columns")
     ap.add_argument("--D", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--flex-N", type=int, nargs="*", default=[16384])
     ap.add_argument("--flex-D", type=int, nargs="*", default=[64])
