@@ -36,7 +36,9 @@ from .triton_sparse import (DECODE_CONFIGS, DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TIL
                             sparse_attention_triton)
 
 BQ, BK = 64, 64
-WIDE_DECODE_MIN_K = 128       # decode rows at least this wide use the wide decode kernel
+# decode rows at least this wide would use the wide decode kernel. Off: on the H200 the narrow decode kernel
+# was faster for every measured width (K 128: 3.0 vs 6.0 us at 8k-128k, bench/kernels/results/wide_h200.md)
+WIDE_DECODE_MIN_K = 1 << 30
 FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv up to this D (spills above)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
