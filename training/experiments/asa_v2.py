@@ -14,7 +14,12 @@ Phases (the device cannot read ../shared/data: tokens are made here and carried,
   here:    asa-train prepare --out runs/asa_prep --ctx 2048 --vocab-size 12288 --train-words 0 --valid-books 4 \
                --valid-words 300000 --tokenizer asa_runtime/models/asa-small/tokenizer.json --no-wikitext
            python -m training.experiments.asa_v2 pack                      # -> runs/carry_prep (~23 MB)
-  device:  python3 -m training.experiments.asa_v2 start  --call-s 570      (carry runs/carry_prep)
+           python -m training.experiments.carry_parts split runs/carry_prep --parts 2   # the tree (43.6 MB) +
+               23.7 MB is over a call's 64 MiB: carry it in two parts (training/experiments/carry_parts.py)
+  device:  call 0 (carry runs/carry_prep.part1): python3 -m training.experiments.carry_parts stash runs/carry_prep.part1
+  device:  python3 -m training.experiments.carry_parts stash runs/carry_prep.part2 && python3 -m
+               training.experiments.carry_parts join runs/carry_prep && \
+           python3 -m training.experiments.asa_v2 start  --call-s 540      (carry runs/carry_prep.part2)
                unpacks, starts a detached supervisor (setsid: it outlives the call) that trains dense at once,
                builds each policy's plans on the CPUs (dense training meanwhile), starts each policy's
                training when its plans are ready, evaluates each model as soon as it is trained (asa-small
