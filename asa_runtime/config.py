@@ -23,16 +23,19 @@ class PlanConfig:
     lookback_words: int = 96    # how many earlier words the bonding search inspects (bounds cost: O(N*L))
     cross_sentence: bool = True  # pronouns may bond to antecedents in earlier sentences
     seed: int = 0               # for the random controls
+    # lexical cohesion: a noun / proper noun may select the tokens of its lemma's `cohesion` most recent earlier
+    # mentions anywhere in the document (0 = off; docs/linguistics.md "Lexical cohesion")
+    cohesion: int = 0
 
     def __post_init__(self):
-        _check_types(self, ("k", "window", "sinks", "stride", "lookback_words", "seed"), int)
+        _check_types(self, ("k", "window", "sinks", "stride", "lookback_words", "seed", "cohesion"), int)
         if not isinstance(self.cross_sentence, bool):
             raise ValueError(f"cross_sentence must be true or false, got {self.cross_sentence!r}")
         if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"unknown ASA mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        for name in ("window", "sinks", "stride", "lookback_words"):
+        for name in ("window", "sinks", "stride", "lookback_words", "cohesion"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -41,7 +44,10 @@ class PlanConfig:
         return self.mode == "none"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["cohesion"]:
+            del d["cohesion"]       # off: the dict (plan caches, prompt-cache hashes, config.json) is as before
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanConfig":
@@ -94,7 +100,9 @@ class ModelConfig:
         return self.d_model // self.n_head
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["plan"] = self.plan.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -18,16 +18,18 @@ Selection policy (each term switchable in PlanConfig), in priority order until K
   3. the local window: the `window` tokens before it;
   4. bonded words of its sentence, most recent first (all their tokens), within `lookback_words` words;
   5. for pronouns (`cross_sentence`): agreeing nominal antecedents from earlier sentences, most recent first;
-  6. strided global keys: every `stride`-th position before the window, most recent first.
+  6. lexical cohesion (`cohesion` > 0): for a noun or proper noun, the tokens of the `cohesion` most recent
+     earlier mentions of its lemma anywhere in the document, most recent first (see _cohesion_tokens);
+  7. strided global keys: every `stride`-th position before the window, most recent first.
 The kept keys are then sorted ascending and padded with -1.
 
-Mode "local" is the locality control: terms 1-3 (and 6 when `stride` is set) only, no bonds and no
-antecedents, so a model trained on it shows what self + word + sinks + window alone are worth at the same K.
+Mode "local" is the locality control: terms 1-3 (and 6 / 7 when `cohesion` / `stride` is set) only, no bonds
+and no antecedents, so a model trained on it shows what self + word + sinks + window alone are worth at the same K.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
+from collections import OrderedDict, deque
 from itertools import islice
 
 import numpy as np
@@ -35,13 +37,31 @@ import numpy as np
 from ..config import PlanConfig
 from .analyzer import Analyzer, AnalyzerState
 from .features import AGR_BIT
-from .rules import NOMINAL_MASK, POS_COMPAT, PRON, VERB, agreement_conflict, feature_block
+from .rules import NOMINAL_MASK, NOUN, POS_COMPAT, PRON, PROPN, VERB, agreement_conflict, feature_block
 from .segment import SPACE, Segmenter
 
 ANTECEDENT_MEMORY = 32           # nominal words remembered for cross-sentence pronoun antecedents
 _PERSONS = AGR_BIT["PERS1"] | AGR_BIT["PERS2"] | AGR_BIT["PERS3"]
 _BCACHE_MAX = 256                # query keys cached per sentence before the cache is reset
 _NO_TOKENS: list[int] = []
+# lexical cohesion (PlanConfig.cohesion): which words take part, and the bounds of the mention memory
+COHESION_MASK = (1 << NOUN) | (1 << PROPN)   # content words whose repetition carries the referent
+COHESION_LEMMAS = 4096           # distinct lemmas remembered (least recently mentioned dropped first)
+COHESION_PER_PREFIX = 8          # lemmas listed per 3-letter prefix (a query looks at these only)
+COHESION_MIN_CHARS = 3           # shorter words (and prefixes) neither become mentions nor query
+
+
+def cohesion_lemma(text: str) -> str:
+    """A cheap English lemma of a lower-cased word: strip the plural inflection (the analyzer splits off
+    clitics such as 's already). Deterministic and causal: a function of the text alone."""
+    n = len(text)
+    if n > 4 and text.endswith("ies"):
+        return text[:-3] + "y"
+    if n > 4 and text.endswith(("sses", "shes", "ches", "xes")):
+        return text[:-2]
+    if n > 3 and text.endswith("s") and not text.endswith(("ss", "us", "is")):
+        return text[:-1]
+    return text
 
 
 def _word_cap(cfg: PlanConfig) -> int:
@@ -97,6 +117,8 @@ class IncrementalPlan:
         self._bcache: dict = {}       # _bonded: query key -> [next word to scan, bonded tokens ascending]
         self._bcache_sent = -1        # ... for the sentence starting at this word
         self._cap = _word_cap(cfg)
+        self._coh: OrderedDict[str, deque[int]] = OrderedDict()      # lemma -> its last `cohesion` mentions
+        self._coh_prefix: OrderedDict[str, list[str]] = OrderedDict()  # 3-letter prefix -> recent lemmas
 
     def __len__(self) -> int:
         return len(self.st)
@@ -170,6 +192,8 @@ class IncrementalPlan:
         for j in range(self._done_word + 1, w):
             if NOMINAL_MASK >> st.w_upos[j] & 1:
                 self._antecedents.append(j)
+            if cfg.cohesion:
+                self._add_mention(j)
         self._done_word = w - 1
 
         K = cfg.k
@@ -190,6 +214,12 @@ class IncrementalPlan:
             if cfg.cross_sentence and not self._local and len(extra) < budget and self._is_pronoun(w):
                 ant = [p for p in self._antecedent_tokens(w) if ns <= p < lo][: budget - len(extra)]
                 extra = ant[::-1] + extra
+            if cfg.cohesion and len(extra) < budget:
+                coh = self._cohesion_tokens(w)
+                if coh:
+                    have = set(extra)
+                    extra += islice((p for p in coh if ns <= p < lo and p not in have), budget - len(extra))
+                    extra.sort()
             if cfg.stride and len(extra) < budget:
                 have = set(extra)
                 more = (p for p in self._strided(i) if ns <= p < lo and p not in have)
@@ -230,6 +260,7 @@ class IncrementalPlan:
                 or (cfg.window and take(range(i - 1, max(-1, i - 1 - cfg.window), -1)))
                 or (not self._local and take(self._bonded_recent_first(w)))
                 or (cfg.cross_sentence and not self._local and take(self._antecedent_tokens(w)))
+                or (cfg.cohesion and take(self._cohesion_tokens(w)))
                 or (cfg.stride and take(self._strided(i)))):
             pass
         out.sort()
@@ -360,6 +391,68 @@ class IncrementalPlan:
             toks.extend(range(e - 1, max(w_start[j], e - self._cap) - 1, -1))
         return toks
 
+    def _add_mention(self, j: int) -> None:
+        """Word j is complete: if it is a noun or proper noun, remember it as the latest mention of its lemma.
+        Memory is bounded whatever the document: `cohesion` mentions per lemma, COHESION_LEMMAS lemmas (the least
+        recently mentioned is forgotten first), COHESION_PER_PREFIX lemmas per prefix list."""
+        st = self.st
+        if not COHESION_MASK >> st.w_upos[j] & 1:
+            return
+        text = st.w_text[j]
+        if len(text) < COHESION_MIN_CHARS or not text[0].isalpha():
+            return
+        lem = cohesion_lemma(text)
+        coh = self._coh
+        dq = coh.get(lem)
+        if dq is None:
+            dq = coh[lem] = deque(maxlen=self.cfg.cohesion)
+            if len(coh) > COHESION_LEMMAS:
+                coh.popitem(last=False)
+        else:
+            coh.move_to_end(lem)
+        dq.append(j)
+        pre = self._coh_prefix
+        key = lem[:COHESION_MIN_CHARS]
+        lst = pre.get(key)
+        if lst is None:
+            lst = pre[key] = []
+            if len(pre) > COHESION_LEMMAS:
+                pre.popitem(last=False)
+        else:
+            pre.move_to_end(key)
+            if lem in lst:
+                lst.remove(lem)
+        lst.append(lem)
+        if len(lst) > COHESION_PER_PREFIX:
+            del lst[0]
+
+    def _cohesion_tokens(self, w: int) -> list[int]:
+        """Lexical-cohesion query: if word w (as known at this token: its text and tag so far) is a noun or
+        proper noun, the tokens of the remembered mentions of every lemma it may be, most recent first. A lemma
+        matches when it equals the lemma of w's text so far or starts with that text: from a word's first piece
+        on ("Casa" of "Casaubon") its row holds the earlier mentions it may be continuing, so the model can copy
+        the rest. Only complete earlier words are mentions, so the row depends on tokens <= i alone (causal).
+        Work: at most COHESION_PER_PREFIX lemmas x `cohesion` mentions x their last _word_cap tokens."""
+        st = self.st
+        if not COHESION_MASK >> st.w_upos[w] & 1:
+            return _NO_TOKENS
+        text = st.w_text[w]
+        if len(text) < COHESION_MIN_CHARS:
+            return _NO_TOKENS
+        lst = self._coh_prefix.get(text[:COHESION_MIN_CHARS])
+        if not lst:
+            return _NO_TOKENS
+        lem, coh = cohesion_lemma(text), self._coh
+        mentions = [j for m in lst if m in coh and (m == lem or m.startswith(text)) for j in coh[m]]
+        if not mentions:
+            return _NO_TOKENS
+        mentions.sort(reverse=True)
+        w_start, cap, toks = st.w_start, self._cap, []
+        for j in mentions:
+            e = w_start[j + 1]
+            toks.extend(range(e - 1, max(w_start[j], e - cap) - 1, -1))
+        return toks
+
     def _strided(self, i: int):
         s = self.cfg.stride
         top = i - 1 - self.cfg.window            # strided keys lie before the window
@@ -427,6 +520,12 @@ class IncrementalPlan:
                 keep.update(range(st.w_start[j], st.w_start[j + 1]))
             if NOMINAL_MASK >> st.w_upos[w] & 1:
                 keep.update(range(st.w_start[w], n))     # the current word may become an antecedent
+        if cfg.cohesion:                                 # every remembered mention (the current word is kept above)
+            w_start, cap = st.w_start, self._cap
+            for dq in self._coh.values():
+                for j in dq:
+                    e = w_start[j + 1]
+                    keep.update(range(max(w_start[j], e - cap), e))
         if cfg.stride:
             keep.update(range(cfg.stride - 1, n, cfg.stride))
         return np.fromiter(sorted(keep), dtype=np.int64)
@@ -460,3 +559,9 @@ class IncrementalPlan:
         self._antecedents = deque((int(x) for x in arrays["antecedents"]), maxlen=ANTECEDENT_MEMORY)
         self._done_word = int(meta["done_word"])
         self._bcache, self._bcache_sent = {}, -1
+        # the cohesion memory is a function of the complete words' final text and tags: replayed, not stored
+        # (O(words), string work only), so the state format is the same with and without it
+        self._coh, self._coh_prefix = OrderedDict(), OrderedDict()
+        if self.cfg.cohesion:
+            for j in range(self._done_word + 1):
+                self._add_mention(j)

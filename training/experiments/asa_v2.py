@@ -81,6 +81,9 @@ MODELS = {s.name: s for s in (
     Spec("w64", "full", {"window": 64, "k": 96}, label="ASA full, window 64, k 96"),
     Spec("local_w64", "local", {"window": 64, "k": 96}, label="local only, window 64, k 96"),
     Spec("asa_small", "full", label="asa-small (full, k 64, window 16)", shipped=True),
+    Spec("coh4", "full", {"cohesion": 4}, label="ASA full + lexical cohesion 4 (k 64, window 16)"),
+    Spec("coh4_w64", "full", {"cohesion": 4, "window": 64, "k": 96},
+         label="ASA full + lexical cohesion 4, window 64, k 96"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
 
