@@ -241,3 +241,16 @@ def test_union_prefill_equals_gather_prefill(tiny_checkpoint, variant):
         return Session(lm, ctx_size=128, prefill_chunk=32).feed(ids, all_logits=True)
     a, b = run(True), run(False)
     torch.testing.assert_close(a, b, atol=1e-5 * b.abs().max().item(), rtol=1e-5)
+
+
+def test_kv_dtype_auto_is_bf16_for_sparse_fp32_models_only(tiny_checkpoint, tiny_dense_checkpoint):
+    """The CLI's default (--kv-dtype auto): a bfloat16 cache where it costs nothing measurable (sparse plan,
+    fp32 weights, torch backend); the dense baseline keeps the weights' dtype; the Python default is exact."""
+    from asa_runtime.session import Session
+
+    sparse = load(tiny_checkpoint, kv_dtype="auto")
+    assert Session(sparse, ctx_size=64).cache.dtype == torch.bfloat16
+    assert Session(load(tiny_checkpoint), ctx_size=64).cache.dtype == torch.float32
+    assert Session(load(tiny_dense_checkpoint, kv_dtype="auto"), ctx_size=64).cache.dtype == torch.float32
+    with pytest.raises(GenerationError):
+        load(tiny_checkpoint, kv_dtype="bogus")
