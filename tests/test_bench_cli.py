@@ -3,6 +3,7 @@ one-line errors for bad flags."""
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from asa_runtime.benchmark import COLUMNS
@@ -45,7 +46,8 @@ def test_markdown_csv_and_plot(tmp_path, tiny_dense_checkpoint):
 
 
 @pytest.mark.parametrize("args,needle", [(("-p", "0"), ">= 1"), (("-p", "a,b"), "comma list"),
-                                         (("--backend", "warp"), "unknown 'warp'"), (("--mode", "fast"), "unknown")])
+                                         (("--backend", "warp"), "unknown 'warp'"), (("--mode", "fast"), "unknown"),
+                                         (("--device", "tpu"), "tpu")])
 def test_bad_flags_are_one_line(tiny_checkpoint, args, needle):
     r = bench("-m", tiny_checkpoint, *args)
     assert r.exit_code != 0 and "Traceback" not in r.output
@@ -66,3 +68,18 @@ def test_llama_cpp_row_and_ratios(tmp_path, tiny_dense_checkpoint, monkeypatch):
     assert [ln.split("|")[1].strip() for ln in rows] == ["asa-run", "llama.cpp"]
     assert "Against llama.cpp at the same context" in r.stdout
     assert len(list((tmp_path / "cache" / "gguf").glob("*.gguf"))) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_bench_without_a_gpu_is_one_line(tiny_checkpoint):
+    r = bench("-m", tiny_checkpoint, "-p", "16", "-n", 2, "-r", 1, "--device", "cuda")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and "CUDA is not available" in r.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bench_tiny(tiny_checkpoint):
+    r = bench("-m", tiny_checkpoint, "-p", "64", "-n", 4, "-r", 1, "--device", "cuda", "--mode", "asa,dense")
+    assert r.exit_code == 0, r.output
+    assert sum(1 for line in r.output.splitlines() if line.startswith("| asa-run |")) == 2

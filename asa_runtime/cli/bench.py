@@ -71,12 +71,15 @@ def gguf_for(model: str) -> str:
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("-f", "--text-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Prompt text (UTF-8) instead of the built-in paragraphs.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: the torch backend on the GPU, decode from CUDA graphs, bf16 weights (llama.cpp "
+                   "rows are CPU-only and left out).")
 @click.option("-o", "--output", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the table here (atomically) as well as to stdout.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Save a plot (PNG): tokens/s and peak memory against context (needs matplotlib).")
-def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, threads, text_file, output,
+def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, threads, text_file, device, output,
               out_file, plot_file):
     """Latency table: prompt and generation tokens/s, time to first token, peak memory, per system."""
     from asa_runtime import benchmark
@@ -86,6 +89,12 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, threa
     mds = _names(modes, ("asa", "dense"), "--mode")
     gguf = None
     try:
+        if device == "cuda":
+            from asa_runtime.generate import check_device
+
+            check_device("cuda")
+            if bks != ["torch"] or llama_cpp:
+                raise click.UsageError("--device cuda runs the torch backend only (no --llama-cpp, --backend torch)")
         if llama_cpp:
             try:
                 import llama_cpp as _  # noqa: F401
@@ -93,8 +102,9 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, threa
                 raise click.ClickException("--llama-cpp needs llama-cpp-python: pip install "
                                            "'asa-runtime[llamacpp]'") from None
             gguf = gguf_for(model)
+        gpu = dict(device="cuda", dtype="bfloat16", prefill_chunk=4096) if device == "cuda" else {}
         rows = benchmark.run(model, ctx, n_gen=n_gen, repeats=repeats, backends=bks, modes=mds, gguf=gguf,
-                             threads=threads, text_file=text_file)
+                             threads=threads, text_file=text_file, **gpu)
     except click.ClickException:
         raise
     except (RuntimeError, *USER_ERRORS) as e:
