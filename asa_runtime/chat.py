@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .errors import GenerationError, require_unicode
 from .generate import stream_generate
 from .sampling import Sampler
-from .session import DEFAULT_PREFILL_CHUNK, Session
+from .session import Session
 
 USER, ASSISTANT = "User:", "Assistant:"
 STOPS = ("\n" + USER, "\n" + ASSISTANT, "\nUser :")
@@ -64,7 +64,7 @@ class Chat:
     """One conversation: its Session, sampler and history. `reply(text)` streams the answer."""
 
     def __init__(self, lm, max_tokens=256, ctx_size=None, max_kv_size=None,
-                 prefill_chunk=DEFAULT_PREFILL_CHUNK, system="", conversation: Conversation | None = None,
+                 prefill_chunk=None, system="", conversation: Conversation | None = None,
                  **sampler_kw):
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise GenerationError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")

@@ -31,7 +31,7 @@ from .linguistics.planner import Planner
 from .quantize import SCHEMES, quantize_model
 from .registry import resolve
 from .sampling import Sampler
-from .session import DEFAULT_PREFILL_CHUNK, Session
+from .session import Session
 from .streaming import StopMatcher, StreamingDetokenizer
 
 
@@ -255,7 +255,7 @@ def generate_step(session: Session, logits: torch.Tensor, sampler: Sampler,
 def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: int = 256, *,
                     sampler: Sampler | None = None, stop: Sequence[str] = (), session: Session | None = None,
                     ctx_size: int | None = None, max_kv_size: int | None = None,
-                    prefill_chunk: int = DEFAULT_PREFILL_CHUNK, stop_at_eos: bool = True,
+                    prefill_chunk: int | None = None, stop_at_eos: bool = True,
                     on_prompt: Callable[[Session, int], None] | None = None,
                     **sampler_kw) -> Iterator[GenerationResponse]:
     """Stream a completion of `prompt` (text or token ids). Sampling options (temp, top_k, top_p, min_p,
@@ -300,7 +300,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Sequence[int], max_tokens: in
         raise GenerationError(f"sampler must be a Sampler, got {type(sampler).__name__}")
     if session is None:
         session = Session(lm, ctx_size=ctx_size, max_kv_size=max_kv_size,
-                          prefill_chunk=DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk)
+                          prefill_chunk=prefill_chunk)
     elif not isinstance(session, Session) or session.lm is not lm:
         raise GenerationError("session must be a Session of this LoadedModel" if isinstance(session, Session)
                               else f"session must be a Session, got {type(session).__name__}")

@@ -22,7 +22,8 @@ from .errors import CacheFull, GenerationError
 from .kv_policy import SlotMap, auto_kv_slots
 from .resources import check_fits, session_bytes
 
-DEFAULT_PREFILL_CHUNK = 512
+DEFAULT_PREFILL_CHUNK = 512        # CPU: bounds prefill memory, the union layout stays small
+GPU_PREFILL_CHUNK = 4096           # CUDA: fewer, larger launches (32k prefill on an H200 ~3.5x faster than 512)
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Session:
     MAX_MARKS = 4
 
     def __init__(self, lm, ctx_size: int | None = None, max_kv_size: int | None = None,
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefill_chunk: int | None = None):
         if not all(hasattr(lm, a) for a in ("config", "backend", "tokenizer", "planner")):
             raise GenerationError(f"Session needs a LoadedModel (from load() or from_model()), got "
                                   f"{type(lm).__name__}")
@@ -49,8 +50,8 @@ class Session:
         self.ctx_size = int(ctx_size or lm.config.max_seq_len)
         if self.ctx_size < 2:
             raise GenerationError(f"ctx_size must be >= 2, got {self.ctx_size}")
-        if prefill_chunk is None:                       # as in stream_generate: the default chunk
-            prefill_chunk = DEFAULT_PREFILL_CHUNK
+        if prefill_chunk is None:                       # the device's default chunk
+            prefill_chunk = GPU_PREFILL_CHUNK if str(lm.device).startswith("cuda") else DEFAULT_PREFILL_CHUNK
         if prefill_chunk < 1:
             raise GenerationError(f"prefill chunk must be >= 1, got {prefill_chunk}")
         n_slots = self.ctx_size

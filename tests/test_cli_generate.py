@@ -73,7 +73,7 @@ def test_bad_prompts(tmp_path, tiny_dense_checkpoint):
 @pytest.mark.parametrize("flag,value", [
     ("--temp", -1), ("--top-p", 0), ("--top-p", 1.5), ("--min-p", 1), ("--min-p", -0.1), ("--top-k", -1),
     ("--repeat-penalty", 0), ("--repeat-last-n", -2), ("--ctx-size", -1), ("--max-kv-size", -5),
-    ("--prefill-chunk", 0), ("-n", -2), ("--device", "tpu"), ("--quantize", "int4"), ("--backend", "warp"),
+    ("--prefill-chunk", -1), ("-n", -2), ("--device", "tpu"), ("--quantize", "int4"), ("--backend", "warp"),
     ("--temp", "hot"), ("--threads", 0),
 ])
 def test_out_of_range_flags(tiny_dense_checkpoint, flag, value):

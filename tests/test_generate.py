@@ -254,3 +254,12 @@ def test_kv_dtype_auto_is_bf16_for_sparse_fp32_models_only(tiny_checkpoint, tiny
     assert Session(load(tiny_dense_checkpoint, kv_dtype="auto"), ctx_size=64).cache.dtype == torch.float32
     with pytest.raises(GenerationError):
         load(tiny_checkpoint, kv_dtype="bogus")
+
+
+def test_prefill_chunk_default_follows_the_device(tiny_checkpoint):
+    from asa_runtime.session import DEFAULT_PREFILL_CHUNK, GPU_PREFILL_CHUNK
+
+    assert Session(load(tiny_checkpoint), ctx_size=64).prefill_chunk == DEFAULT_PREFILL_CHUNK == 512
+    assert Session(load(tiny_checkpoint), ctx_size=64, prefill_chunk=7).prefill_chunk == 7
+    if torch.cuda.is_available():
+        assert Session(load(tiny_checkpoint, device="cuda"), ctx_size=64).prefill_chunk == GPU_PREFILL_CHUNK

@@ -41,7 +41,7 @@ class ServerConfig:
     api_key: str | None = None
     ctx_size: int | None = None            # None: the model's max_seq_len
     max_kv_size: int | None = None
-    prefill_chunk: int = 512
+    prefill_chunk: int | None = None        # None: the device's default (session.py)
     parallel: int = 4                      # requests generating at once (interleaved token by token)
     queue: int = 16                        # requests waiting beyond those; more get 429
     keep_sessions: int = 8                 # idle conversations whose KV cache is kept for reuse

@@ -29,7 +29,7 @@ def chat_cmd(max_tokens, system, **o):
         require_unicode(system, "--system")
         lm = load_model(o)
         chat = Chat(lm, max_tokens=max_tokens, ctx_size=o["ctx_size"] or None,
-                    max_kv_size=o["max_kv_size"] or None, prefill_chunk=o["prefill_chunk"], system=system,
+                    max_kv_size=o["max_kv_size"] or None, prefill_chunk=o["prefill_chunk"] or None, system=system,
                     **sampler_kwargs(o))
     except click.ClickException:
         raise

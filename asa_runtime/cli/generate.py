@@ -66,8 +66,9 @@ def model_options(f):
                      help="Bound the KV cache to this many keys; keys the plan can never select again are "
                           "evicted (sparse models only). 0: a sparse model's cache is bounded the same lossless "
                           "way, sized automatically (it grows when the plan keeps more keys reachable)."),
-        click.option("--prefill-chunk", type=click.IntRange(min=1), default=512, show_default=True,
-                     help="Prompt tokens per prefill step (bounds prefill memory)."),
+        click.option("--prefill-chunk", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Prompt tokens per prefill step (bounds prefill memory). 0: 512 on the CPU, 4096 "
+                          "on CUDA."),
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads (default: torch's choice)."),
         click.option("--temp", type=click.FloatRange(min=0), default=0.8, show_default=True,
@@ -153,7 +154,7 @@ def generate_cmd(prompt, file, max_tokens, stop, prompt_cache, echo, **o):
         for s_ in stop:
             require_unicode(s_, "--stop")
         session = Session(lm, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
-                          prefill_chunk=o["prefill_chunk"])
+                          prefill_chunk=o["prefill_chunk"] or None)
         on_prompt = None
         if prompt_cache is not None:
             on_prompt = use_prompt_cache(prompt_cache, session)

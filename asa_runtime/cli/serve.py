@@ -49,7 +49,7 @@ def serve_cmd(host, port, api_key, parallel, queue, keep_sessions, max_tokens, m
             raise click.ClickException("--max-kv-size needs a sparse ASA plan: this model is dense")
         name = model_id or (o["model"].rstrip("/").split("/")[-1])
         cfg = ServerConfig(model_id=name, api_key=api_key, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
-                           prefill_chunk=o["prefill_chunk"], parallel=parallel, queue=queue,
+                           prefill_chunk=o["prefill_chunk"] or None, parallel=parallel, queue=queue,
                            keep_sessions=keep_sessions, default_max_tokens=min(max_tokens, ctx),
                            sampling=sampler_kwargs(o))
         app = create_app(lm, cfg)
