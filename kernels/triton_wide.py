@@ -1,6 +1,7 @@
 """Triton sparse attention for wide plans: the structured part of each row (sinks, local window) as dense
 block tiles masked from three numbers per row, the irregular rest (bonds, antecedents, strided keys) as
-gathered-column tiles, one online softmax across both. Forward, backward (dq; dk/dv) and decode.
+gathered-column tiles, one online softmax across both. Forward and backward (dq; dk/dv); decode stays on
+the narrow decode kernel (a wide one measured 2x slower on the H200 and was removed).
 
 Layout (kernels/plan_split.py, derived from the plan rows; the contract does not change): per query block of
 BQ=64 rows, the structured key blocks (sink blocks + window blocks) and the sorted union of its rows'
@@ -14,8 +15,6 @@ window [lo, hi]).
   key block, K/V head, as layout.py's transpose) accumulates the structured dk/dv over the query blocks that
   list the key block (GQA heads in one program), adds kernel 1's buffers and stores. Key blocks in every
   query block's list (sinks) are split over several programs with fp32 atomics, as in triton_sparse.py.
-- decode (few queries, no layout): program per (query, K/V head) reads the row, finds ns / lo / hi with two
-  reductions, loads the sinks and the window as contiguous ranges and gathers only the rest.
 The narrow kernels (kernels/triton_sparse.py) stay the path for narrow plans; `sparse_attention_auto`
 chooses per plan (plan_split.WIDE_MIN_STRUCTURED). Tests: tests/test_kernels_wide.py.
 """
@@ -30,20 +29,16 @@ import triton.language as tl
 
 from .layout import LayoutCache
 from .plan_split import WideLayout
-from .triton_sparse import (DECODE_CONFIGS, DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
-                            _check, _chunks_fit_row, _grad_rows, _members, _p_ds, _prec, _rows,
+from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
+                            _check, _grad_rows, _members, _p_ds, _prec, _rows,
                             _softmax_step, _store_rows, _strides, _tiles_fit_layout, _tune_bench,
                             sparse_attention_triton)
 
 BQ, BK = 64, 64
-# decode rows at least this wide would use the wide decode kernel. Off: on the H200 the narrow decode kernel
-# was faster for every measured width (K 128: 3.0 vs 6.0 us at 8k-128k, bench/kernels/results/wide_h200.md)
-WIDE_DECODE_MIN_K = 1 << 30
 FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv up to this D (spills above)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
 W_TILE_CONFIGS = TILE_CONFIGS[:1] if _INTERPRET else TILE_CONFIGS
-W_DECODE_CONFIGS = DECODE_CONFIGS[:1] if _INTERPRET else DECODE_CONFIGS
 
 
 @triton.jit
@@ -282,67 +277,6 @@ def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI,
         dv += tl.load(DVX + out, mask=kmask, other=0.0)
         tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=kmask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kmask)
-
-
-# ------------------------------------------------------------------------------------------------ decode
-@triton.autotune(configs=W_DECODE_CONFIGS, key=["D", "KWB", "GP"], do_bench=_tune_bench,
-                 prune_configs_by={"early_config_prune": _chunks_fit_row})
-@triton.jit
-def _wide_decode_kernel(Q, K, V, O, KEYS,
-                        sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
-                        Hkv, G, Nq, KW, KWB, qk_scale,
-                        GP: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr, KP: tl.constexpr,
-                        BC: tl.constexpr):
-    pid = tl.program_id(0)                          # over B * Nq
-    hk = tl.program_id(1)
-    b = pid // Nq
-    i = pid % Nq
-    offs_g = tl.arange(0, GP)
-    offs_c = tl.arange(0, BC)
-    offs_d = tl.arange(0, D)
-    g_ok = offs_g < G
-    h = hk * G + offs_g
-    q = _rows(Q + b * sqb + i * sqn, h, sqh, offs_d, g_ok)                  # (GP, D)
-    kbase = K + b * skb + hk * skh
-    vbase = V + b * svb + hk * svh
-    # the row's split (plan_split.split_rows): two reductions over the row
-    t = tl.arange(0, KP)
-    row = tl.load(KEYS + pid * KW + t, mask=t < KW, other=-1)
-    valid = row >= 0
-    n = tl.sum(valid.to(tl.int32), 0)
-    hi = tl.max(row, 0)
-    ns = tl.sum((row == t).to(tl.int32), 0)
-    run = tl.sum((valid & (row == hi - n + 1 + t)).to(tl.int32), 0)
-    ns = tl.minimum(ns, n - run)
-    lo = hi - run + 1
-    m_i = tl.full([GP], float("-inf"), tl.float32)
-    l_i = tl.zeros([GP], tl.float32)
-    acc = tl.zeros([GP, D], tl.float32)
-    for c in range(0, ns, BC):                       # sinks: contiguous rows
-        pos = c + offs_c
-        ok = pos < ns
-        k = _rows(kbase, pos, skn, offs_d, ok)
-        v = _rows(vbase, pos, svn, offs_d, ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        m_i, l_i, acc = _softmax_step(tl.where(ok[None, :], s, float("-inf")), v, m_i, l_i, acc, PREC)
-    for c in range(lo, hi + 1, BC):                  # window: contiguous rows
-        pos = c + offs_c
-        ok = pos <= hi
-        k = _rows(kbase, pos.to(tl.int64), skn, offs_d, ok)
-        v = _rows(vbase, pos.to(tl.int64), svn, offs_d, ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        m_i, l_i, acc = _softmax_step(tl.where(ok[None, :], s, float("-inf")), v, m_i, l_i, acc, PREC)
-    for c in range(ns, n - run, BC):                 # the rest: gathered
-        slot = c + offs_c
-        idx = tl.load(KEYS + pid * KW + slot, mask=slot < n - run, other=-1)
-        ok = idx >= 0
-        safe = tl.where(ok, idx, 0).to(tl.int64)
-        k = _rows(kbase, safe, skn, offs_d, ok)
-        v = _rows(vbase, safe, svn, offs_d, ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        m_i, l_i, acc = _softmax_step(tl.where(ok[None, :], s, float("-inf")), v, m_i, l_i, acc, PREC)
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    _store_rows(O + b * sob + i * son, h, soh, offs_d, g_ok, out)
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -624,23 +558,6 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, f
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
-def wide_attention_decode(q, k, v, keys, scale: float):
-    """Few queries against a long cache, no layout: sinks and window as contiguous ranges, the rest
-    gathered."""
-    B, Hq, Nq, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    keys = keys.to(torch.int32).contiguous()
-    out = torch.empty_like(q)
-    KW = keys.shape[-1]
-    _wide_decode_kernel[(B * Nq, Hkv)](
-        q, k, v, out, keys, *_strides(q, k, v, out),
-        Hkv, G, Nq, KW, triton.next_power_of_2(KW), scale * LOG2E,
-        GP=max(16, triton.next_power_of_2(G)), D=D, PREC=_prec(q.dtype),
-        KP=max(16, triton.next_power_of_2(KW)))
-    return out
-
-
 class _WideAttn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, lay, scale):
@@ -681,8 +598,6 @@ def sparse_attention_wide(q, k, v, keys, scale=None, layout: WideLayout | None =
     _check(q, k, v, keys)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if layout is None and not need_grad and q.shape[2] <= DECODE_MAX_Q:
-        return wide_attention_decode(q, k, v, keys, scale)
     if layout is None or not layout.wide:
         layout = build_wide_layout_triton(keys, k.shape[2], transpose=need_grad, force=True)
     if need_grad:
@@ -693,12 +608,11 @@ def sparse_attention_wide(q, k, v, keys, scale=None, layout: WideLayout | None =
 def sparse_attention_auto(q, k, v, keys, scale=None):
     """Dispatch (kernels.sparse_attention's Triton backend): the wide kernels for plans whose structured part
     is large (mean sinks + window keys per row >= plan_split.WIDE_MIN_STRUCTURED; decided once per plan
-    tensor, cached), the narrow kernels (triton_sparse.py) otherwise, unchanged. Decode (Nq <= 16, no grad):
-    the wide decode kernel for rows at least WIDE_DECODE_MIN_K wide, the narrow one otherwise."""
+    tensor, cached), the narrow kernels (triton_sparse.py) otherwise, unchanged. Decode (Nq <= 16, no grad)
+    always takes the narrow decode kernel: a wide decode kernel (sinks and window as contiguous ranges) was
+    measured 2x slower on the H200 (3.0 vs 6.0 us at K 128, bench/kernels/results/wide_h200.md) and removed."""
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not need_grad and q.shape[2] <= DECODE_MAX_Q:
-        if keys.shape[-1] >= WIDE_DECODE_MIN_K:
-            return sparse_attention_wide(q, k, v, keys, scale)
         return sparse_attention_triton(q, k, v, keys, scale)
     lay = wide_layout_for(keys, k.shape[2], transpose=need_grad)
     if not lay.wide:

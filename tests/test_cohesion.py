@@ -12,6 +12,7 @@ from asa_runtime.linguistics import planner as planner_mod
 from asa_runtime.linguistics.pieces import word_pieces
 from asa_runtime.linguistics.plan import validate_rows
 from asa_runtime.linguistics.planner import Planner, cohesion_lemma
+from test_plan_properties import check_reachable  # noqa: E402  (the shared soundness check)
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -149,18 +150,6 @@ def test_word_cap_changes_no_row(pieces, cfg, fast_path):
     uncapped._cap = 10 ** 9
     capped.fast_path = uncapped.fast_path = fast_path
     assert np.array_equal(capped.extend_many(pieces), uncapped.extend_many(pieces))
-
-
-def check_reachable(pieces, cfg):
-    inc = Planner(cfg).incremental()
-    rows, reach = [], []
-    for p in pieces:
-        rows.append(inc.extend(p))
-        reach.append(set(inc.reachable().tolist()))
-    for t in range(len(pieces)):
-        for j in range(t + 1, len(pieces)):
-            old = {int(x) for x in rows[j] if 0 <= x <= t}
-            assert old <= reach[t], (t, j, old - reach[t])
 
 
 @FAST

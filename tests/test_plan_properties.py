@@ -71,13 +71,10 @@ def test_state_round_trip_continues_identically(pieces, cfg, data):
     assert np.array_equal(np.concatenate([head, tail]), Planner(cfg).plan(pieces))
 
 
-@FAST
-@given(pieces_st, cfg_st)
-def test_future_rows_select_only_reachable_positions(pieces, cfg):
+def check_reachable(pieces, cfg):
     """KV eviction soundness: positions outside reachable() at step t never appear in a later row."""
     inc = Planner(cfg).incremental()
-    reach = []
-    rows = []
+    rows, reach = [], []
     for p in pieces:
         rows.append(inc.extend(p))
         reach.append(set(inc.reachable().tolist()))
@@ -85,6 +82,12 @@ def test_future_rows_select_only_reachable_positions(pieces, cfg):
         for j in range(t + 1, len(pieces)):
             old = {int(x) for x in rows[j] if 0 <= x <= t}
             assert old <= reach[t], (t, j, old - reach[t])
+
+
+@FAST
+@given(pieces_st, cfg_st)
+def test_future_rows_select_only_reachable_positions(pieces, cfg):
+    check_reachable(pieces, cfg)
 
 
 @settings(max_examples=200, deadline=None)

@@ -16,6 +16,8 @@ import torch
 
 from kernels.torch_sparse import UnionPlan
 
+from .cuda_graph import graphed_decoder
+
 
 class TorchBackend:
     name = "torch"
@@ -52,8 +54,6 @@ class TorchBackend:
     @torch.inference_mode()
     def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
         if self.cuda_graph and attn_out is None:
-            from .cuda_graph import graphed_decoder
-
             g = graphed_decoder(self.model, cache, plan_row, self.compile_decode)
             return g(int(token), plan_row, int(pos), int(slot))
         idx = None

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from asa_runtime import benchmark  # noqa: E402
+from exporters.common import atomic_file  # noqa: E402
 
 
 def label(r) -> str:
@@ -80,9 +80,8 @@ def main() -> None:
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             for suffix, text in ((".json", benchmark.to_json(rows, info)), (".md", md)):
-                tmp = out.with_name(out.name + suffix + ".tmp")
-                tmp.write_text(text)
-                os.replace(tmp, out.with_name(out.name + suffix))
+                with atomic_file(out.with_name(out.name + suffix)) as tmp:
+                    tmp.write_text(text)
             print(json.dumps({"wrote": [str(out) + ".json", str(out) + ".md"]}))
 
 

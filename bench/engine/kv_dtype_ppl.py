@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from asa_runtime.benchmark import machine  # noqa: E402
+from exporters.common import atomic_file  # noqa: E402
 from asa_runtime.generate import load  # noqa: E402
 from asa_runtime.session import Session  # noqa: E402
 
@@ -72,9 +72,8 @@ def main():
                     "|---|---|---|---|---|", *rows]) + "\n"
     print(md)
     if a.out:
-        tmp = a.out + ".tmp"
-        Path(tmp).write_text(md)
-        os.replace(tmp, a.out)
+        with atomic_file(a.out) as tmp:
+            tmp.write_text(md)
 
 
 if __name__ == "__main__":

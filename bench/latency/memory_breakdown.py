@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,9 +77,11 @@ def main():
     text = "\n".join(md) + "\n"
     print(text)
     if a.out:
-        tmp = a.out + ".tmp"
-        Path(tmp).write_text(text)
-        os.replace(tmp, a.out)
+        sys.path.insert(0, str(ROOT))
+        from exporters.common import atomic_file
+
+        with atomic_file(a.out) as tmp:
+            tmp.write_text(text)
 
 
 if __name__ == "__main__":

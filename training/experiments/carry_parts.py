@@ -15,29 +15,22 @@ work tree (/tmp/asa_carry), which a later call replaces.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from asa_runtime.checkpoint import sha256_file
+
 STASH = Path(os.environ.get("ASA_CARRY_STASH", "/tmp/asa_carry"))
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def split(src: Path, parts: int) -> list[Path]:
     files = sorted(p for p in src.iterdir() if p.is_file())
     total = sum(p.stat().st_size for p in files)
     per = -(-total // parts)
-    manifest = {"name": src.name, "files": [{"name": p.name, "size": p.stat().st_size, "sha256": _sha(p)}
+    manifest = {"name": src.name, "files": [{"name": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
                                             for p in files], "chunks": []}
     outs = [src.with_name(f"{src.name}.part{i + 1}") for i in range(parts)]
     for o in outs:
@@ -84,7 +77,7 @@ def join(out: Path, frm: Path = STASH) -> None:
         with open(tmp / fd["name"], "wb") as w:
             for c in sorted((c for c in manifest["chunks"] if c["file"] == fd["name"]), key=lambda c: c["offset"]):
                 w.write((frm / c["chunk"]).read_bytes())
-        if _sha(tmp / fd["name"]) != fd["sha256"]:
+        if sha256_file(tmp / fd["name"]) != fd["sha256"]:
             sys.exit(f"join: {fd['name']} does not match its sha256")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
