@@ -12,7 +12,7 @@ from asa_runtime.linguistics import planner as planner_mod
 from asa_runtime.linguistics.pieces import word_pieces
 from asa_runtime.linguistics.plan import validate_rows
 from asa_runtime.linguistics.planner import Planner, cohesion_lemma
-from test_plan_properties import check_reachable  # noqa: E402  (the shared soundness check)
+from test_plan_properties import check_reachable, check_round_trip  # noqa: E402  (the shared checks)
 
 FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -180,14 +180,10 @@ def test_reachable_keeps_mentions_far_outside_the_window():
 @FAST
 @given(pieces_st, cfg_st, st.data())
 def test_state_round_trip_continues_identically(pieces, cfg, data):
-    cut = data.draw(st.integers(0, len(pieces)))
-    inc = Planner(cfg).incremental()
-    head = inc.extend_many(pieces[:cut])
-    resumed = Planner(cfg).incremental_from_state(inc.state_dict())
-    assert list(resumed._coh.items()) == list(inc._coh.items())
-    assert list(resumed._coh_prefix.items()) == list(inc._coh_prefix.items())
-    tail = resumed.extend_many(pieces[cut:])
-    assert np.array_equal(np.concatenate([head, tail]), rows_of(cfg, pieces))
+    inc, _ = check_round_trip(pieces, cfg, data.draw(st.integers(0, len(pieces))))
+    restored = Planner(cfg).incremental_from_state(inc.state_dict())     # the cohesion state itself survives
+    assert list(restored._coh.items()) == list(inc._coh.items())
+    assert list(restored._coh_prefix.items()) == list(inc._coh_prefix.items())
 
 
 def test_state_of_another_cohesion_is_refused():

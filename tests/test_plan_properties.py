@@ -63,12 +63,18 @@ def test_fast_path_equals_priority_order(pieces, cfg):
 @FAST
 @given(pieces_st, cfg_st, st.data())
 def test_state_round_trip_continues_identically(pieces, cfg, data):
-    cut = data.draw(st.integers(0, len(pieces)))
+    check_round_trip(pieces, cfg, data.draw(st.integers(0, len(pieces))))
+
+
+def check_round_trip(pieces, cfg, cut):
+    """A planner saved after pieces[:cut] and restored gives the rows of one uninterrupted plan; returns
+    the saved planner (still at cut) and the resumed one (at the end) for callers that check more state."""
     inc = Planner(cfg).incremental()
     head = inc.extend_many(pieces[:cut])
     resumed = Planner(cfg).incremental_from_state(inc.state_dict())
     tail = resumed.extend_many(pieces[cut:])
     assert np.array_equal(np.concatenate([head, tail]), Planner(cfg).plan(pieces))
+    return inc, resumed
 
 
 def check_reachable(pieces, cfg):
