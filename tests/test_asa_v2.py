@@ -132,3 +132,33 @@ def test_setup_round_trips_and_specs_change_one_thing(tmp_path):
 def test_unknown_model_is_refused():
     with pytest.raises(SystemExit, match="unknown model"):
         asa_v2.main(["start", "--train", "dense,nonsense"])
+
+
+@pytest.mark.slow       # uses the module's trained runs
+def test_export_best_and_ship_only_a_better_model(done, tmp_path):
+    import shutil
+
+    from asa_runtime.checkpoint import load_checkpoint
+    from training.experiments import asa_v2_ship
+
+    out = tmp_path / "out"
+    asa_v2.finish(done, out, wait_s=0, export="best")
+    exported = sorted(p.name for p in (out / "asa-small").iterdir())
+    assert exported[0] == "config.json" and all(n.endswith(".safetensors") for n in exported[1:])
+    assert len(exported) + 3 <= 8                               # what a device call can bring back
+    cfg = json.loads((out / "asa-small" / "config.json").read_text())
+    assert cfg["meta"]["asa_v2_model"] == "w64"                # the one trained ASA model (local is a control)
+    assert cfg["plan"]["window"] == 64
+    pkg = tmp_path / "pkg" / "asa-small"                       # stands in for the package's folder
+    shutil.copytree(done.shipped_dir, pkg)
+    before = sorted(p.name for p in pkg.iterdir())
+    with pytest.raises(SystemExit, match="does not beat"):      # 3 steps: far worse than asa-small v1
+        asa_v2_ship.ship(out, done.prep, pkg, results=tmp_path / "res")
+    assert sorted(p.name for p in pkg.iterdir()) == before      # refused: nothing touched
+    asa_v2_ship.ship(out, done.prep, pkg, force=True, results=tmp_path / "res")
+    ck = load_checkpoint(pkg, device="cpu")
+    assert ck.config.plan.window == 64 and ck.meta["asa_v2_model"] == "w64"
+    card = (pkg / "README.md").read_text()
+    assert "asa-small (v2)" in card and "Perplexity by context length" in card and "far context" in card
+    assert "(batch 1)" in card and "Samples" in card
+    assert not (pkg.parent / "asa-small.new").exists() and not (pkg.parent / "asa-small.old").exists()

@@ -26,7 +26,8 @@ Phases (the device cannot read ../shared/data: tokens are made here and carried,
                first) and writes the report; `start` itself watches until --call-s.
   device:  python3 -m training.experiments.asa_v2 watch  --seconds 570     (keeps the lease, prints progress)
   device:  python3 -m training.experiments.asa_v2 finish --out $OUT        waits for the report (--wait-s),
-               puts asa_v2_results.json, asa_v2.md and runs.tar.gz (metrics, summaries, logs) into $OUT.
+               puts asa_v2_results.json, asa_v2.md and runs.tar.gz (metrics, summaries, logs) into $OUT;
+               --export best also puts the best ASA model's fp16 weights there (asa_v2_ship.py ships them).
   here:    python -m training.experiments.asa_v2 install --from <files_at> -> training/results/asa_v2/
 
 Resumable: `start` again (same machine) relaunches a supervisor if none is alive; it keeps what is done
@@ -513,7 +514,7 @@ def start(s: Setup, call_s: float, foreground: bool = False):
     watch(s, call_s - (time.time() - t0))
 
 
-def finish(s: Setup, out: Path, wait_s: float):
+def finish(s: Setup, out: Path, wait_s: float, export: str = ""):
     t_end = time.time() + wait_s
     while read_state(s).get("status") != "done" and time.time() < t_end:
         status(s)
@@ -531,6 +532,10 @@ def finish(s: Setup, out: Path, wait_s: float):
             if f.is_file():
                 tar.add(f, arcname=f.name)
     print((s.runs / "asa_v2.md").read_text())
+    if export:                                          # the weights to ship (training/experiments/asa_v2_ship.py)
+        from training.experiments.asa_v2_ship import export as export_model
+
+        export_model(s.runs, res, out, export)
     return res
 
 
@@ -575,6 +580,8 @@ def main(argv=None):
     ap.add_argument("--model", help="evaluate: which model")
     ap.add_argument("--foreground", action="store_true", help="start: supervise in this process (tests)")
     ap.add_argument("--out", default="runs/asa_v2_out")
+    ap.add_argument("--export", default="", help="finish: also export this model's fp16 weights to OUT/asa-small "
+                    "('best': the trained ASA model with the lowest held-out perplexity)")
     ap.add_argument("--from", dest="src", default="runs/asa_v2_out")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
@@ -604,7 +611,7 @@ def main(argv=None):
         write_report(s)
         print((s.runs / "asa_v2.md").read_text())
     elif a.phase == "finish":
-        finish(s, Path(a.out), a.wait_s)
+        finish(s, Path(a.out), a.wait_s, a.export)
     elif a.phase == "install":
         install(Path(a.src))
 

@@ -1,0 +1,268 @@
+"""Ship an asa_v2 model as asa-small (issue 16): export on the device, install and write the card here.
+
+  device:  asa_v2 finish --out $OUT --export best     exports the trained ASA model with the lowest held-out
+               perplexity (or a named one) into $OUT/asa-small: config.json and fp16 shards only (at most 8
+               files come back from a call: asa_v2's 3 + config + 3 shards)
+  here:    python -m training.experiments.asa_v2_ship --from <files_at>
+               installs the results (asa_v2.install), then rebuilds asa_runtime/models/asa-small from the
+               exported weights, runs/asa_prep/tokenizer.json (sha256-checked) and the package's analyzer,
+               but only if the model beats the shipped asa-small's held-out perplexity; writes its card.
+
+The card compares with the dense twin and its bounded-KV baselines from the first batch (session 6), whose
+device files were lost before they were committed: their numbers are in training/results/asa_v2/batch1.json,
+transcribed from that run's report and labelled so (the shipped asa-small's columns, evaluated again in
+every batch, check that the evaluation is the same).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_MODEL = REPO / "asa_runtime" / "models" / "asa-small"
+RESULTS = REPO / "training" / "results" / "asa_v2"
+BATCH1 = RESULTS / "batch1.json"
+
+
+def held_out_ppl(r: dict) -> float | None:
+    """Held-out perplexity (every 2048 window) of one evaluated model: its training summary's final eval."""
+    return r.get("summary", {}).get("final", {}).get("valid", {}).get("ppl_bpe")
+
+
+def pick(res: dict, which: str) -> str | None:
+    """The model to export: a name, or 'best' (lowest held-out perplexity among trained ASA models)."""
+    trained = {n: r for n, r in res["models"].items()
+               if r["plan"]["mode"] not in ("none", "local") and held_out_ppl(r) is not None and n != "asa_small"}
+    if which != "best":
+        return which if which in trained else None
+    return min(trained, key=lambda n: held_out_ppl(trained[n])) if trained else None
+
+
+def export(runs: Path, res: dict, out: Path, which: str) -> str | None:
+    """Device side: fp16 config + shards of the chosen model into out/asa-small."""
+    import torch
+
+    from asa_runtime.checkpoint import load_checkpoint, save_checkpoint
+
+    name = pick(res, which)
+    if name is None:
+        print(f"export {which}: no trained ASA model to export")
+        return None
+    ck = load_checkpoint(runs / name / "model", device="cpu")
+    dst = out / "asa-small"
+    save_checkpoint(dst, ck.model, ck.tokenizer, card="(card written at install)", dtype=torch.float16,
+                    meta={**ck.meta, "asa_v2_model": name}, copy_analyzer=False)
+    for f in dst.iterdir():                       # at most 8 files come back: install rebuilds the rest
+        if not (f.name == "config.json" or f.name.endswith(".safetensors")):
+            f.unlink()
+    print(f"exported {name} -> {dst}")
+    return name
+
+
+# ---- here: the card and the package folder ------------------------------------------------------------
+PROMPTS = ("It was a dark and stormy night, and",
+           "The old man looked at the children and said",
+           "She opened the letter slowly. Inside, she found",
+           "In the morning the ship")
+
+
+def v1_ppl() -> float:
+    """asa-small v1's held-out perplexity, from its training results (the shipped model has no summary here)."""
+    r = json.loads((REPO / "training" / "results" / "asa_small" / "asa_small_results.json").read_text())
+    return r["asa"]["summary"]["final"]["valid"]["ppl_bpe"]
+
+
+def _ppl(r: dict, L: str, method: str = "model"):
+    return r["methods"][method]["by_context"].get(L, {}).get("ppl")
+
+
+def _far(r: dict, kind: str, gap: str, method: str = "model"):
+    e = r["methods"][method]["far_context"].get(kind, {}).get(gap)
+    return e["continuation"]["loss"] if e else None
+
+
+def _f(v, nd=2):
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def card(name: str, res: dict, batch1: dict, samples: dict, params: int) -> str:
+    ms = res["models"]
+    me, v1 = ms[name], ms["asa_small"]
+    p = me["plan"]
+    b1 = batch1["models"]
+    dense = b1["dense"]
+    controls = [n for n in ms if ms[n]["plan"]["mode"] == "local"]
+    others = [n for n in ms if n not in (name, "asa_small") + tuple(controls)]
+    rows = [(me["label"] + " (shipped)", held_out_ppl(me), me["reach"]["mean_keys"], me["kv_bound"]["max"]),
+            ("asa-small v1 (k 64, window 16; previously shipped)", v1_ppl(), v1["reach"]["mean_keys"],
+             v1["kv_bound"]["max"])]
+    rows += [(ms[n]["label"], held_out_ppl(ms[n]), ms[n].get("reach", {}).get("mean_keys"),
+              ms[n].get("kv_bound", {}).get("max")) for n in others + controls]
+    rows += [(b1[n]["label"] + " (batch 1)", b1[n]["valid_ppl"], b1[n].get("mean_keys"), b1[n].get("kv_max"))
+             for n in ("local", "dense")]
+    held = "\n".join(f"| {a} | {_f(b)} | {_f(c, 1) if c else 'all'} | {d if d else 'grows with N'} |"
+                     for a, b, c, d in rows)
+    ctx = [L for L in me["methods"]["model"]["by_context"]]
+    cols = [("shipped", lambda L: _ppl(me, L)), ("asa-small v1", lambda L: _ppl(v1, L))]
+    cols += [(ms[n]["label"], (lambda n: lambda L: _ppl(ms[n], L))(n)) for n in controls]
+    cols += [(f"dense twin, {m} (batch 1)", (lambda m: lambda L: dense["by_context"][m].get(L))(m))
+             for m in dense["by_context"]]
+    ctx_rows = "\n".join(f"| {L} | " + " | ".join(_f(f(L)) for _, f in cols) + " |" for L in ctx)
+    gaps = [("name", "gap > 2048"), ("rare", "gap > 2048"), ("all", "gap 16-256"), ("all", "gap 256-2048"),
+            ("all", "gap > 2048")]
+    far_cols = [(me["label"], me), ("asa-small v1", v1)] + [(ms[n]["label"], ms[n]) for n in controls]
+    far = []
+    for _, r in far_cols:
+        far.append([_far(r, k, g) for k, g in gaps])
+    far_rows = "\n".join(f"| {lab} | " + " | ".join(_f(v) for v in vals) + " |"
+                         for (lab, _), vals in zip(far_cols, far))
+    reach = me["reach"]
+    s = me["summary"]
+    gap2048 = 100 * (held_out_ppl(me) / dense["valid_ppl"] - 1)
+    smp = "\n\n".join(f"**{k}**{v}" for k, v in samples.items())
+    from asa_runtime.linguistics.tagger import CausalTagger
+    acc = CausalTagger.load().meta.get("test_accuracy")
+    acc = f"{100 * acc:.1f}%" if acc else "(not recorded)"
+    return f"""# asa-small (v2)
+
+An 18.9M-parameter Llama-style decoder (8 layers, d_model 384, 6 heads, SwiGLU 1024, RoPE, tied embeddings,
+byte-level BPE 12,288) whose attention follows the ASA plan: mode `{p['mode']}`, k={p['k']}, the token and its
+word, {p['sinks']} sinks, a {p['window']}-token window, linguistically bonded words of the sentence, agreeing
+pronoun antecedents{f", lexical cohesion {p['cohesion']}" if p.get('cohesion') else ""}. Weights in fp16,
+{params:,} parameters. Trained by `training/experiments/asa_v2.py` (model `{name}`; commands in its docstring),
+shipped by `training/experiments/asa_v2_ship.py`. It replaces asa-small v1 (window 16, k 64) because it is
+better at every context length measured; the one change is the wider window (and the K that leaves the
+bonds their room). Full report: `training/results/REPORT.md` and `training/results/asa_v2/`.
+
+## Data and licence
+All books of `../shared/data/english_prose` (ELTeC-eng level 1 and a Standard Ebooks selection; public domain
+texts, CC0 / CC BY 4.0 markup; see that folder's SOURCES.md) except 4 held-out books: 17.9M words, 24.5M tokens
+for training (~7 epochs). Every number below is on the 4 held-out books.
+
+## Budget
+One H200, {s['steps']} steps of 16 x 2048 tokens ({s['tokens'] / 1e6:.0f}M tokens), bf16 autocast, AdamW
+(lr 1.5e-3 cosine to 1.5e-4, warmup 300, weight decay 0.1, clip 1.0), seed 0, {s['elapsed_s']:.0f} s of
+training while sharing the GPU with {", ".join(n for n in res['setup']['train'] if n != name)}. The dense twin and the
+controls had the same data, steps, seed and schedule.
+
+## Held-out perplexity (per BPE token; windows of 2048, every held-out window) and what K costs
+
+| model | held-out ppl | mean keys / query | KV rows kept (max) |
+|---|---|---|---|
+{held}
+
+At the training context it is {gap2048:.0f}% worse than its dense twin (the research's target is within 2%: not
+reached at this size). "(batch 1)": the first batch (session 6), whose device files were lost; its numbers are
+transcribed in training/results/asa_v2/batch1.json.
+
+## Perplexity by context length (first ~128k held-out tokens, non-overlapping windows, every token scored)
+
+| context | {" | ".join(c for c, _ in cols)} |
+|---|{"---|" * len(cols)}
+{ctx_rows}
+
+Trained at 2048. The fair comparison past it is the dense twin with a bounded KV cache (a sliding window,
+or StreamingLLM's sinks + window): at 8k and 32k the dense twin with a 512-token window beats this model, with
+a KV cache of a size similar to this plan's bound. Without a window the dense twin collapses past 2048.
+
+## Does it use far context?
+
+Loss (nats per token) on the continuation pieces of names and rare words that recur after a gap, in
+tokens, since their last mention (training/far_context.py); lower is better.
+
+| model | names, gap > 2048 | rare words, gap > 2048 | all, gap 16-256 | all, gap 256-2048 | all, gap > 2048 |
+|---|---|---|---|---|---|
+{far_rows}
+
+What the plan reaches: its farthest key in the held-out books is {reach['max_distance']} tokens back (one layer;
+stacked layers compose); {100 * reach['rows_reaching_256']:.2f}% of rows reach past 256 tokens,
+{100 * reach['rows_reaching_2048']:.2f}% past 2048. Long context here means it does not break, not that it
+recalls what lies beyond a few paragraphs.
+
+## Samples (temperature 0.8, top-p 0.95, seed 0)
+
+{smp}
+
+## Limits
+English prose of 1840-1920 only; it knows nothing after that and reproduces the period's language and views.
+The tagger behind the plan reaches {acc} UPOS accuracy on EWT test (causal, no right context).
+"""
+
+
+def ship(src: Path, prep: Path = REPO / "runs" / "asa_prep", dst: Path = PACKAGE_MODEL, force: bool = False,
+         results: Path = RESULTS):
+    import torch
+    from safetensors.torch import load_file
+
+    from asa_runtime.checkpoint import analyzer_info, save_checkpoint
+    from asa_runtime.config import ModelConfig
+    from asa_runtime.errors import GenerationError
+    from asa_runtime.generate import from_model, generate
+    from asa_runtime.model import Transformer
+    from asa_runtime.tokenizer import Tokenizer
+    from training.experiments import asa_v2
+
+    asa_v2.install(src, results)
+    res = json.loads((src / "asa_v2_results.json").read_text())
+    if not (src / "asa-small").is_dir():
+        raise SystemExit(f"{src}: no exported asa-small (finish --export) to ship")
+    cfg = json.loads((src / "asa-small" / "config.json").read_text())
+    name = cfg["meta"]["asa_v2_model"]
+    ppl, shipped = held_out_ppl(res["models"][name]), json.loads((dst / "config.json").read_text())
+    old = shipped.get("meta", {}).get("held_out_ppl") or v1_ppl()
+    if ppl >= old and not force:
+        raise SystemExit(f"{name}: held-out ppl {ppl:.2f} does not beat the shipped asa-small's {old:.2f}; not shipped")
+    tok_path = prep / "tokenizer.json"
+    if hashlib.sha256(tok_path.read_bytes()).hexdigest() != cfg["tokenizer"]["sha256"]:
+        raise SystemExit(f"{tok_path} is not the tokenizer the model was trained with")
+    if cfg["analyzer"]["artifacts"] != analyzer_info()["artifacts"]:
+        raise SystemExit("the package's analyzer artifacts are not the ones the model was trained with")
+    model = Transformer(ModelConfig.from_dict(cfg))
+    state = {}
+    for f in sorted((src / "asa-small").glob("model*.safetensors")):
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if unexpected or any(m != "output.weight" for m in missing):
+        raise SystemExit(f"weights do not match: missing {missing}, unexpected {unexpected}")
+    model.eval()
+    tok = Tokenizer.from_file(tok_path)
+    lm = from_model(model, tok)
+    torch.manual_seed(0)
+    samples = {}
+    for p in PROMPTS:
+        try:
+            samples[p] = generate(lm, p, max_tokens=80, temp=0.8, top_p=0.95, seed=0)
+        except GenerationError:                    # a tiny test model's context cannot hold the prompt
+            pass
+    text = card(name, res, json.loads(BATCH1.read_text()), samples, sum(t.numel() for t in model.parameters()))
+    tmp = dst.with_name(dst.name + ".new")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_checkpoint(tmp, model, tok, card=text, dtype=torch.float16, copy_analyzer=False,
+                    meta={**cfg.get("meta", {}), "held_out_ppl": round(ppl, 2)})
+    old_dir = dst.with_name(dst.name + ".old")
+    if old_dir.exists():
+        shutil.rmtree(old_dir)
+    dst.rename(old_dir)                               # swap whole folders: never a half-written model
+    tmp.rename(dst)
+    shutil.rmtree(old_dir)
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    print(f"shipped {name} as {dst} ({size / 1e6:.1f} MB)")
+    if size > 40e6:
+        raise SystemExit(f"{dst} is {size / 1e6:.1f} MB: over the 40 MB package budget")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from", dest="src", required=True, help="the files a finish --export call brought back")
+    ap.add_argument("--prep", default=str(REPO / "runs" / "asa_prep"))
+    ap.add_argument("--force", action="store_true", help="ship even if it does not beat the shipped model")
+    a = ap.parse_args(argv)
+    ship(Path(a.src), Path(a.prep), force=a.force)
+
+
+if __name__ == "__main__":
+    main()
