@@ -125,5 +125,7 @@ def _check_types(obj, names, kind, minimum=None) -> None:
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_kv_head=2, d_model=128, ffn_hidden=512, max_seq_len=256),
     "small": dict(n_layer=8, n_head=6, n_kv_head=6, d_model=384, ffn_hidden=1024, max_seq_len=2048),
+    # one size above small (~48M with a 12k vocabulary): wider, same depth, head dim 64 (issue 16's scale point)
+    "medium": dict(n_layer=8, n_head=10, n_kv_head=10, d_model=640, ffn_hidden=1728, max_seq_len=2048),
     "test": dict(vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=64, ffn_hidden=128, max_seq_len=128),
 }

@@ -129,6 +129,28 @@ def test_setup_round_trips_and_specs_change_one_thing(tmp_path):
     assert asa_v2.Setup().evaluated() == ["dense", "local", "w64", "asa_small"]
 
 
+def test_second_seeds_and_the_scale_point_change_only_what_they_say():
+    """The seed-1 finalists differ from theirs only in the seed; the medium pair's trainer options (parsed by
+    the real CLI, where the last value of an option wins) are the medium preset, its learning rate and steps."""
+    from asa_runtime.config import PRESETS, ModelConfig
+    from asa_runtime.model import Transformer
+    from training.cli import train
+
+    M = asa_v2.MODELS
+    for a, b in (("coh4_w64_s1", "coh4_w64"), ("local_w64_s1", "local_w64"), ("coh4_w64_m", "coh4_w64")):
+        assert M[a].plan_config() == M[b].plan_config()
+    assert (M["coh4_w64_s1"].seed, M["local_w64_s1"].seed, M["coh4_w64_m"].seed) == (1, 1, 0)
+    s = asa_v2.Setup()
+    for n, preset, lr, steps, seed in (("coh4_w64_m", "medium", 1e-3, 4000, 0), ("dense_m", "medium", 1e-3, 4000, 0),
+                                       ("coh4_w64_s1", "small", 1.5e-3, asa_v2.ASA_SMALL_STEPS, 1)):
+        ctx = train.make_context("train", asa_v2.train_cmd(s, M[n])[4:])
+        assert (ctx.params["preset"], ctx.params["lr"], ctx.params["max_steps"], ctx.params["seed"]) == \
+            (preset, lr, steps, seed)
+        assert ctx.params["mode"] == M[n].mode
+    n = sum(p.numel() for p in Transformer(ModelConfig(**{**PRESETS["medium"], "vocab_size": 12288})).parameters())
+    assert 40e6 < n < 60e6                                # "about 50M parameters", one size above small (18.9M)
+
+
 def test_unknown_model_is_refused():
     with pytest.raises(SystemExit, match="unknown model"):
         asa_v2.main(["start", "--train", "dense,nonsense"])

@@ -57,6 +57,11 @@ ASA_SMALL_PLAN = dict(k=64, window=16, sinks=4, stride=0, lookback_words=96, cro
 TRAIN_ARGS = ["--preset", "small", "--batch-size", "16", "--lr", "1.5e-3", "--min-lr", "1.5e-4", "--warmup", "300",
               "--eval-every", "500", "--eval-windows", "64", "--log-every", "50", "--ckpt-every", "500",
               "--final-eval", "valid"]                     # asa_small.py's, minus WikiText-2 (not carried)
+# the scale point: the medium preset (~48M), a learning rate for its width, the same tokens and schedule shape;
+# the time budget only guards the device lease (a run cut by it says "stopped: time_budget" in its summary)
+# 4000 steps (131M tokens, 5.3 epochs; asa-small: 5170, 169M, 6.9): two of them fit one session's lease
+MEDIUM_ARGS = ("--preset", "medium", "--lr", "1e-3", "--min-lr", "1e-4", "--max-steps", "4000",
+               "--time-budget-s", "950")
 DENSE_WINDOWS = (2048, 512)                             # KV slots of the bounded dense baselines
 SINKS = 4
 
@@ -69,6 +74,7 @@ class Spec:
     seed: int = 0
     label: str = ""
     shipped: bool = False            # not trained here: the package's asa-small
+    args: tuple = ()                 # trainer options over TRAIN_ARGS (the last value of an option wins)
 
     def plan_config(self):
         from asa_runtime.config import PlanConfig
@@ -81,10 +87,18 @@ MODELS = {s.name: s for s in (
     Spec("local", "local", label="local only (k 64, window 16)"),
     Spec("w64", "full", {"window": 64, "k": 96}, label="ASA full, window 64, k 96"),
     Spec("local_w64", "local", {"window": 64, "k": 96}, label="local only, window 64, k 96"),
-    Spec("asa_small", "full", label="asa-small (full, k 64, window 16)", shipped=True),
+    Spec("asa_small", "full", label="asa-small (shipped)", shipped=True),
     Spec("coh4", "full", {"cohesion": 4}, label="ASA full + lexical cohesion 4 (k 64, window 16)"),
     Spec("coh4_w64", "full", {"cohesion": 4, "window": 64, "k": 96},
          label="ASA full + lexical cohesion 4, window 64, k 96"),
+    # second seeds of the finalist and its control
+    Spec("coh4_w64_s1", "full", {"cohesion": 4, "window": 64, "k": 96}, seed=1,
+         label="ASA full + lexical cohesion 4, window 64, k 96, seed 1"),
+    Spec("local_w64_s1", "local", {"window": 64, "k": 96}, seed=1, label="local only, window 64, k 96, seed 1"),
+    # one size above asa-small: the finalist policy and its dense twin
+    Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
+    Spec("coh4_w64_m", "full", {"cohesion": 4, "window": 64, "k": 96}, args=MEDIUM_ARGS,
+         label="ASA full + lexical cohesion 4, window 64, k 96, medium (48M)"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
 
@@ -188,7 +202,7 @@ def build_plans(s: Setup, spec: Spec):
 def train_cmd(s: Setup, spec: Spec) -> list[str]:
     return [sys.executable, "-m", "training.cli", "train", "--data", str(policy_folder(s, spec)),
             "--out", str(s.runs / spec.name), "--mode", spec.mode, "--max-steps", str(s.max_steps),
-            "--seed", str(spec.seed), *s.train_args, "--resume"]
+            "--seed", str(spec.seed), *s.train_args, *spec.args, "--resume"]
 
 
 # ---- the supervisor ---------------------------------------------------------------------------------
@@ -389,13 +403,14 @@ def markdown(res: dict) -> str:
     cols = columns(res)
     ms = res["models"]
     steps = res["setup"]["max_steps"]
-    lines = ["# asa-small v2, first batch: fair baselines, a local-only control, window 64", "",
-             f"Trained here: {', '.join(res['setup']['train'])}, {steps} steps each of 16 x 2048 tokens"
+    lines = [f"# asa-small v2 (issue 16): {', '.join(res['setup']['train'])} beside the shipped asa-small", "",
+             f"Trained here: {', '.join(res['setup']['train'])}, batches of 16 x 2048 tokens, "
+             f"{steps} steps unless the table says otherwise"
              + (" (asa-small's budget)" if steps == ASA_SMALL_STEPS else
                 f" (NOT asa-small's {ASA_SMALL_STEPS}: not comparable with its numbers)")
              + "; asa-small is the shipped model. Held-out books only (4 books, never trained on).", "",
-             "## Models", "", "| model | plan | mean keys / query | KV rows kept (max, sampled) | held-out ppl "
-             "(every 2048 window) | steps | train s |", "|---|---|---|---|---|---|---|"]
+             "## Models", "", "| model | params | plan | mean keys / query | KV rows kept (max, sampled) | "
+             "held-out ppl (every 2048 window) | steps | stopped | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for n, r in ms.items():
         p = r["plan"]
         plan = "dense" if p["mode"] == "none" else f"{p['mode']} k{p['k']} w{p['window']} s{p['sinks']}"
@@ -403,9 +418,10 @@ def markdown(res: dict) -> str:
         kv = r.get("kv_bound", {})
         sm = r.get("summary", {})
         fin = sm.get("final", {}).get("valid", {}).get("ppl_bpe")
-        lines.append(f"| {r['label']} | {plan} | {_fmt(reach.get('mean_keys'), 1) if reach else 'all'} | "
+        params = f"{sm['params'] / 1e6:.1f}M" if sm.get("params") else "–"
+        lines.append(f"| {r['label']} | {params} | {plan} | {_fmt(reach.get('mean_keys'), 1) if reach else 'all'} | "
                      f"{kv.get('max', 'grows with N') if kv else 'grows with N'} | {_fmt(fin)} | "
-                     f"{sm.get('steps', '–')} | {sm.get('elapsed_s', '–')} |")
+                     f"{sm.get('steps', '–')} | {sm.get('stopped', '–')} | {sm.get('elapsed_s', '–')} |")
     for key, title, note in (
             ("by_context", "Perplexity by context length",
              "first ~128k held-out tokens, non-overlapping windows of that length, every token scored"),
