@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .layout import LayoutCache
+from . import plan_split
 from .plan_split import WideLayout
 from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
                             _check, _grad_rows, _members, _p_ds, _prec, _rows,
@@ -35,6 +36,7 @@ from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _buck
                             sparse_attention_triton)
 
 BQ, BK = 64, 64
+LAYOUT_MAXNREG = int(os.environ.get("ASA_WIDE_LAYOUT_MAXNREG", "128")) or None  # 0: uncapped
 FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv up to this D (spills above)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
@@ -303,12 +305,17 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KP: tl.constexpr, XC: tl.constexpr,
                         TC: tl.constexpr):
     """One program per (query block, batch row), all loops bounded by the block's own data (no host caps):
-    1. the rows' split (plan_split.split_rows) and the block's structured blocks (sb, wb, count);
+    1. the rows' split (plan_split.split_rows) in one pass over the rows, and the block's structured blocks
+       (sb, wb, count);
     2. the sorted union of the block's irregular keys without sorting: OR each key's bit into a per-(query
-       block, key block) 64-bit word (TAB, atomics; only the key blocks between the block's smallest and
-       largest irregular key are touched), prefix-sum the words' popcounts (PREF), then a key x's union
-       slot is PREF[x // BK] + popcount(word & below-x bits): ux[slot] = x and the row's membership word of
-       chunk slot // BK gets bit slot % BK (atomic or). Work O(BQ * E + key-block span) per block.
+       block, key block) 64-bit word (TAB; only the key blocks between the block's smallest and largest
+       irregular key are touched), prefix-sum the words' popcounts (PREF), then a key x's union slot is
+       PREF[x // BK] + popcount(word & below-x bits): ux[slot] = x and the row's membership word of chunk
+       slot // BK gets bit slot % BK. Work O(BQ * E + key-block span) per block.
+    TAB and XBITS are combined with relaxed atomics (no fences; only this program touches its words, and
+    tl.debug_barrier (bar.sync) orders them before the reads in the next phase, per the PTX memory model).
+    The default acq_rel semantics cost a MEMBAR.GPU + L1 invalidate per atomic instruction (16 in the loops),
+    the bulk of the first version's ~0.1 ms.
     STATS per block: (widest irregular part, chunks, structured keys summed, structured blocks)."""
     qb = tl.program_id(0)
     b = tl.program_id(1)
@@ -318,22 +325,28 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
     rows = qb * BLOCK_Q + offs_q
     row_ok = rows < Nq
     rbase = KEYS + (b * Nq + rows).to(tl.int64) * KW
-    # the split in column chunks of KC (a (BQ, KP) tile would spill): pass 1 n, hi, ns; pass 2 the run
+    # 1. the split in one pass, column chunks of KC (a (BQ, KP) tile would spill), unrolled so that the
+    # chunks' loads are in flight together. Rows ascend and are distinct, so d = key[t] - t does not
+    # decrease along the row and its last (largest) value is hi - n + 1: run = #{t: d == max d}, counted
+    # online as (max so far, count of it); ns = #{t: key[t] == t}; n, hi as count and max
     KC: tl.constexpr = KP if KP < 32 else 32
     n = tl.zeros([BLOCK_Q], tl.int32)
     ns = tl.zeros([BLOCK_Q], tl.int32)
     hi = tl.full([BLOCK_Q], -1, tl.int32)
-    for c0 in range(0, KP, KC):
+    dmax = tl.full([BLOCK_Q], -BIG, tl.int32)
+    run = tl.zeros([BLOCK_Q], tl.int32)
+    for c0 in tl.static_range(0, KP, KC):
         t = c0 + tl.arange(0, KC)
         key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
-        n += tl.sum((key >= 0).to(tl.int32), 1)
+        valid = key >= 0
+        n += tl.sum(valid.to(tl.int32), 1)
         ns += tl.sum((key == t[None, :]).to(tl.int32), 1)
         hi = tl.maximum(hi, tl.max(key, 1))
-    run = tl.zeros([BLOCK_Q], tl.int32)
-    for c0 in range(0, KP, KC):
-        t = c0 + tl.arange(0, KC)
-        key = tl.load(rbase[:, None] + t[None, :], mask=row_ok[:, None] & (t[None, :] < KW), other=-1)
-        run += tl.sum(((key >= 0) & (key == (hi - n + 1)[:, None] + t[None, :])).to(tl.int32), 1)
+        d = tl.where(valid, key - t[None, :], -BIG)
+        dc = tl.max(d, 1)
+        cc = tl.sum((valid & (d == dc[:, None])).to(tl.int32), 1)
+        run = tl.where(dc > dmax, cc, tl.where(dc == dmax, run + cc, run))
+        dmax = tl.maximum(dmax, dc)
     ns = tl.minimum(ns, n - run)
     lo = hi - run + 1
     tl.store(NS + b * Nq + rows, ns, mask=row_ok)
@@ -347,17 +360,15 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
     tl.store(SB + blk, nsb)
     tl.store(WB + blk, wlo)
     tl.store(KBCNT + blk, scount)
-    # irregular rest: slots [ns, n - run) of each row
+    # irregular rest: slots [ns, n - run) of each row, ascending: the block's smallest and largest are
+    # two gathers (each row's first and last irregular key)
     e = tl.where(row_ok, n - run - ns, 0)
     emax = tl.max(e, 0)
-    xmin = BIG
-    xmax = -1
-    for x0 in range(0, emax, XC):
-        ex, ok = _extras(rbase, ns, e, x0, row_ok, XC)
-        xmin = tl.minimum(xmin, tl.min(tl.min(tl.where(ok, ex, BIG), 1), 0))
-        xmax = tl.maximum(xmax, tl.max(tl.max(ex, 1), 0))
-    k0 = tl.minimum(xmin // BLOCK_K, NKB)
-    k1 = xmax // BLOCK_K                                             # k0 > k1: no irregular keys
+    has = e > 0
+    xfirst = tl.load(rbase + ns, mask=has, other=BIG)
+    xlast = tl.load(rbase + ns + e - 1, mask=has, other=-1)
+    k0 = tl.minimum(tl.min(xfirst, 0) // BLOCK_K, NKB)
+    k1 = tl.max(xlast, 0) // BLOCK_K                                 # k0 > k1: no irregular keys
     tab = TAB + blk.to(tl.int64) * NKB
     pref = PREF + blk.to(tl.int64) * NKB
     offs_t = tl.arange(0, TC)
@@ -369,7 +380,8 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
     for x0 in range(0, emax, XC):
         ex, ok = _extras(rbase, ns, e, x0, row_ok, XC)
         safe = tl.where(ok, ex, 0)
-        tl.atomic_or(tab + safe // BLOCK_K, one << (safe % BLOCK_K).to(tl.int64), mask=ok)
+        tl.atomic_or(tab + safe // BLOCK_K, one << (safe % BLOCK_K).to(tl.int64), mask=ok,
+                     sem="relaxed", scope="gpu")
     tl.debug_barrier()
     total = 0
     for t0 in range(k0, k1 + 1, TC):
@@ -381,9 +393,12 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
     nch = tl.minimum((total + BLOCK_K - 1) // BLOCK_K, C)
     ux = UX + blk.to(tl.int64) * C * BLOCK_K
     xb = XBITS + blk.to(tl.int64) * C * BLOCK_Q
-    for c in range(0, nch):                                          # the chunks in use: words zeroed,
-        tl.store(xb + c * BLOCK_Q + offs_q, tl.zeros([BLOCK_Q], tl.int64))
-    offs_k = tl.arange(0, BLOCK_K)                                   # the last one's tail -1
+    # the chunks in use: their membership words zeroed (contiguous: chunk-major), the last one's tail -1
+    ZC: tl.constexpr = 4 * BLOCK_Q
+    offs_z = tl.arange(0, ZC)
+    for z0 in range(0, nch * BLOCK_Q, ZC):
+        tl.store(xb + z0 + offs_z, tl.zeros([ZC], tl.int64), mask=z0 + offs_z < nch * BLOCK_Q)
+    offs_k = tl.arange(0, BLOCK_K)
     pad = total + offs_k
     tl.store(ux + pad, tl.full([BLOCK_K], -1, tl.int32), mask=pad < nch * BLOCK_K)
     tl.debug_barrier()
@@ -398,7 +413,7 @@ def _wide_layout_kernel(KEYS, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS, STATS
         ok = ok & (slot < C * BLOCK_K)
         tl.store(ux + slot, ex, mask=ok)
         tl.atomic_or(xb + (slot // BLOCK_K) * BLOCK_Q + offs_q[:, None], one << (slot % BLOCK_K).to(tl.int64),
-                     mask=ok)
+                     mask=ok, sem="relaxed", scope="gpu")
     tl.store(UXCNT + blk, nch)
     st = STATS + blk * 4
     tl.store(st, emax)
@@ -444,11 +459,15 @@ class WideLayoutBuilder:
     reference builder) with chunk lists sized from shapes alone (plan_split.chunk_cap: the chunk count is
     a stride, only the chunks in use are written or read): one launch, no host sync (force=True or False;
     force=None decides wide/narrow from the structured mean: one sync), + one launch for the transpose
-    (backward; built on demand, WideLayout.ensure_transpose). Outputs in 2 allocations; the (nQB, nKB)
-    scratch words are cached per shape (each call overwrites only the span it uses)."""
+    (backward; built on demand, WideLayout.ensure_transpose). Outputs in 5 allocations (no views of
+    slices: each view costs host time of the order of an allocation); the (nQB, nKB) scratch words are
+    cached per shape (each call overwrites only the span it uses, nothing is zero-filled in full).
+    Launch: 8 warps capped at LAYOUT_MAXNREG registers (2 programs per SM: 16k tokens' 256 query blocks
+    in one wave on an H200; uncapped, ptxas takes 150-186 and only one fits)."""
 
     def __init__(self):
         self._scratch: dict = {}
+        self._shapes: dict = {}
 
     def _tables(self, dev, B, nqb, nkb):
         key = (dev, B, nqb, nkb)
@@ -460,30 +479,37 @@ class WideLayoutBuilder:
                                       torch.empty(B * nqb * nkb, dtype=torch.int32, device=dev))
         return t
 
+    def _shape(self, B, Nq, KW, nk):
+        key = (B, Nq, KW, nk)
+        sh = self._shapes.get(key)
+        if sh is None:
+            if len(self._shapes) >= 64:
+                self._shapes.clear()
+            nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
+            sh = self._shapes[key] = (nqb, nkb, plan_split.chunk_cap(KW, nk, BQ, BK),
+                                      max(16, triton.next_power_of_2(KW)),
+                                      min(1024, max(16, triton.next_power_of_2(nkb))))
+        return sh
+
     def __call__(self, keys: torch.Tensor, nk: int, transpose: bool = True, force: bool | None = None,
                  min_structured: float | None = None) -> WideLayout:
-        from . import plan_split
-
         B, Nq, KW = keys.shape
         if keys.dtype != torch.int32:
             keys = keys.to(torch.int32)
-        keys = keys.contiguous()
+        if not keys.is_contiguous():
+            keys = keys.contiguous()
         dev = keys.device
-        nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
-        C = plan_split.chunk_cap(KW, nk, BQ, BK)
-        KP = max(16, triton.next_power_of_2(KW))
-        rn, bn, un = 3 * B * Nq, 8 * B * nqb, B * nqb * C * BK
-        buf = torch.empty(rn + bn + un, dtype=torch.int32, device=dev)
-        ns, lo, hi = buf[:rn].view(3, B, Nq).unbind(0)
-        sb, wb, cnt, xcnt = buf[rn:rn + 4 * B * nqb].view(4, B, nqb).unbind(0)
-        stats = buf[rn + 4 * B * nqb:rn + bn].view(B * nqb, 4)
-        ux = buf[rn + bn:].view(B, nqb, C * BK)
+        nqb, nkb, C, KP, TC = self._shape(B, Nq, KW, nk)
+        i32 = torch.int32
+        ns, lo, hi = torch.empty(3, B, Nq, dtype=i32, device=dev).unbind(0)
+        sb, wb, cnt, xcnt = torch.empty(4, B, nqb, dtype=i32, device=dev).unbind(0)
+        stats = torch.empty(B * nqb, 4, dtype=i32, device=dev)
+        ux = torch.empty(B, nqb, C * BK, dtype=i32, device=dev)
         xbits = torch.empty(B, nqb, C, BQ, dtype=torch.int64, device=dev)
         tab, pref = self._tables(dev, B, nqb, nkb)
         _wide_layout_kernel[(nqb, B)](keys, ns, lo, hi, sb, wb, cnt, ux, xcnt, xbits, stats, tab, pref,
-                                      Nq, KW, nqb, nkb, C, BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, XC=32,
-                                      TC=min(1024, max(16, triton.next_power_of_2(nkb))),
-                                      num_warps=8)
+                                      Nq, KW, nqb, nkb, C, BLOCK_Q=BQ, BLOCK_K=BK, KP=KP, XC=32, TC=TC,
+                                      num_warps=8, maxnreg=LAYOUT_MAXNREG)
         lay = WideLayout(True, BQ, BK, nk, kb_count=cnt, sb=sb, wb=wb, ns=ns, lo=lo, hi=hi, ux=ux,
                          ux_count=xcnt, xbits=xbits, stats_src=stats, transposer=_gpu_transpose)
         if force is None:

@@ -204,6 +204,39 @@ def test_layout_kernel_dense_irregular_rows_many_chunks():
     _same_layout(g, r, 170, 170, keys)
 
 
+def _split_stress_rows(N: int, K: int, seed: int, offset: int = 0) -> torch.Tensor:
+    """(1, N, K) rows whose split lands anywhere in the row: per row a random sink count, a random window
+    length (a trailing run from 1 key to all of the row), random keys between, -1 padding; row widths from
+    1 to K, so the window's run crosses the kernel's 32-column chunks at every offset."""
+    rng = np.random.default_rng(seed)
+    out = np.full((N, K), -1, dtype=np.int32)
+    for i in range(N):
+        p = offset + i
+        w = int(rng.integers(1, min(K, p + 1) + 1))
+        win = np.arange(p - w + 1, p + 1)
+        room = K - w
+        s = int(rng.integers(0, min(room, p - w + 1) + 1)) if room > 0 else 0
+        sinks = np.arange(s)
+        between = np.arange(s, max(s, p - w))
+        m = int(rng.integers(0, min(room - s, len(between)) + 1)) if room > s and len(between) else 0
+        mid = rng.choice(between, size=m, replace=False) if m else np.zeros(0, np.int64)
+        r = np.unique(np.concatenate([sinks, mid, win]))
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)[None]
+
+
+@kernel
+@pytest.mark.parametrize("N,K,offset", [(130, 31, 0), (140, 33, 0), (129, 64, 40), (70, 97, 0)])
+def test_layout_kernel_split_stress(N, K, offset):
+    # the kernel's one-pass split (run counted as the multiplicity of max(key - t)) against the torch
+    # builder's two-pass one, on rows whose sinks / window / rest boundaries fall anywhere
+    keys = _split_stress_rows(N, K, seed=N + K, offset=offset).to(DEV)
+    nk = offset + N
+    g = triton_wide.build_wide_layout_triton(keys, nk, force=True)
+    r = build_wide_layout(keys, nk, force=True)
+    _same_layout(g, r, N, nk, keys)
+
+
 @kernel
 def test_one_layout_shared_by_layers_and_backward():
     # the cache: one build per plan tensor for every layer (forward and backward), transpose added once

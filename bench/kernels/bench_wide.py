@@ -133,6 +133,21 @@ def run(args):
         torch.cuda.synchronize() if DEV == "cuda" else None
         return (time.perf_counter() - t) * 1e3 / (n if DEV == "cuda" else 1)
 
+    def layout_graph_ms(keys, N, transpose):
+        """GPU time alone of the wide layout build: replays of a CUDA graph that captured one build (the
+        builder never syncs with force=True; its scratch exists from the calls before). None if capture
+        fails."""
+        if DEV != "cuda":
+            return bench(lambda: wide_layout(keys, N, transpose))
+        try:
+            wide_layout(keys, N, transpose)
+            torch.cuda.synchronize()
+            return float(triton.testing.do_bench_cudagraph(lambda: wide_layout(keys, N, transpose), rep=20,
+                                                           return_mode="median"))
+        except Exception as e:                      # noqa: BLE001 - the figure is optional
+            print(f"layout graph capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            return None
+
     def save():
         if args.out:
             out = Path(args.out)
@@ -168,13 +183,16 @@ def run(args):
 
     BlockMask, flex = flex_setup() if not args.no_flex else (None, None)
     # -- forward
+    if args.ns and not args.smoke:
+        ns_fwd = tuple(args.ns)
     for name in args.plan_names:
-        for N in (ns_fwd if name != "k64" else ns_fwd[-2:-1] or ns_fwd):
+        for N in (ns_fwd if name != "k64" else [n for n in ns_fwd if n == n_fb] or ns_fwd[:1]):
             keys = plan(name, N)
             kavg = float((keys >= 0).sum(-1).float().mean())
             t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=False), 5, 30)
             t_wlay = bench(lambda: wide_layout(keys, N, False), 5, 30)
             t_wlay_wall = wall_ms(lambda: wide_layout(keys, N, False))
+            t_wlay_graph = layout_graph_ms(keys, N, False)
             nlay = build_layout_triton(keys, N, transpose=False)
             wlay = wide_layout(keys, N, False)
             auto_wide = wide_layout_for(keys, N, transpose=False).wide
@@ -185,7 +203,8 @@ def run(args):
                 r = dict(plan=name, N=N, D=D, H=H, K=keys.shape[-1], K_avg=kavg, auto="wide" if auto_wide else
                          "narrow", narrow_tiles=nlay.tiles, wide_tiles=int(wlay.kb_count.sum()),
                          wide_chunks=int(wlay.ux_count.sum()),
-                         structured_mean=wlay.stats["structured_mean"], wide_layout_wall_ms=t_wlay_wall)
+                         structured_mean=wlay.stats["structured_mean"], wide_layout_wall_ms=t_wlay_wall,
+                         wide_layout_graph_ms=t_wlay_graph)
                 r["dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
                 r["narrow_ms"] = bench(lambda: sparse_attention_fwd(q, k, v, nlay, scale))
                 r["narrow_layout_ms"] = t_nlay
@@ -217,7 +236,8 @@ def run(args):
                 print(f"fwd {name} N={N:6d} D={D:3d} Kavg {kavg:.0f} dense {r['dense_ms']:.4f} "
                       f"narrow {r['narrow_ms']:.4f}+{t_nlay:.4f} wide {r['wide_ms']:.4f}+{t_wlay:.4f} "
                       f"auto({r['auto']}) {r['auto_ms']:.4f} flex {r.get('flex_ms', float('nan')):.4f} "
-                      f"floor {r['floor_ms']:.4f} diff {r['wide_vs_narrow_rel']:.1e} layout wall {t_wlay_wall:.4f}", flush=True)
+                      f"floor {r['floor_ms']:.4f} diff {r['wide_vs_narrow_rel']:.1e} layout wall {t_wlay_wall:.4f} "
+                      f"graph {_f(t_wlay_graph)}", flush=True)
                 del q, k, v, wo, no
             save()
     # -- forward + backward at 16k
@@ -228,6 +248,7 @@ def run(args):
         t_nlay = bench(lambda: build_layout_triton(keys, N, transpose=True), 5, 30)
         t_wlay = bench(lambda: wide_layout(keys, N, True), 5, 30)
         t_wlay_wall = wall_ms(lambda: wide_layout(keys, N, True))
+        t_wlay_graph = layout_graph_ms(keys, N, True)
         nlay = build_layout_triton(keys, N, transpose=True)
         wlay = wide_layout(keys, N, True)
         for D in args.D:
@@ -255,7 +276,8 @@ def run(args):
             nbytes = 2 * (4 * H * N * D) + 2 * (8 * H * N * D)
             r = dict(plan=name, N=N, D=D, H=H, K_avg=kavg, dense_ms=bench(dense), narrow_ms=bench(narrow),
                      narrow_layout_ms=t_nlay, wide_ms=bench(wide), wide_layout_ms=t_wlay,
-                     wide_vs_narrow_grad_rel=diff, wide_layout_wall_ms=t_wlay_wall, layers=args.layers, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H),
+                     wide_vs_narrow_grad_rel=diff, wide_layout_wall_ms=t_wlay_wall,
+                     wide_layout_graph_ms=t_wlay_graph, layers=args.layers, floor_ms=floor_ms(cfg, nbytes, 4 * 2.5 * N * kavg * D * H),
                      wide_fused_ms=bench(lambda: wide(True)), wide_separate_ms=bench(lambda: wide(False)))
             res["fwd_bwd"].append(r)
             print(f"fwd+bwd {name} N={N} D={D} dense {r['dense_ms']:.4f} narrow {r['narrow_ms']:.4f}"
@@ -265,7 +287,7 @@ def run(args):
             del q, k, v, do, qd, kd, vd, gw, gn
         save()
     # -- decode: the row of query S-1 of the plan, against an S-slot cache
-    for name in args.plan_names:
+    for name in (args.plan_names if not args.no_decode else []):
         rows = load_plan(plans_dir / name / "decode_rows.npz")
         for S in decode_s:
             row = rows[DECODE_S.index(S)] if S in DECODE_S else plan(name, S)[0, -1].cpu().numpy()
@@ -323,6 +345,7 @@ def compile_check(D: int, warps: int, block_m: int) -> bool:
             ("structured dkdv", tw._wide_bwd_dkdv_kernel, dict(tile, CH=32, ATOMIC=True)),
             ("layout K=256", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=256, XC=32, TC=256)),
             ("layout K=128", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=128, XC=32, TC=1024)),
+            ("layout K=64", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=64, XC=32, TC=256)),
             ("transpose", tw._wide_transpose_kernel, dict(QC=256))]
     tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
     ok = True
@@ -333,14 +356,22 @@ def compile_check(D: int, warps: int, block_m: int) -> bool:
         sig = {a: "constexpr" if a in ce else ptr.get(a, "fp32" if "scale" in a else "i32") for a in fn.arg_names}
         try:
             src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in ce.items()})
-            c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+            opts = dict(num_warps=warps, num_stages=2)
+            if kern is tw._wide_layout_kernel:          # launched with 8 warps, registers capped (WideLayoutBuilder)
+                opts = dict(num_warps=8, num_stages=2, **({"maxnreg": tw.LAYOUT_MAXNREG} if tw.LAYOUT_MAXNREG else {}))
+            c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
                 f.write(c.asm["cubin"])
             use = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", f.name],
                                  capture_output=True, text=True).stdout
             m = re.search(r"REG:\d+ STACK:\d+", use)
-            print(f"{name:18s} D={D} warps={warps} BLOCK_M={block_m}: {m.group(0) if m else use[-200:]} "
-                  f"shared {c.metadata.shared} B", flush=True)
+            extra = ""
+            if kern is tw._wide_layout_kernel:          # its atomics must stay fence-free (REDG, no MEMBAR)
+                sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", f.name],
+                                      capture_output=True, text=True).stdout
+                extra = f" MEMBAR {sass.count('MEMBAR')} REDG {sass.count('REDG')} ATOMG {sass.count('ATOMG')}"
+            print(f"{name:18s} D={D} warps={opts['num_warps']} BLOCK_M={block_m}: {m.group(0) if m else use[-200:]} "
+                  f"shared {c.metadata.shared} B{extra}", flush=True)
         except Exception as e:
             ok = False
             print(f"{name}: FAILED {type(e).__name__}: {str(e)[-1500:]}", flush=True)
@@ -371,8 +402,8 @@ def to_markdown(res: dict, short: bool = False) -> str:
             for c in res["checks"]), ""]
     nl_ = res["args"].get("layers", 8)
     L += ["| plan | N | D | K avg | auto | dense | narrow | n+lay | wide | w layout | w+lay | auto | flex (+mask) |"
-          f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w layout wall | n tiles | "
-          "w tiles+chunks |", "|" + "---|" * 20]
+          f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w layout wall | "
+          "w layout GPU (graph) | n tiles | w tiles+chunks |", "|" + "---|" * 21]
     for r in res["forward"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
         wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
@@ -382,11 +413,12 @@ def to_markdown(res: dict, short: bool = False) -> str:
                  f"{_f(r['wide_layout_ms'])} | {_f(wl)} | {_f(r['auto_ms'])} | "
                  f"{_f(flex)}{' (+' + _f(r['flex_layout_ms'], 2) + ')' if flex else ''} | "
                  f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {_x(r['dense_ms'], wlL)} | "
-                 f"{_f(r.get('wide_layout_wall_ms'))} | {r['narrow_tiles']} | "
+                 f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r.get('wide_layout_graph_ms'))} | {r['narrow_tiles']} | "
                  f"{r['wide_tiles']}+{r['wide_chunks']} |")
     L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout (+transpose) | w+lay | "
           f"x dense (w+lay) | x dense (n+lay) | w+lay / floor | w+lay/{nl_} (one layout per step, {nl_} layers) | "
-          f"x dense (w+lay/{nl_}) | w layout wall | w fused dk/dv | w separate dk/dv |", "|" + "---|" * 17]
+          f"x dense (w+lay/{nl_}) | w layout wall | w layout GPU (graph) | w fused dk/dv | w separate dk/dv |",
+          "|" + "---|" * 18]
     for r in res["fwd_bwd"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
         wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
@@ -394,7 +426,7 @@ def to_markdown(res: dict, short: bool = False) -> str:
         L.append(f"| {r['plan']} | {r['N']} | {r['D']} | {_f(r['dense_ms'])} | {_f(r['narrow_ms'])} | {_f(nl)} | "
                  f"{_f(r['wide_ms'])} | {_f(r['wide_layout_ms'])} | {_f(wl)} | {_x(r['dense_ms'], wl)} | "
                  f"{_x(r['dense_ms'], nl)} | {_x(wl, r['floor_ms'])} | {_f(wlL)} | {_x(r['dense_ms'], wlL)} | "
-                 f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r['wide_fused_ms'])} | "
+                 f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r.get('wide_layout_graph_ms'))} | {_f(r['wide_fused_ms'])} | "
                  f"{_f(r['wide_separate_ms'])} |")
     if not short:
         # decode of wide rows runs the narrow decode kernel (the dispatch's choice; a wide decode kernel measured
@@ -423,6 +455,8 @@ def main():
     ap.add_argument("--flex-D", type=int, nargs="*", default=[64])
     ap.add_argument("--flex-plans", nargs="*", default=["w128", "w256"], help="each is one torch.compile")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode section")
+    ap.add_argument("--ns", type=int, nargs="*", default=None, help="forward sizes (default 4k 16k 64k)")
     ap.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1: every path, tiny sizes")
     ap.add_argument("--compile-check", action="store_true",
                     help="CPU: compile the wide kernels for sm_90 (ptxas), print registers and spills")
