@@ -469,27 +469,28 @@ class WideLayoutBuilder:
         self._scratch: dict = {}
         self._shapes: dict = {}
 
+    @staticmethod
+    def _memo(cache: dict, key, cap: int, make):
+        """cache[key], made on first use; the cache is emptied when it holds cap entries (few shapes recur)."""
+        v = cache.get(key)
+        if v is None:
+            if len(cache) >= cap:
+                cache.clear()
+            v = cache[key] = make()
+        return v
+
     def _tables(self, dev, B, nqb, nkb):
-        key = (dev, B, nqb, nkb)
-        t = self._scratch.get(key)
-        if t is None:
-            if len(self._scratch) >= 4:
-                self._scratch.clear()
-            t = self._scratch[key] = (torch.empty(B * nqb * nkb, dtype=torch.int64, device=dev),
-                                      torch.empty(B * nqb * nkb, dtype=torch.int32, device=dev))
-        return t
+        n = B * nqb * nkb
+        return self._memo(self._scratch, (dev, B, nqb, nkb), 4,
+                          lambda: (torch.empty(n, dtype=torch.int64, device=dev),
+                                   torch.empty(n, dtype=torch.int32, device=dev)))
 
     def _shape(self, B, Nq, KW, nk):
-        key = (B, Nq, KW, nk)
-        sh = self._shapes.get(key)
-        if sh is None:
-            if len(self._shapes) >= 64:
-                self._shapes.clear()
+        def make():
             nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
-            sh = self._shapes[key] = (nqb, nkb, plan_split.chunk_cap(KW, nk, BQ, BK),
-                                      max(16, triton.next_power_of_2(KW)),
-                                      min(1024, max(16, triton.next_power_of_2(nkb))))
-        return sh
+            return (nqb, nkb, plan_split.chunk_cap(KW, nk, BQ, BK), max(16, triton.next_power_of_2(KW)),
+                    min(1024, max(16, triton.next_power_of_2(nkb))))
+        return self._memo(self._shapes, (B, Nq, KW, nk), 64, make)
 
     def __call__(self, keys: torch.Tensor, nk: int, transpose: bool = True, force: bool | None = None,
                  min_structured: float | None = None) -> WideLayout:
