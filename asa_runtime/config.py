@@ -26,18 +26,42 @@ class PlanConfig:
     # lexical cohesion: a noun / proper noun may select the tokens of its lemma's `cohesion` most recent earlier
     # mentions anywhere in the document (0 = off; docs/linguistics.md "Lexical cohesion")
     cohesion: int = 0
+    # layer-dependent plan (0 = off): every layer not in `wide_layers` attends to a narrow part of each row,
+    # its first `sinks` entries (the sink tokens) and its nearest `narrow_k - sinks` (model.narrow_rows);
+    # the wide layers get the whole row. The plan and the KV cache are the wide ones.
+    narrow_k: int = 0
+    wide_layers: tuple = ()
 
     def __post_init__(self):
-        _check_types(self, ("k", "window", "sinks", "stride", "lookback_words", "seed", "cohesion"), int)
+        _check_types(self, ("k", "window", "sinks", "stride", "lookback_words", "seed", "cohesion", "narrow_k"), int)
+        if isinstance(self.wide_layers, list):
+            self.wide_layers = tuple(self.wide_layers)              # from JSON
+        if not isinstance(self.wide_layers, tuple) or any(isinstance(i, bool) or not isinstance(i, int)
+                                                          for i in self.wide_layers):
+            raise ValueError(f"wide_layers must be a list of layer numbers, got {self.wide_layers!r}")
         if not isinstance(self.cross_sentence, bool):
             raise ValueError(f"cross_sentence must be true or false, got {self.cross_sentence!r}")
         if not isinstance(self.mode, str) or self.mode not in MODES:
             raise ValueError(f"unknown ASA mode {self.mode!r}; expected one of {', '.join(MODES)}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        for name in ("window", "sinks", "stride", "lookback_words", "cohesion"):
+        for name in ("window", "sinks", "stride", "lookback_words", "cohesion", "narrow_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.narrow_k:
+            if self.mode == "none":
+                raise ValueError("narrow_k needs a plan: the dense baseline (mode none) has none")
+            if not self.sinks < self.narrow_k < self.k:
+                raise ValueError(f"narrow_k must lie between sinks ({self.sinks}) and k ({self.k}), got {self.narrow_k}")
+            if not self.wide_layers or list(self.wide_layers) != sorted(set(self.wide_layers)) or self.wide_layers[0] < 0:
+                raise ValueError(f"wide_layers must be distinct ascending layer numbers, at least one, got "
+                                 f"{list(self.wide_layers)}")
+        elif self.wide_layers:
+            raise ValueError("wide_layers needs narrow_k (the plan width of the other layers)")
+
+    def layer_width(self, layer: int) -> int:
+        """Plan entries layer `layer` may attend to: k, or narrow_k in a layer-dependent plan's narrow layers."""
+        return self.narrow_k if self.narrow_k and layer not in self.wide_layers else self.k
 
     @property
     def dense(self) -> bool:
@@ -45,8 +69,13 @@ class PlanConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not d["cohesion"]:
-            del d["cohesion"]       # off: the dict (plan caches, prompt-cache hashes, config.json) is as before
+        for name in ("cohesion", "narrow_k"):
+            if not d[name]:
+                del d[name]         # off: the dict (plan caches, prompt-cache hashes, config.json) is as before
+        if not self.narrow_k:
+            del d["wide_layers"]
+        else:
+            d["wide_layers"] = list(self.wide_layers)
         return d
 
     @classmethod
@@ -86,6 +115,8 @@ class ModelConfig:
             raise ValueError("d_model must be divisible by n_head")
         if self.n_head % self.n_kv_head:
             raise ValueError("n_head must be a multiple of n_kv_head")
+        if self.plan.wide_layers and self.plan.wide_layers[-1] >= self.n_layer:
+            raise ValueError(f"wide_layers {list(self.plan.wide_layers)}: the model has layers 0..{self.n_layer - 1}")
 
     def param_count(self) -> int:
         """Parameters this architecture has (weights' memory is checked against it before allocating)."""

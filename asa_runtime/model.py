@@ -117,6 +117,26 @@ class ModelCache(list):
             c.v[0, :, : v.shape[1]].copy_(v)
 
 
+def narrow_rows(keys: torch.Tensor, width: int, sinks: int) -> torch.Tensor:
+    """The rows a layer-dependent plan's narrow layers attend to (PlanConfig.narrow_k): of each row (..., K)
+    its first `sinks` entries and its nearest `width - sinks` (the last valid ones), -1 padded, (..., width).
+    A row is ascending with trailing padding whether it holds positions or slots, so this is a pure function
+    of the row: causal, and the same in training, prefill and decode (the query itself is its last entry)."""
+    n = (keys >= 0).sum(-1, keepdim=True)                          # (..., 1) valid entries
+    j = torch.arange(width, device=keys.device)                     # (width,)
+    long = n > width
+    src = torch.where(long & (j >= sinks), n - width + j, j)        # long rows: sinks, then the nearest
+    out = keys.gather(-1, torch.minimum(src, torch.full_like(src, keys.shape[-1] - 1)))
+    return torch.where(long | (j < n), out, torch.full_like(out, -1))
+
+
+def narrow_index(n: int, width: int, sinks: int) -> slice | torch.Tensor:
+    """narrow_rows for one decode row of n valid entries: which of them a narrow layer keeps."""
+    if n <= width:
+        return slice(None)
+    return torch.cat([torch.arange(sinks), torch.arange(n - (width - sinks), n)])
+
+
 # ---- layers ----------------------------------------------------------------------------------------
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -321,12 +341,23 @@ class Transformer(nn.Module):
                 attn_mask = torch.arange(S, device=idx.device)[None, :] <= input_pos[:, None]  # (T, S)
         if isinstance(keys, torch.Tensor):
             keys = keys.to(idx.device)
+        elif isinstance(keys, tuple) and not self.cfg.plan.narrow_k:
+            raise ValueError("a (wide, narrow) pair of plans is for a layer-dependent plan (narrow_k)")
         x = self.tok_embeddings(idx)                               # (B, T, d)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, rc, keys, slots, attn_mask, None if cache is None else cache[i])
+        for i, (layer, lk) in enumerate(zip(self.layers, self.layer_keys(keys))):
+            x = layer(x, rc, lk, slots, attn_mask, None if cache is None else cache[i])
         if last_only:
             x = x[:, -1:]                                          # (B, 1, d)
         return self.output(self.norm(x))                           # (B, T or 1, vocab)
+
+    def layer_keys(self, keys) -> list:
+        """Each layer's plan: `keys` itself, or for a layer-dependent plan the wide rows in its wide layers and
+        narrow_rows of them in the others. A backend with its own layout (UnionPlan) passes (wide, narrow)."""
+        p = self.cfg.plan
+        if not p.narrow_k or keys is None:
+            return [keys] * len(self.layers)
+        wide, narrow = keys if isinstance(keys, tuple) else (keys, narrow_rows(keys, p.narrow_k, p.sinks))
+        return [wide if i in p.wide_layers else narrow for i in range(len(self.layers))]
 
     def decode_one(self, token, idx: torch.Tensor | None, pos, slot, cache: ModelCache,
                    attn_out: list | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -343,8 +374,23 @@ class Transformer(nn.Module):
             rot = torch.view_as_complex(self.rope.index_select(0, pos.view(1))[0])    # (hs/2,)
         emb = self.tok_embeddings.weight
         x = emb[token] if mask is None else emb.index_select(0, token.view(1))[0]    # (d,)
-        for layer, c in zip(self.layers, cache):
-            x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask)
+        p, narrow = self.cfg.plan, None
+        if p.narrow_k and idx is not None:                         # the narrow layers' part of the row
+            if mask is None:
+                keep = narrow_index(len(idx), p.narrow_k, p.sinks)
+                narrow = (idx[keep], None, keep)
+            else:                                                  # static shapes: narrow the mask instead
+                n, j = mask.sum(), torch.arange(len(mask), device=mask.device)
+                narrow = (idx, mask & ((n <= p.narrow_k) | (j < p.sinks) | (j >= n - (p.narrow_k - p.sinks))), None)
+        for i, (layer, c) in enumerate(zip(self.layers, cache)):
+            if narrow is None or i in p.wide_layers:
+                x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask)
+                continue
+            x = layer.decode_one(x, rot, narrow[0], pos, slot, c, attn_out, narrow[1])
+            if attn_out is not None and narrow[2] is not None:     # weights over the whole row, 0 where unread
+                w = attn_out[-1].new_zeros(len(idx))
+                w[narrow[2]] = attn_out[-1]
+                attn_out[-1] = w
         return _mv(self.output, self.norm.forward(x)).float()      # (V,)
 
     def num_params(self) -> int:

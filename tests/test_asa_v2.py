@@ -129,7 +129,7 @@ def test_setup_round_trips_and_specs_change_one_thing(tmp_path):
     assert asa_v2.Setup().evaluated() == ["dense", "local", "w64", "asa_small"]
 
 
-def test_second_seeds_and_the_scale_point_change_only_what_they_say():
+def test_second_seeds_and_the_scale_point_change_only_what_they_say(tmp_path):
     """The seed-1 finalists differ from theirs only in the seed; the medium pair's trainer options (parsed by
     the real CLI, where the last value of an option wins) are the medium preset, its learning rate and steps."""
     from asa_runtime.config import PRESETS, ModelConfig
@@ -140,7 +140,9 @@ def test_second_seeds_and_the_scale_point_change_only_what_they_say():
     for a, b in (("coh4_w64_s1", "coh4_w64"), ("local_w64_s1", "local_w64"), ("coh4_w64_m", "coh4_w64")):
         assert M[a].plan_config() == M[b].plan_config()
     assert (M["coh4_w64_s1"].seed, M["local_w64_s1"].seed, M["coh4_w64_m"].seed) == (1, 1, 0)
-    s = asa_v2.Setup()
+    s = asa_v2.Setup(prep=tmp_path / "asa_prep", runs=tmp_path / "asa_v2")   # a clean clone has no runs/
+    for n in ("coh4_w64_m", "dense_m", "coh4_w64_s1"):
+        asa_v2.policy_path(s, M[n]).mkdir(parents=True, exist_ok=True)          # the CLI checks --data exists
     for n, preset, lr, steps, seed in (("coh4_w64_m", "medium", 1e-3, 4000, 0), ("dense_m", "medium", 1e-3, 4000, 0),
                                        ("coh4_w64_s1", "small", 1.5e-3, asa_v2.ASA_SMALL_STEPS, 1)):
         ctx = train.make_context("train", asa_v2.train_cmd(s, M[n])[4:])

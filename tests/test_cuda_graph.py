@@ -48,7 +48,8 @@ def test_static_decode_step_matches_the_eager_step(mode):
                 mask = ar < len(keys)
             a = m.decode_one(tok, idx, pos, pos, eager)
             b = m.decode_one(torch.tensor(tok), pad, torch.tensor(pos), torch.tensor(pos), static, mask=mask)
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+            # masked vs unmasked SDPA round differently (weights x5: logits ~1e2); a wrong key gives O(1) errors
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     for ce, cs in zip(eager, static):
         torch.testing.assert_close(cs.k, ce.k)
         torch.testing.assert_close(cs.v, ce.v)

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from ..cache_state import state_rows
+from ..config import PlanConfig
 from ..errors import BackendError
+from ..model import narrow_index, narrow_rows
 
 try:
     import mlx.core as mx
@@ -101,6 +103,7 @@ class MlxBackend:
         self._mm = mm
         if model is not None:
             self.args = mm.ModelArgs.from_model_config(model.cfg)
+            self.plan = model.cfg.plan
             src = model.tok_embeddings.weight.dtype
             dt = mx_dtype(dtype or src)
             weights = mm.from_llama_state(model.llama_state_dict(), self.args.tie_word_embeddings, dt)
@@ -109,7 +112,11 @@ class MlxBackend:
             if source is None or not is_mlx_folder(source):
                 raise BackendError("mlx backend needs a torch model or an MLX export folder "
                                    "(asa-run export --format mlx)")
-            self.args, weights, stored = load_folder(source)
+            self.args, weights, stored, raw = load_folder(source)
+            try:
+                self.plan = PlanConfig.from_dict(raw.get("plan") or {"mode": "none"})
+            except (TypeError, ValueError) as e:
+                raise BackendError(f"{source}/config.json: bad plan settings ({e})") from None
             if dtype is None:
                 dtype = "float32" if mx.default_device() == mx.cpu else stored
             dt = mx_dtype(dtype)
@@ -144,7 +151,13 @@ class MlxBackend:
     def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
         x = mx.array(np.asarray(ids, dtype=np.int32))[None]                    # (1, T)
         sl = mx.array(np.asarray(slots, dtype=np.int32))                       # (T,)
-        keys = None if plan_rows is None else mx.array(np.asarray(plan_rows, dtype=np.int32))[None]  # (1,T,K)
+        keys = None
+        if plan_rows is not None:
+            rows = np.asarray(plan_rows, dtype=np.int32)
+            keys = mx.array(rows)[None]                                          # (1, T, K)
+            if self.plan.narrow_k:                      # a layer-dependent plan: each layer's rows
+                narrow = mx.array(narrow_rows(torch.from_numpy(rows), self.plan.narrow_k, self.plan.sinks).numpy())
+                keys = [keys if i in self.plan.wide_layers else narrow[None] for i in range(self.args.num_hidden_layers)]
         logits = self.model(x, self._positions(positions), cache, keys=keys, slots=sl,
                             last_only=not all_logits)[0]                       # (T or 1, V)
         self._eval(logits, cache)
@@ -155,19 +168,29 @@ class MlxBackend:
         keys = None
         if plan_row is not None:
             n = int(np.count_nonzero(plan_row >= 0))                           # padding (-1) is trailing
-            keys = mx.array(np.asarray(plan_row[:n], dtype=np.int32))          # (n,)
+            row = np.asarray(plan_row[:n], dtype=np.int32)
+            keys = mx.array(row)                                               # (n,)
+        keep = None
+        if keys is not None and self.plan.narrow_k:     # a layer-dependent plan: each layer's part of the row
+            keep = narrow_index(n, self.plan.narrow_k, self.plan.sinks)
+            narrow = mx.array(row[keep])
+            keys = [keys if i in self.plan.wide_layers else narrow for i in range(self.args.num_hidden_layers)]
         x = mx.array([[int(token)]], dtype=mx.int32)                           # (1, 1)
         weights = [] if attn_out is not None else None
         logits = self.model(x, int(pos), cache, keys=keys, slots=mx.array([int(slot)], dtype=mx.int32),
                             attn_out=weights)[0, 0]                            # (V,)
         self._eval(logits, cache)
         if attn_out is not None:
-            attn_out.extend(torch.from_numpy(self._mm.to_numpy(w)) for w in weights)
+            for i, w in enumerate(weights):
+                w = torch.from_numpy(self._mm.to_numpy(w))
+                if keep is not None and i not in self.plan.wide_layers:   # over the whole row, 0 where unread
+                    w = torch.zeros(n, dtype=w.dtype).index_put_((torch.arange(n)[keep],), w)
+                attn_out.append(w)
         return torch.from_numpy(self._mm.to_numpy(logits.astype(mx.float32)))
 
 
 def load_folder(path) -> tuple:
-    """(ModelArgs, {name: mx.array}, stored dtype name) of an MLX export folder; BackendError (one line)
+    """(ModelArgs, {name: mx.array}, stored dtype name, config.json) of an MLX export folder; BackendError (one line)
     when it is incomplete or corrupted (the weights' sha256 is checked against config.json)."""
     from asa_runtime.checkpoint import sha256_file
     ModelArgs = mm.ModelArgs
@@ -191,4 +214,4 @@ def load_folder(path) -> tuple:
         args = ModelArgs.from_dict(raw)             # mlx-lm's argument names, at the top level
     except (KeyError, TypeError, ValueError) as e:
         raise BackendError(f"{path}/config.json: bad MLX model arguments ({e})") from None
-    return args, weights, raw.get("dtype", "float32")
+    return args, weights, raw.get("dtype", "float32"), raw

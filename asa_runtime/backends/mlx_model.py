@@ -179,8 +179,10 @@ class LlamaModel(nn.Module):
 
     def __call__(self, inputs, positions, cache=None, last_only: bool = False, **attn):
         h = self.embed_tokens(inputs)                                          # (B, T, d)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, positions, None if cache is None else cache[i], **attn)
+        keys = attn.pop("keys", None)
+        for i, layer in enumerate(self.layers):                                # a list: one plan per layer
+            lk = keys[i] if isinstance(keys, list) else keys
+            h = layer(h, positions, None if cache is None else cache[i], keys=lk, **attn)
         if last_only:
             h = h[:, -1:]                                                      # (B, 1, d)
         return self.norm(h)
@@ -198,8 +200,8 @@ class Model(nn.Module):
     def __call__(self, inputs, positions=0, cache=None, keys=None, slots=None, last_only: bool = False,
                  attn_out: list | None = None):
         """inputs: (B, T) ids. positions: int offset or (T,) array. With a cache, `slots` (T,) are the rows
-        written and `keys` the plan rows (slots): (B, T, K) for a chunk, (n,) for one decode row, None for
-        the dense baseline (it never evicts: slot == position). Returns logits (B, T or 1, V)."""
+        written and `keys` the plan rows (slots): (B, T, K) for a chunk, (n,) for one decode row (a list of
+        them, one per layer, for a layer-dependent plan), None for the dense baseline (it never evicts: slot == position). Returns logits (B, T or 1, V)."""
         T = inputs.shape[1]
         attn: dict = {"attn_out": attn_out}
         if cache is not None:

@@ -16,6 +16,8 @@ import torch
 
 from kernels.torch_sparse import UnionPlan
 
+from ..model import narrow_rows
+
 from .cuda_graph import graphed_decoder
 
 
@@ -46,6 +48,10 @@ class TorchBackend:
             rows = np.asarray(plan_rows)
             if self.union_prefill and UnionPlan.worth_it(rows):
                 keys = UnionPlan.from_rows(rows, self.device)
+                p = self.model.cfg.plan
+                if p.narrow_k:                                  # a layer-dependent plan: a union per part
+                    narrow = narrow_rows(torch.from_numpy(rows), p.narrow_k, p.sinks).numpy()
+                    keys = (keys, UnionPlan.from_rows(narrow, self.device))
             else:
                 keys = self._tensor(rows)[None]                                             # (1, T, K)
         logits = self.model(idx, keys, pos, sl, cache=cache, last_only=not all_logits)[0].float()

@@ -86,8 +86,8 @@ class DecoderGraph(nn.Module):
             S = past[0].shape[2] + input_ids.shape[1]
             mask = torch.arange(S, device=positions.device)[None, :] <= positions[:, None]   # (T, S)
         x = m.tok_embeddings(input_ids)                          # (1, T, d)
-        for layer, c in zip(m.layers, caches):
-            x = layer(x, rc, keys, None, mask, c)
+        for layer, c, lk in zip(m.layers, caches, m.layer_keys(keys)):   # a layer-dependent plan narrows in the graph
+            x = layer(x, rc, lk, None, mask, c)
         if not self.all_logits:
             x = x[:, -1:]                                        # (1, 1, d)
         logits = m.output(m.norm(x)).float()                     # (1, T or 1, V)

@@ -82,6 +82,7 @@ class Spec:
         return PlanConfig(mode=self.mode, **{**ASA_SMALL_PLAN, **self.plan})
 
 
+COH4_W64 = {"cohesion": 4, "window": 64, "k": 96}        # the shipped asa-small v2's policy
 MODELS = {s.name: s for s in (
     Spec("dense", "none", label="dense twin"),
     Spec("local", "local", label="local only (k 64, window 16)"),
@@ -95,6 +96,18 @@ MODELS = {s.name: s for s in (
     Spec("coh4_w64_s1", "full", {"cohesion": 4, "window": 64, "k": 96}, seed=1,
          label="ASA full + lexical cohesion 4, window 64, k 96, seed 1"),
     Spec("local_w64_s1", "local", {"window": 64, "k": 96}, seed=1, label="local only, window 64, k 96, seed 1"),
+    # the issue's other policies, each one change from the shipped coh4_w64 (UNTRAINED until a device batch:
+    # `start --train ...`; their plans' cost is measured here by asa_v2_policies.py)
+    Spec("coh4_w64_sk16", "full", {**COH4_W64, "sinks": 16}, label="coh4_w64 with 16 sinks"),
+    Spec("coh4_w64_st256", "full", {**COH4_W64, "stride": 256}, label="coh4_w64 + strided keys every 256"),
+    Spec("coh4_w64_k128", "full", {**COH4_W64, "k": 128}, label="coh4_w64 with k 128"),
+    Spec("coh4_w128", "full", {**COH4_W64, "window": 128, "k": 160},
+         label="ASA full + lexical cohesion 4, window 128, k 160"),
+    # layer-dependent: the whole row in layers 3 and 7 only, the others its sinks + nearest keys
+    Spec("coh4_w64_wide2", "full", {**COH4_W64, "narrow_k": 68, "wide_layers": (3, 7)},
+         label="coh4_w64 in layers 3, 7; sinks + nearest 64 elsewhere"),
+    Spec("st64_k192_wide2", "full", {**COH4_W64, "stride": 64, "k": 192, "narrow_k": 72, "wide_layers": (3, 7)},
+         label="coh4_w64 + strided keys every 64, k 192, in layers 3, 7; sinks + nearest 68 elsewhere"),
     # one size above asa-small: the finalist policy and its dense twin
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
     Spec("coh4_w64_m", "full", {"cohesion": 4, "window": 64, "k": 96}, args=MEDIUM_ARGS,
@@ -174,12 +187,17 @@ def alive(pid) -> bool:
 
 
 # ---- data ------------------------------------------------------------------------------------------
+def policy_path(s: Setup, spec: Spec) -> Path:
+    """Where one model's prepared data lives: runs/asa_prep itself for dense, else its policy's own folder
+    (a folder holds one plan config per mode). Only a path: policy_folder makes it."""
+    return s.prep if spec.mode == "none" else s.runs / f"prep_{spec.name}"
+
+
 def policy_folder(s: Setup, spec: Spec) -> Path:
-    """Prepared folder for one model: runs/asa_prep itself for dense, else a folder of links to its tokens
-    with this policy's plans (one folder per policy: a folder holds one config per mode)."""
+    """Make policy_path: for a policy, a folder of links to runs/asa_prep's tokens, for its plans."""
+    root = policy_path(s, spec)
     if spec.mode == "none":
-        return s.prep
-    root = s.runs / f"prep_{spec.name}"
+        return root
     root.mkdir(parents=True, exist_ok=True)
     for f in ("train.tokens.u16", "valid.tokens.u16", "tokenizer.json"):
         if not (root / f).exists():
@@ -200,7 +218,7 @@ def build_plans(s: Setup, spec: Spec):
 
 
 def train_cmd(s: Setup, spec: Spec) -> list[str]:
-    return [sys.executable, "-m", "training.cli", "train", "--data", str(policy_folder(s, spec)),
+    return [sys.executable, "-m", "training.cli", "train", "--data", str(policy_path(s, spec)),
             "--out", str(s.runs / spec.name), "--mode", spec.mode, "--max-steps", str(s.max_steps),
             "--seed", str(spec.seed), *s.train_args, *spec.args, "--resume"]
 
@@ -301,14 +319,53 @@ def supervise(s: Setup, max_restarts: int = 2):
 
 
 # ---- evaluation of one model -------------------------------------------------------------------------
-def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
+def held_out(s: Setup, prep):
+    """The held-out books as every evaluation reads them: (pieces, valid ids, book sequences, the lowercase
+    vocabulary, far-context targets per book)."""
+    import numpy as np
+
+    from training import far_context as fc
+    from training.long_context import book_sequences
+
+    pieces = prep.tokenizer().pieces
+    ids = np.asarray(prep.tokens("valid"), dtype=np.int64)
+    books = book_sequences(ids, prep.meta["eos_id"], s.seq_len, min_len=min(1024, s.seq_len // 4))
+    books = books[: s.max_books] if s.max_books else books
+    lower = fc.lowercase_vocabulary(fc.words(ids, pieces))
+    return pieces, ids, books, lower, [fc.find_targets(b, pieces, lower) for b in books]
+
+
+def plan_stats(plan_cfg, n_layer: int, book_plans, pieces, books, targets) -> dict:
+    """What a policy costs and reaches on the book sequences: `reach` (far_context.plan_reach of the rows),
+    `kv_bound` (rows an evicting session keeps over the first book) and, for a layer-dependent plan,
+    `reach_narrow` (its narrow layers' rows) and `mean_keys_layers` (keys per query averaged over layers:
+    what the attention computes)."""
     import numpy as np
     import torch
 
-    from asa_runtime.checkpoint import load_checkpoint
     from asa_runtime.linguistics.planner import Planner
+    from asa_runtime.model import narrow_rows
     from training import far_context as fc
-    from training.long_context import Method, book_eval, book_sequences, by_context, context_windows, plan_sequences
+
+    out = {"reach": fc.plan_reach(list(book_plans), plan_cfg.sinks, targets)}
+    out["mean_keys_layers"] = out["reach"]["mean_keys"]
+    if plan_cfg.narrow_k:
+        narrow = [narrow_rows(torch.from_numpy(np.asarray(p)), plan_cfg.narrow_k, plan_cfg.sinks).numpy()
+                  for p in book_plans]
+        out["reach_narrow"] = fc.plan_reach(narrow, plan_cfg.sinks, targets)
+        w = len(plan_cfg.wide_layers)
+        out["mean_keys_layers"] = (w * out["reach"]["mean_keys"] + (n_layer - w) * out["reach_narrow"]["mean_keys"]) \
+            / n_layer
+    if books:
+        out["kv_bound"] = fc.kv_bound(Planner(plan_cfg), [pieces[i] for i in books[0][:-1]])
+    return out
+
+
+def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
+    import torch
+
+    from asa_runtime.checkpoint import load_checkpoint
+    from training.long_context import Method, book_eval, by_context, context_windows, plan_sequences
     from training.prepare import Prepared
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -325,12 +382,7 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
     sha = json.loads((Path(model_dir) / "config.json").read_text())["tokenizer"]["sha256"]
     if sha != prep.meta["tokenizer_sha256"]:
         raise SystemExit(f"{model_dir}: its tokenizer is not the one of {s.prep}")
-    pieces = prep.tokenizer().pieces
-    ids = np.asarray(prep.tokens("valid"), dtype=np.int64)
-    books = book_sequences(ids, prep.meta["eos_id"], s.seq_len, min_len=min(1024, s.seq_len // 4))
-    books = books[: s.max_books] if s.max_books else books
-    lower = fc.lowercase_vocabulary(fc.words(ids, pieces))
-    targets = [fc.find_targets(b, pieces, lower) for b in books]
+    pieces, ids, books, lower, targets = held_out(s, prep)
     t0 = time.time()
     res = {"name": name, "label": spec.label, "model_dir": str(model_dir), "plan": plan_cfg.to_dict(),
            "device": device, "methods": {}}
@@ -349,11 +401,7 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
             k += len(ctx_seqs[L])
         book_plans = plans[k:]
         res["plan_s"] = round(time.time() - t0, 1)
-        res["reach"] = fc.plan_reach([p for p in book_plans], plan_cfg.sinks,
-                                     [[t for t in tg] for tg in targets])
-        if books:
-            first = books[0][:-1]
-            res["kv_bound"] = fc.kv_bound(Planner(plan_cfg), [pieces[i] for i in first])
+        res.update(plan_stats(plan_cfg, ck.config.n_layer, book_plans, pieces, books, targets))
     model = model.to(device)
     for m in methods:
         t1 = time.time()
@@ -414,7 +462,11 @@ def markdown(res: dict) -> str:
     for n, r in ms.items():
         p = r["plan"]
         plan = "dense" if p["mode"] == "none" else f"{p['mode']} k{p['k']} w{p['window']} s{p['sinks']}"
+        if p.get("narrow_k"):
+            plan += f", narrow k{p['narrow_k']} but layers {','.join(map(str, p['wide_layers']))}"
         reach = r.get("reach", {})
+        if "mean_keys_layers" in r:                 # averaged over layers (a layer-dependent plan's narrow ones)
+            reach = {**reach, "mean_keys": r["mean_keys_layers"]}
         kv = r.get("kv_bound", {})
         sm = r.get("summary", {})
         fin = sm.get("final", {}).get("valid", {}).get("ppl_bpe")
