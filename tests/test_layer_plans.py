@@ -14,6 +14,7 @@ import torch
 from conftest import PARAGRAPHS, TEST_PLAN, build_tiny_checkpoint
 from parity import assert_parity, greedy_run
 from test_generate import needs_analyzer
+from test_training import _copy_without_plans, _real_planner_or_skip, _train_cfg, prepared  # noqa: F401 (fixture)
 
 from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
 from asa_runtime.linguistics.plan import validate_rows
@@ -185,3 +186,65 @@ def test_mlx_backend_matches_torch(narrow_checkpoint):
     for a, b in zip(wt, wm):
         torch.testing.assert_close(b, a.to(b.dtype), rtol=1e-3, atol=1e-4)
         assert torch.equal(a == 0, b == 0)
+
+
+def test_trains_and_saves_a_layer_dependent_plan(prepared, tmp_path):
+    """The trainer reads the policy from the prepared plans' config, trains the narrowed model, and the saved
+    model folder carries the policy (its evaluation reproduces the trainer's final loss)."""
+    from asa_runtime.checkpoint import load_checkpoint
+    from training.evaluate import evaluate
+    from training.prepare import Prepared, prepare_plans
+    from training.train import train
+
+    _real_planner_or_skip()
+    root = _copy_without_plans(prepared, tmp_path)
+    cfg = PlanConfig(mode="full", k=16, window=4, sinks=2, narrow_k=6, wide_layers=[1])
+    prepare_plans(root, "full", cfg, workers=1, progress=False, log=lambda *_: None)
+    s = train(_train_cfg(root, tmp_path / "run", mode="full", max_steps=8, overrides={"n_layer": 2}),
+              log=lambda *_: None)
+    ck = load_checkpoint(tmp_path / "run" / "model")
+    assert ck.config.plan == cfg
+    res = evaluate(ck.model, Prepared.open(root), "full", ["valid"], "cpu")
+    assert res["valid"]["loss"] == pytest.approx(s["final"]["valid"]["loss"], rel=1e-5)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@needs_analyzer
+def test_graphed_decode_gives_the_eager_tokens(narrow_checkpoint):
+    """On a GPU: the CUDA-graph step (mask narrowed on the device) generates the eager step's tokens."""
+    from asa_runtime.generate import load, stream_generate
+
+    lm = load(narrow_checkpoint, device="cuda")
+    runs = []
+    for graph in (False, True):
+        lm.backend.cuda_graph = graph
+        runs.append([r.token for r in stream_generate(lm, PROSE[:300], max_tokens=40, temp=0)])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.gpu
+@gpu
+def test_training_step_on_the_gpu_matches_the_cpu():
+    """On a GPU the narrowed rows go through the Triton kernels (forward and backward): loss and gradients
+    equal the CPU torch model's (float32; the kernels' dots may run in TF32: relative norms) on rows longer
+    than narrow_k."""
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(**{**PRESETS["test"], "vocab_size": 97, "plan": PlanConfig(**{**TEST_PLAN, **NARROW})}))
+    rows = torch.from_numpy(random_plan(np.random.default_rng(2), 128, 16))[None]
+    idx = torch.randint(0, 97, (2, 128), generator=torch.Generator().manual_seed(3))
+    rows = rows.expand(2, -1, -1).contiguous()
+    out = []
+    for dev in ("cpu", "cuda"):
+        mm = Transformer(m.cfg).to(dev)
+        mm.load_state_dict(m.state_dict())
+        logits = mm(idx.to(dev), rows.to(dev))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), idx[:, 1:].flatten().to(dev))
+        loss.backward()
+        out.append((loss.item(), {n: p.grad.cpu() for n, p in mm.named_parameters()}))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-3)
+    for n, g in out[0][1].items():
+        assert (out[1][1][n] - g).norm() <= 1e-2 * g.norm() + 1e-6, n
