@@ -248,3 +248,25 @@ def test_training_step_on_the_gpu_matches_the_cpu():
     assert out[1][0] == pytest.approx(out[0][0], rel=1e-3)
     for n, g in out[0][1].items():
         assert (out[1][1][n] - g).norm() <= 1e-2 * g.norm() + 1e-6, n
+
+
+@needs_analyzer
+def test_tensorrt_engine_builds_from_the_narrowed_export(narrow_checkpoint, tmp_path, monkeypatch):
+    """The narrowing is ordinary ONNX ops in the exported graph: TensorRT-RTX parses it and builds an engine
+    with one plugin layer per attention (engine execution is untested here: no supported GPU)."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    try:
+        from exporters.tensorrt.build import build_engine, decoder_shapes
+    except (ImportError, RuntimeError) as e:
+        pytest.skip(f"TensorRT-RTX unavailable: {' '.join(str(e).split())}")
+    from asa_runtime.backends.onnx_backend import ensure_export
+    from exporters.onnx import op_contract as oc
+
+    monkeypatch.setenv("ASA_CACHE_DIR", str(tmp_path))
+    graph = ensure_export(narrow_checkpoint, "float32", progress=False) / "model.onnx"
+    proto = onnx.load(str(graph), load_external_data=False)
+    n_nodes = sum(n.domain == oc.DOMAIN and n.op_type == oc.OP_TYPE for n in proto.graph.node)
+    assert n_nodes == 2                                                # one per layer, narrow and wide
+    res = build_engine(graph, shapes=decoder_shapes(proto, T=(1, 1, 32), S=(1, 64, 256), K=(1, 16, 16)))
+    assert res.plugin_layers == n_nodes
