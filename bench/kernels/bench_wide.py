@@ -185,6 +185,8 @@ def run(args):
     # -- forward
     if args.ns and not args.smoke:
         ns_fwd = tuple(args.ns)
+    if args.no_forward:                             # e.g. fwd+bwd alone, within one device call
+        ns_fwd = ()
     for name in args.plan_names:
         for N in (ns_fwd if name != "k64" else [n for n in ns_fwd if n == n_fb] or ns_fwd[:1]):
             keys = plan(name, N)
@@ -456,6 +458,7 @@ def main():
     ap.add_argument("--flex-plans", nargs="*", default=["w128", "w256"], help="each is one torch.compile")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode section")
+    ap.add_argument("--no-forward", action="store_true", help="skip the forward section (fwd+bwd and decode run)")
     ap.add_argument("--ns", type=int, nargs="*", default=None, help="forward sizes (default 4k 16k 64k)")
     ap.add_argument("--smoke", action="store_true", help="CPU, TRITON_INTERPRET=1: every path, tiny sizes")
     ap.add_argument("--compile-check", action="store_true",
