@@ -34,6 +34,10 @@ Resumable: `start` again (same machine) relaunches a supervisor if none is alive
 (summary.json of a run, eval/<name>.json of an evaluation), leaves running trainers alone and restarts a
 dead one from its last state (every 500 steps, --resume). runs/asa_v2/state.json says where each model is.
 
+Later batches: --train with any of MODELS (second seeds, the medium scale point, the untried policies: more
+sinks, strides, window 128, layer-dependent plans); asa_v2_policies.py measures a policy's keys, KV and reach
+without training it.
+
 Fewer models or steps: --train dense,local (any of MODELS) and --max-steps N (N < 5170 is no longer
 asa-small's budget: the report says so).
 """
