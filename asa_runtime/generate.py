@@ -109,8 +109,8 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
         ck.model.cfg = ck.config
     if auto_kv and backend == "torch" and not ck.config.plan.dense \
             and ck.model.tok_embeddings.weight.dtype == torch.float32:
-        # half the cache memory at no measured cost: asa-small's held-out perplexity 39.8659 (fp32 KV) vs
-        # 39.8663 (bf16 KV), greedy tokens identical (bench/engine/results/kv_dtype_ppl.md, greedy_fingerprint)
+        # half the cache memory at no measured cost: asa-small v2's held-out perplexity 36.6709 (fp32 KV) vs
+        # 36.6711 (bf16 KV) (bench/engine/results/kv_dtype_ppl.md; v1: greedy tokens identical, greedy_fingerprint)
         kv_dtype = torch.bfloat16
     if kv_dtype is not None and ck.config.plan.dense and kv_dtype != ck.model.tok_embeddings.weight.dtype:
         raise GenerationError("a KV cache dtype other than the model's needs a sparse ASA model (the dense "
