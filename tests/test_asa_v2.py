@@ -186,3 +186,20 @@ def test_export_best_and_ship_only_a_better_model(done, tmp_path):
     assert "asa-small (v2)" in card and "Perplexity by context length" in card and "far context" in card
     assert "(batch 1)" in card and "Samples" in card
     assert not (pkg.parent / "asa-small.new").exists() and not (pkg.parent / "asa-small.old").exists()
+
+
+def test_report_shows_a_layer_dependent_plan():
+    """The report of a batch with a layer-dependent model (the committed batch-2 results, coh4_w64 relabelled
+    as coh4_w64_wide2): its plan column names the narrow part, its keys column the mean over the layers."""
+    import copy
+
+    res = json.loads((asa_v2.REPO / "training" / "results" / "asa_v2" / "asa_v2_results.json").read_text())
+    m = copy.deepcopy(res["models"]["coh4_w64"])
+    m.update(name="coh4_w64_wide2", label=asa_v2.MODELS["coh4_w64_wide2"].label, mean_keys_layers=68.7,
+             plan=asa_v2.MODELS["coh4_w64_wide2"].plan_config().to_dict())
+    res["models"]["coh4_w64_wide2"] = m
+    md = asa_v2.markdown(res)
+    row = next(line for line in md.splitlines() if line.startswith(f"| {m['label']} |"))
+    assert "full k96 w64 s4, narrow k68 but layers 3,7" in row and "| 68.7 |" in row
+    row = next(line for line in md.splitlines() if line.startswith(f"| {res['models']['coh4_w64']['label']} |"))
+    assert "| 70.9 |" in row and "narrow" not in row
