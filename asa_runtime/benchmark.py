@@ -108,10 +108,9 @@ def prompt_ids(tokenizer, n: int, text_file: str | None = None) -> list[int]:
 
 # ---- one measurement (runs in its own process) ------------------------------------------------------------
 def _peak_rss() -> int:
-    import resource
+    from .process_memory import peak_rss_bytes   # its own peak: ru_maxrss would carry the parent's
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    return peak_rss_bytes()
 
 
 def measure_runtime(spec: Spec) -> dict:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import resource
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from .checkpoint import load_checkpoint, model_analyzer, parse_dtype, read_confi
 from .config import ModelConfig, PlanConfig
 from .errors import BackendError, CacheFull, GenerationError, require_unicode
 from .linguistics.planner import Planner
+from .process_memory import peak_rss_bytes
 from .quantize import SCHEMES, quantize_model
 from .registry import resolve
 from .sampling import Sampler
@@ -226,8 +225,7 @@ class GenerationResponse:
 def peak_memory_bytes(device: str = "cpu") -> int:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)     # macOS reports bytes, Linux KiB
+    return peak_rss_bytes()
 
 
 def generate_step(session: Session, logits: torch.Tensor, sampler: Sampler,

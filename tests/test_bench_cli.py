@@ -1,6 +1,7 @@
 """`asa-run bench` on a tiny configuration: the table's shape and units, JSON/CSV forms, the plot, and
 one-line errors for bad flags."""
 import json
+import sys
 
 import pytest
 import torch
@@ -83,3 +84,22 @@ def test_cuda_bench_tiny(tiny_checkpoint):
     r = bench("-m", tiny_checkpoint, "-p", "64", "-n", 4, "-r", 1, "--device", "cuda", "--mode", "asa,dense")
     assert r.exit_code == 0, r.output
     assert sum(1 for line in r.output.splitlines() if line.startswith("| asa-run |")) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_a_benchmark_child_reports_its_own_peak_not_its_parents():
+    """Every measurement runs in a child process; on Linux ru_maxrss carries the parent's high-water mark
+    across vfork + exec, so the child reads VmHWM (asa_runtime/process_memory.py)."""
+    import subprocess
+
+    from asa_runtime.process_memory import current_rss_bytes, peak_rss_bytes
+
+    big = bytearray(256 << 20)
+    big[::4096] = b"\1" * len(big[::4096])                    # touch every page: resident in this process
+    code = ("import resource; from asa_runtime.process_memory import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert own < 128 << 20 < (256 << 20) <= inherited         # the bug it avoids, and the fix
+    assert peak_rss_bytes() >= current_rss_bytes() >= 256 << 20
+    del big

@@ -45,8 +45,8 @@ def worker(dtype: str | None, context: int) -> list:
     s.feed(ids)
     for _ in range(16):
         s.step(int(s.last_logits.argmax()))
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from asa_runtime.process_memory import peak_rss_bytes   # VmHWM: ru_maxrss would carry the parent's peak
+    peak = peak_rss_bytes() / 2**20
     out.append((f"after a {context}-token prompt + 16 tokens", rss_mib(),
                 f"peak RSS {peak:.0f} MiB; KV {s.kv_bytes() / 2**20:.1f} MiB, {s.slots.n_used} keys held"))
     return out

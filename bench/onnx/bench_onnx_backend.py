@@ -19,7 +19,6 @@ import json
 import lzma
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -39,7 +38,9 @@ def rss_mib() -> float:
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from asa_runtime.process_memory import peak_rss_bytes   # VmHWM: ru_maxrss would carry the parent's peak
+
+    return peak_rss_bytes() / 2**20
 
 
 def prose_ids(tokenizer, n: int) -> list[int]:
