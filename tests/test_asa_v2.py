@@ -203,3 +203,11 @@ def test_report_shows_a_layer_dependent_plan():
     assert "full k96 w64 s4, narrow k68 but layers 3,7" in row and "| 68.7 |" in row
     row = next(line for line in md.splitlines() if line.startswith(f"| {res['models']['coh4_w64']['label']} |"))
     assert "| 70.9 |" in row and "narrow" not in row
+
+
+def test_pack_refuses_a_training_slice(tmp_path):
+    """A prep made with --train-words N (asa_v2_policies only reads the held-out split) is not carried to train."""
+    (tmp_path / "meta.json").write_text(json.dumps({"settings": {"train_words": 20000}}))
+    with pytest.raises(SystemExit, match="20,000-word training slice"):
+        asa_v2.pack(asa_v2.Setup(prep=tmp_path, carry=tmp_path / "carry"))
+    assert not (tmp_path / "carry").exists()

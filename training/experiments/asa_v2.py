@@ -626,6 +626,11 @@ def install(src: Path, dst: Path = REPO / "training" / "results" / "asa_v2"):
 def pack(s: Setup):
     from training.experiments import asa_small
 
+    meta = json.loads((s.prep / "meta.json").read_text()) if (s.prep / "meta.json").is_file() else {}
+    words = meta.get("settings", {}).get("train_words", 0)
+    if words:                   # e.g. asa_v2_policies' quick prep: carried, it would train on a sliver
+        raise SystemExit(f"{s.prep} holds a {words:,}-word training slice; asa-small's data is every book: "
+                         f"prepare again with --train-words 0 (this module's docstring)")
     asa_small.PREP, asa_small.CARRY = s.prep, s.carry
     asa_small.pack(None)
 
