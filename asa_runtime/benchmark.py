@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .process_memory import peak_rss_bytes   # the process's own peak (ru_maxrss carries the parent's)
+
 TEXT = (
     "The ferry left the harbour an hour before dawn, and the few passengers who had slept on the benches "
     "woke to the sound of the engine and the smell of tar. Anna stood at the rail with her brother. He "
@@ -107,12 +109,6 @@ def prompt_ids(tokenizer, n: int, text_file: str | None = None) -> list[int]:
 
 
 # ---- one measurement (runs in its own process) ------------------------------------------------------------
-def _peak_rss() -> int:
-    from .process_memory import peak_rss_bytes   # its own peak: ru_maxrss would carry the parent's
-
-    return peak_rss_bytes()
-
-
 def measure_runtime(spec: Spec) -> dict:
     import torch
 
@@ -140,7 +136,7 @@ def measure_runtime(spec: Spec) -> dict:
         torch.cuda.synchronize()
     s = Session(lm, ctx_size=spec.context + spec.n_gen + spec.warmup + 8, max_kv_size=spec.max_kv_size,
                 prefill_chunk=spec.prefill_chunk)
-    rss0 = _peak_rss()
+    rss0 = peak_rss_bytes()
     t0, pc0 = time.perf_counter(), time.process_time()
     logits = s.feed(ids)
     tok = int(logits[: s.n_vocab].argmax())
@@ -154,7 +150,7 @@ def measure_runtime(spec: Spec) -> dict:
     if cuda:
         extra["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
-            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
+            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": peak_rss_bytes() / 2**20,
             "kv_mib": s.kv_bytes() / 2**20, "pp_cpu_tps": len(ids) / max(pc1 - pc0, 1e-9),
             "rss_before_prompt_mib": rss0 / 2**20, "kv_keys_held": int(s.slots.n_used),
             "evicted": int(s.slots.evicted), **extra}
@@ -193,7 +189,7 @@ def measure_llama_cpp(spec: Spec) -> dict:
     d, n_head = int(meta.get("llama.embedding_length", 0)), int(meta.get("llama.attention.head_count", 1))
     kv = 2 * n_layer * n_kv * (d // n_head) * n_ctx * 2          # llama.cpp's default f16 KV cache
     return {"pp_tps": len(ids) / (t1 - t0), "ttft_s": t1 - t0, "tg_tps": spec.n_gen / (w1 - w0),
-            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": _peak_rss() / 2**20,
+            "tg_cpu_tps": spec.n_gen / max(c1 - c0, 1e-9), "peak_rss_mib": peak_rss_bytes() / 2**20,
             "kv_mib": kv / 2**20}
 
 

@@ -59,10 +59,6 @@ class PlanConfig:
         elif self.wide_layers:
             raise ValueError("wide_layers needs narrow_k (the plan width of the other layers)")
 
-    def layer_width(self, layer: int) -> int:
-        """Plan entries layer `layer` may attend to: k, or narrow_k in a layer-dependent plan's narrow layers."""
-        return self.narrow_k if self.narrow_k and layer not in self.wide_layers else self.k
-
     @property
     def dense(self) -> bool:
         return self.mode == "none"

@@ -130,11 +130,11 @@ def narrow_rows(keys: torch.Tensor, width: int, sinks: int) -> torch.Tensor:
     return torch.where(long | (j < n), out, torch.full_like(out, -1))
 
 
-def narrow_index(n: int, width: int, sinks: int) -> slice | torch.Tensor:
-    """narrow_rows for one decode row of n valid entries: which of them a narrow layer keeps."""
-    if n <= width:
-        return slice(None)
-    return torch.cat([torch.arange(sinks), torch.arange(n - (width - sinks), n)])
+def narrow_keep(n, width: int, sinks: int, length: int, device=None) -> torch.Tensor:
+    """narrow_rows as a mask over one row's `length` entries, n of them valid (an int, or a 0-d tensor in the
+    CUDA-graph step): the entries a narrow layer reads, in the row's order."""
+    j = torch.arange(length, device=device)
+    return (j < n) & ((n <= width) | (j < sinks) | (j >= n - (width - sinks)))
 
 
 # ---- layers ----------------------------------------------------------------------------------------
@@ -377,11 +377,10 @@ class Transformer(nn.Module):
         p, narrow = self.cfg.plan, None
         if p.narrow_k and idx is not None:                         # the narrow layers' part of the row
             if mask is None:
-                keep = narrow_index(len(idx), p.narrow_k, p.sinks)
+                keep = narrow_keep(len(idx), p.narrow_k, p.sinks, len(idx), idx.device)
                 narrow = (idx[keep], None, keep)
             else:                                                  # static shapes: narrow the mask instead
-                n, j = mask.sum(), torch.arange(len(mask), device=mask.device)
-                narrow = (idx, mask & ((n <= p.narrow_k) | (j < p.sinks) | (j >= n - (p.narrow_k - p.sinks))), None)
+                narrow = (idx, mask & narrow_keep(mask.sum(), p.narrow_k, p.sinks, len(mask), mask.device), None)
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             if narrow is None or i in p.wide_layers:
                 x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask)

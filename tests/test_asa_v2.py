@@ -200,7 +200,7 @@ def test_report_shows_a_layer_dependent_plan():
     res["models"]["coh4_w64_wide2"] = m
     md = asa_v2.markdown(res)
     row = next(line for line in md.splitlines() if line.startswith(f"| {m['label']} |"))
-    assert "full k96 w64 s4, narrow k68 but layers 3,7" in row and "| 68.7 |" in row
+    assert "full k96 w64 s4 coh4, narrow k68 but layers 3,7" in row and "| 68.7 |" in row
     row = next(line for line in md.splitlines() if line.startswith(f"| {res['models']['coh4_w64']['label']} |"))
     assert "| 70.9 |" in row and "narrow" not in row
 

@@ -20,7 +20,7 @@ import torch
 from ..cache_state import state_rows
 from ..config import PlanConfig
 from ..errors import BackendError
-from ..model import narrow_index, narrow_rows
+from ..model import narrow_keep, narrow_rows
 
 try:
     import mlx.core as mx
@@ -172,8 +172,8 @@ class MlxBackend:
             keys = mx.array(row)                                               # (n,)
         keep = None
         if keys is not None and self.plan.narrow_k:     # a layer-dependent plan: each layer's part of the row
-            keep = narrow_index(n, self.plan.narrow_k, self.plan.sinks)
-            narrow = mx.array(row[keep])
+            keep = narrow_keep(n, self.plan.narrow_k, self.plan.sinks, n)
+            narrow = mx.array(row[keep.numpy()])
             keys = [keys if i in self.plan.wide_layers else narrow for i in range(self.args.num_hidden_layers)]
         x = mx.array([[int(token)]], dtype=mx.int32)                           # (1, 1)
         weights = [] if attn_out is not None else None
@@ -184,7 +184,7 @@ class MlxBackend:
             for i, w in enumerate(weights):
                 w = torch.from_numpy(self._mm.to_numpy(w))
                 if keep is not None and i not in self.plan.wide_layers:   # over the whole row, 0 where unread
-                    w = torch.zeros(n, dtype=w.dtype).index_put_((torch.arange(n)[keep],), w)
+                    w = torch.zeros(n, dtype=w.dtype).masked_scatter_(keep, w)
                 attn_out.append(w)
         return torch.from_numpy(self._mm.to_numpy(logits.astype(mx.float32)))
 

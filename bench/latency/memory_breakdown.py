@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    from asa_runtime.process_memory import current_rss_bytes
+
+    b = current_rss_bytes()
+    return float("nan") if b is None else b / 2**20
 
 
 def worker(dtype: str | None, context: int) -> list:
@@ -45,7 +45,7 @@ def worker(dtype: str | None, context: int) -> list:
     s.feed(ids)
     for _ in range(16):
         s.step(int(s.last_logits.argmax()))
-    from asa_runtime.process_memory import peak_rss_bytes   # VmHWM: ru_maxrss would carry the parent's peak
+    from asa_runtime.process_memory import peak_rss_bytes
     peak = peak_rss_bytes() / 2**20
     out.append((f"after a {context}-token prompt + 16 tokens", rss_mib(),
                 f"peak RSS {peak:.0f} MiB; KV {s.kv_bytes() / 2**20:.1f} MiB, {s.slots.n_used} keys held"))

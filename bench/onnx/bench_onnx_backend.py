@@ -30,11 +30,10 @@ VARIANTS = {"torch": ("torch", None), "onnx-body": ("onnx", "0"), "onnx-kernel":
 
 
 def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    from asa_runtime.process_memory import current_rss_bytes
+
+    b = current_rss_bytes()
+    return float("nan") if b is None else b / 2**20
 
 
 def peak_mib() -> float:

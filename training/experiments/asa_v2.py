@@ -94,10 +94,10 @@ MODELS = {s.name: s for s in (
     Spec("local_w64", "local", {"window": 64, "k": 96}, label="local only, window 64, k 96"),
     Spec("asa_small", "full", label="asa-small (shipped)", shipped=True),
     Spec("coh4", "full", {"cohesion": 4}, label="ASA full + lexical cohesion 4 (k 64, window 16)"),
-    Spec("coh4_w64", "full", {"cohesion": 4, "window": 64, "k": 96},
+    Spec("coh4_w64", "full", COH4_W64,
          label="ASA full + lexical cohesion 4, window 64, k 96"),
     # second seeds of the finalist and its control
-    Spec("coh4_w64_s1", "full", {"cohesion": 4, "window": 64, "k": 96}, seed=1,
+    Spec("coh4_w64_s1", "full", COH4_W64, seed=1,
          label="ASA full + lexical cohesion 4, window 64, k 96, seed 1"),
     Spec("local_w64_s1", "local", {"window": 64, "k": 96}, seed=1, label="local only, window 64, k 96, seed 1"),
     # the issue's other policies, each one change from the shipped coh4_w64 (UNTRAINED until a device batch:
@@ -114,7 +114,7 @@ MODELS = {s.name: s for s in (
          label="coh4_w64 + strided keys every 64, k 192, in layers 3, 7; sinks + nearest 68 elsewhere"),
     # one size above asa-small: the finalist policy and its dense twin
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
-    Spec("coh4_w64_m", "full", {"cohesion": 4, "window": 64, "k": 96}, args=MEDIUM_ARGS,
+    Spec("coh4_w64_m", "full", COH4_W64, args=MEDIUM_ARGS,
          label="ASA full + lexical cohesion 4, window 64, k 96, medium (48M)"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
@@ -343,7 +343,7 @@ def plan_stats(plan_cfg, n_layer: int, book_plans, pieces, books, targets) -> di
     """What a policy costs and reaches on the book sequences: `reach` (far_context.plan_reach of the rows),
     `kv_bound` (rows an evicting session keeps over the first book) and, for a layer-dependent plan,
     `reach_narrow` (its narrow layers' rows) and `mean_keys_layers` (keys per query averaged over layers:
-    what the attention computes)."""
+    what the attention computes); `rows_full`: rows holding k keys (the rows a larger k could change)."""
     import numpy as np
     import torch
 
@@ -353,6 +353,7 @@ def plan_stats(plan_cfg, n_layer: int, book_plans, pieces, books, targets) -> di
 
     out = {"reach": fc.plan_reach(list(book_plans), plan_cfg.sinks, targets)}
     out["mean_keys_layers"] = out["reach"]["mean_keys"]
+    out["rows_full"] = int(sum((np.asarray(p)[:, -1] >= 0).sum() for p in book_plans))   # rows K capped
     if plan_cfg.narrow_k:
         narrow = [narrow_rows(torch.from_numpy(np.asarray(p)), plan_cfg.narrow_k, plan_cfg.sinks).numpy()
                   for p in book_plans]
@@ -451,6 +452,17 @@ def columns(res: dict) -> list[tuple[str, str, str]]:
     return cols
 
 
+def plan_label(p: dict) -> str:
+    """A plan config dict in a table cell: "full k96 w64 s4 coh4", a layer-dependent plan's narrow part after."""
+    if p["mode"] == "none":
+        return "dense"
+    s = f"{p['mode']} k{p['k']} w{p['window']} s{p['sinks']}" + (f" st{p['stride']}" if p.get("stride") else "") \
+        + (f" coh{p['cohesion']}" if p.get("cohesion") else "")
+    if p.get("narrow_k"):
+        s += f", narrow k{p['narrow_k']} but layers {','.join(map(str, p['wide_layers']))}"
+    return s
+
+
 def markdown(res: dict) -> str:
     cols = columns(res)
     ms = res["models"]
@@ -465,9 +477,7 @@ def markdown(res: dict) -> str:
              "held-out ppl (every 2048 window) | steps | stopped | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for n, r in ms.items():
         p = r["plan"]
-        plan = "dense" if p["mode"] == "none" else f"{p['mode']} k{p['k']} w{p['window']} s{p['sinks']}"
-        if p.get("narrow_k"):
-            plan += f", narrow k{p['narrow_k']} but layers {','.join(map(str, p['wide_layers']))}"
+        plan = plan_label(p)
         reach = r.get("reach", {})
         if "mean_keys_layers" in r:                 # averaged over layers (a layer-dependent plan's narrow ones)
             reach = {**reach, "mean_keys": r["mean_keys_layers"]}

@@ -72,18 +72,16 @@ def markdown(res: dict, ppl: dict[str, float]) -> str:
              "\"last mention\": share of recurring words whose predicting row holds a token of their last "
              "mention, by gap. Planner time: this machine, "
              f"{res['workers']} processes.", "",
-             "| policy | plan | keys / query, all layers (whole rows) | KV rows max (mean) | rows reaching > 2048 | last mention, gap "
-             "256-2048 / > 2048 | planner s | held-out ppl |", "|---|---|---|---|---|---|---|---|"]
+             "| policy | plan | keys / query, all layers (whole rows) | rows holding k keys | KV rows max (mean) | "
+             "rows reaching > 2048 | last mention, gap 256-2048 / > 2048 | planner s | held-out ppl |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n, r in res["policies"].items():
-        p = r["plan"]
-        plan = f"{p['mode']} k{p['k']} w{p['window']} s{p['sinks']}" + \
-            (f" st{p['stride']}" if p["stride"] else "") + (f" coh{p['cohesion']}" if p.get("cohesion") else "") + \
-            (f", narrow k{p['narrow_k']} but layers {','.join(map(str, p['wide_layers']))}" if p.get("narrow_k") else "")
         x = r["reach"]
         hit = x.get("targets_reaching_last_mention", {})
         share = " / ".join(f"{100 * hit[b]['share']:.0f}%" if b in hit else "–" for b in ("gap 256-2048", "gap > 2048"))
         kv = r["kv_bound"]
-        lines.append(f"| {n} | {plan} | {r['mean_keys_layers']:.1f} ({x['mean_keys']:.1f}) | {kv['max']} ({kv['mean']:.0f}) | "
+        lines.append(f"| {n} | {asa_v2.plan_label(r['plan'])} | {r['mean_keys_layers']:.1f} ({x['mean_keys']:.1f}) | "
+                     f"{r['rows_full']:,} | {kv['max']} ({kv['mean']:.0f}) | "
                      f"{100 * x['rows_reaching_2048']:.1f}% | {share} | {r['plan_s']:.0f} | "
                      f"{f'{ppl[n]:.2f}' if n in ppl else 'not trained'} |")
     return "\n".join(lines) + "\n"
