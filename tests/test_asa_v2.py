@@ -106,6 +106,8 @@ def test_report_and_finish_files(done, tmp_path):
     dst = tmp_path / "installed"
     asa_v2.install(out, dst)
     assert (dst / "dense_metrics.jsonl").is_file() and (dst / "asa_v2.md").is_file()
+    asa_v2.main(["install", "--from", str(out), "--to", str(tmp_path / "batch3")])   # a later batch's folder
+    assert (tmp_path / "batch3" / "dense_metrics.jsonl").is_file()
 
 
 @pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
@@ -211,3 +213,20 @@ def test_pack_refuses_a_training_slice(tmp_path):
     with pytest.raises(SystemExit, match="20,000-word training slice"):
         asa_v2.pack(asa_v2.Setup(prep=tmp_path, carry=tmp_path / "carry"))
     assert not (tmp_path / "carry").exists()
+
+
+def test_export_best_picks_a_model_of_the_batch_size_only():
+    """'best' is the trained ASA model of the batch's own size with the lowest held-out perplexity: not a
+    control, not dense, not the shipped model, not the scale point's larger model (asa-small's size only)."""
+    from training.experiments.asa_v2_ship import pick
+
+    def m(mode, ppl, preset="small"):
+        return {"plan": {"mode": mode}, "summary": {"preset": preset, "final": {"valid": {"ppl_bpe": ppl}}}}
+
+    res = {"setup": {"train_args": list(asa_v2.TRAIN_ARGS)},
+           "models": {"dense": m("none", 30.0), "local_w64": m("local", 31.0), "coh4_w64_m": m("full", 32.0, "medium"),
+                      "coh4_w64": m("full", 38.4), "coh4_w64_s1": m("full", 38.1)}}
+    assert pick(res, "best") == "coh4_w64_s1"
+    assert pick(res, "coh4_w64_m") is None and pick(res, "coh4_w64") == "coh4_w64"
+    res["setup"]["train_args"] = ["--preset", "test"]            # a batch of another size picks among its own
+    assert pick(res, "best") is None

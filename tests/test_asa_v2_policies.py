@@ -40,7 +40,9 @@ def test_layer_dependent_cost_and_reach(prep):
 def test_committed_results_give_the_trained_perplexities():
     ppl = P.trained_ppl()
     assert ppl["coh4_w64"] == pytest.approx(38.41, abs=0.01) and ppl["local"] == pytest.approx(43.53, abs=0.01)
-    assert "coh4_w64_wide2" not in ppl
+    assert ppl["coh4_w64_wide2"] == pytest.approx(38.43, abs=0.01)        # session 10's batch (seeds/)
+    assert ppl["coh4_w64_s1"] == pytest.approx(38.09, abs=0.01)
+    assert "coh4_w256_wide2" not in ppl and "coh4_w128" not in ppl
 
 
 def test_bad_arguments_are_one_line(tmp_path):

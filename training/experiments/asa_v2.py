@@ -29,6 +29,7 @@ Phases (the device cannot read ../shared/data: tokens are made here and carried,
                puts asa_v2_results.json, asa_v2.md and runs.tar.gz (metrics, summaries, logs) into $OUT;
                --export best also puts the best ASA model's fp16 weights there (asa_v2_ship.py ships them).
   here:    python -m training.experiments.asa_v2 install --from <files_at> -> training/results/asa_v2/
+               (--to training/results/asa_v2/<batch> for a later batch: scale/, seeds/)
 
 Resumable: `start` again (same machine) relaunches a supervisor if none is alive; it keeps what is done
 (summary.json of a run, eval/<name>.json of an evaluation), leaves running trainers alone and restarts a
@@ -112,6 +113,10 @@ MODELS = {s.name: s for s in (
          label="coh4_w64 in layers 3, 7; sinks + nearest 64 elsewhere"),
     Spec("st64_k192_wide2", "full", {**COH4_W64, "stride": 64, "k": 192, "narrow_k": 72, "wide_layers": (3, 7)},
          label="coh4_w64 + strided keys every 64, k 192, in layers 3, 7; sinks + nearest 68 elsewhere"),
+    # what wide2 says (session 10: six window-only layers lose nothing at 2048): spend the two wide layers'
+    # keys on a longer window (256) instead; the narrow layers stay sinks + nearest 64
+    Spec("coh4_w256_wide2", "full", {**COH4_W64, "window": 256, "k": 288, "narrow_k": 68, "wide_layers": (3, 7)},
+         label="coh4 + window 256, k 288, in layers 3, 7; sinks + nearest 64 elsewhere"),
     # one size above asa-small: the finalist policy and its dense twin
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
     Spec("coh4_w64_m", "full", COH4_W64, args=MEDIUM_ARGS,
@@ -670,6 +675,8 @@ def main(argv=None):
     ap.add_argument("--export", default="", help="finish: also export this model's fp16 weights to OUT/asa-small "
                     "('best': the trained ASA model with the lowest held-out perplexity)")
     ap.add_argument("--from", dest="src", default="runs/asa_v2_out")
+    ap.add_argument("--to", default=str(REPO / "training" / "results" / "asa_v2"),
+                    help="install: results folder (a later batch goes to a subfolder, beside the first batch's)")
     a = ap.parse_args(argv)
     runs = Path(a.runs)
     if a.phase in ("supervise", "watch", "status", "evaluate", "report", "finish") and (runs / "setup.json").is_file():
@@ -700,7 +707,7 @@ def main(argv=None):
     elif a.phase == "finish":
         finish(s, Path(a.out), a.wait_s, a.export)
     elif a.phase == "install":
-        install(Path(a.src))
+        install(Path(a.src), Path(a.to))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ each of the 4 book starts): keys per query (averaged over the layers for a layer
 attention computes), the KV rows an evicting session keeps (sampled every 64 tokens over the first book), how
 far rows reach and how often the row that predicts a recurring word holds its last mention, and the planner's
 time here. Beside them, the held-out perplexity of the policies a device batch has trained (batch 1, batch 2,
-the scale point); the others say "not trained".
+the scale point, the second seeds); the others say "not trained".
 
     asa-train prepare --out runs/asa_prep ... (asa_v2.py's docstring; --train-words 20000 is enough here:
         only the held-out split is read)
@@ -23,7 +23,7 @@ from training.experiments import asa_v2
 
 RESULTS = asa_v2.REPO / "training" / "results" / "asa_v2"
 DEFAULT = ("local_w64", "w64", "coh4_w64", "coh4_w64_sk16", "coh4_w64_st256", "coh4_w64_k128", "coh4_w128",
-           "coh4_w64_wide2", "st64_k192_wide2")
+           "coh4_w64_wide2", "st64_k192_wide2", "coh4_w256_wide2")
 
 
 def trained_ppl(results: Path = RESULTS) -> dict[str, float]:
@@ -33,7 +33,8 @@ def trained_ppl(results: Path = RESULTS) -> dict[str, float]:
     b1 = results / "batch1.json"
     if b1.is_file():
         out.update({n: m["valid_ppl"] for n, m in json.loads(b1.read_text())["models"].items() if m.get("valid_ppl")})
-    for f in (results / "asa_v2_results.json", results / "scale" / "asa_v2_results.json"):
+    for f in (results / "asa_v2_results.json", results / "scale" / "asa_v2_results.json",
+              results / "seeds" / "asa_v2_results.json"):
         if f.is_file():
             for n, m in json.loads(f.read_text())["models"].items():
                 ppl = m.get("summary", {}).get("final", {}).get("valid", {}).get("ppl_bpe")

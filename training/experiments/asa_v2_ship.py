@@ -34,9 +34,11 @@ def held_out_ppl(r: dict) -> float | None:
 
 def pick(res: dict, which: str) -> str | None:
     """The model to export: a name, or 'best' (lowest held-out perplexity among trained ASA models)."""
+    args = list(res.get("setup", {}).get("train_args", []))
+    base = args[args.index("--preset") + 1] if "--preset" in args[:-1] else "small"   # the batch's own size
     trained = {n: r for n, r in res["models"].items()
                if r["plan"]["mode"] not in ("none", "local") and held_out_ppl(r) is not None and n != "asa_small"
-               and r.get("summary", {}).get("preset", "small") == "small"}   # asa-small's size only
+               and r.get("summary", {}).get("preset", base) == base}   # not the scale point's larger models
     if which != "best":
         return which if which in trained else None
     return min(trained, key=lambda n: held_out_ppl(trained[n])) if trained else None
