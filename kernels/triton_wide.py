@@ -31,7 +31,7 @@ from .layout import LayoutCache
 from . import plan_split
 from .plan_split import WideLayout
 from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
-                            _check, _grad_rows, _members, _p_ds, _prec, _rows,
+                            _check, _grad_rows, _members, _p_ds, bwd_delta, _prec, _rows,
                             _softmax_step, _store_rows, _strides, _tiles_fit_layout, _tune_bench,
                             sparse_attention_triton)
 
@@ -169,8 +169,9 @@ def _gathered_dkdv(DKX, DVX, dkv_base, safe, ok, offs_d, q, do, p, ds, sm_scale,
     dk, then dv, each added as soon as made, so the two tiles are not live at once."""
     out = (dkv_base + safe[:, None]) * D + offs_d[None, :]
     tl.atomic_add(DKX + out, tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC) * sm_scale,
-                  mask=ok[:, None])
-    tl.atomic_add(DVX + out, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC), mask=ok[:, None])
+                  mask=ok[:, None], sem="relaxed")
+    tl.atomic_add(DVX + out, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC), mask=ok[:, None],
+                  sem="relaxed")
 
 
 @triton.autotune(configs=W_TILE_CONFIGS, key=["D", "C", "ROWS"], do_bench=_tune_bench,
@@ -213,14 +214,16 @@ def _wide_bwd_xdkdv_kernel(Q, K, V, DO, DKX, DVX, LSE, DELTA, UX, UXCNT, XBITS,
 
 
 @triton.autotune(configs=W_TILE_CONFIGS, key=["D", "G", "ROWS"], do_bench=_tune_bench,
-                 reset_to_zero=["DK", "DV"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
+                 restore_value=["DK", "DV"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI, QBCNT, QBIDX,
                           sqb, sqh, sqn, skb, skh, skn, svb, svh, svn,
                           Hq, Hkv, G, Nq, Nk, NKB, NQB, ROWS, qk_scale, sm_scale,
                           LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
                           CH: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_M: tl.constexpr):
-    # structured dk/dv of one key block over the query blocks listing it; adds DKX/DVX (read only here)
+    # structured dk/dv of one key block over the query blocks listing it, plus the gathered chunks' part:
+    # ATOMIC (split lists): DK/DV are fp32 and already hold that part (the dq kernel added it there, so
+    # autotuning restores them rather than zeroing them); else it is read from DKX/DVX
     pid_k = tl.program_id(0)
     pid_bh = tl.program_id(1)                       # over B * Hkv
     pid_s = tl.program_id(2)
@@ -261,19 +264,16 @@ def _wide_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, DKX, DVX, LSE, DELTA, NS, LO, HI,
     out = (pid_bh * Nk + offs_n[:, None]) * D + offs_d[None, :]
     kmask = k_ok[:, None]
     dk = dk * sm_scale
-    if ATOMIC:                                      # fp32 outputs, zeroed; split lists add with atomics
-        if pid_s == 0:                              # one program per key block adds the gathered part
-            dk += tl.load(DKX + out, mask=kmask, other=0.0)
-            dv += tl.load(DVX + out, mask=kmask, other=0.0)
+    if ATOMIC:                                      # fp32 outputs holding the gathered part; split lists add
         if cnt > CH:
             # pid_s 0 is busy (the list is longer than CH); the comparison as a tensor for the interpreter
             busy = kmask & (tl.zeros_like(offs_n) + start < end)[:, None]
-            tl.atomic_add(DK + out, dk, mask=busy)
-            tl.atomic_add(DV + out, dv, mask=busy)
-        else:
+            tl.atomic_add(DK + out, dk, mask=busy, sem="relaxed")
+            tl.atomic_add(DV + out, dv, mask=busy, sem="relaxed")
+        else:                                       # one program: read-add-write, no other writer now
             first = kmask & (tl.zeros_like(offs_n) + pid_s == 0)[:, None]
-            tl.store(DK + out, dk, mask=first)
-            tl.store(DV + out, dv, mask=first)
+            tl.store(DK + out, dk + tl.load(DK + out, mask=first, other=0.0), mask=first)
+            tl.store(DV + out, dv + tl.load(DV + out, mask=first, other=0.0), mask=first)
     else:
         dk += tl.load(DKX + out, mask=kmask, other=0.0)
         dv += tl.load(DVX + out, mask=kmask, other=0.0)
@@ -555,17 +555,19 @@ def wide_attention_bwd(q, k, v, out, lse, dout, lay: WideLayout, scale: float, f
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     dout = dout.contiguous()
-    delta = (dout.float() * out.float()).sum(-1)
+    delta = bwd_delta(out, dout)
     dq = torch.empty(B, Hq, Nq, D, dtype=q.dtype, device=q.device)
-    dkx = torch.zeros(B, Hkv, Nk, D, dtype=torch.float32, device=k.device)
-    dvx = torch.zeros_like(dkx)
     lay.ensure_transpose()
     nqb, nkb = lay.kb_count.shape[1], lay.qb_idx.shape[1]
     split = triton.cdiv(nqb, DKDV_CHUNK)            # a bound (a list has at most nQB entries): no sync
-    acc_dt = torch.float32 if split > 1 else k.dtype
-    alloc = torch.zeros if split > 1 else torch.empty
-    dk = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=k.device)
-    dv = alloc(B, Hkv, Nk, D, dtype=acc_dt, device=v.device)
+    if split > 1:       # fp32 dk/dv, zeroed: the gathered chunks' atomics go straight into them (no buffers)
+        dk = dkx = torch.zeros(B, Hkv, Nk, D, dtype=torch.float32, device=k.device)
+        dv = dvx = torch.zeros_like(dk)
+    else:               # one program per key block stores dk/dv in the input dtype, adding the fp32 buffers
+        dk = torch.empty(B, Hkv, Nk, D, dtype=k.dtype, device=k.device)
+        dv = torch.empty(B, Hkv, Nk, D, dtype=v.dtype, device=v.device)
+        dkx = torch.zeros(B, Hkv, Nk, D, dtype=torch.float32, device=k.device)
+        dvx = torch.zeros_like(dkx)
     common = _strides(q, k, v)
     rows = _bucket(B * Hq * Nq)
     fused = D <= FUSED_MAX_D if fused is None else fused

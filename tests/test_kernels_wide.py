@@ -136,10 +136,31 @@ def test_small_forward_backward_fp32(kind, N, K, Hq, Hkv, D):
 
 @kernel
 @pytest.mark.parametrize("fused", [False, True])
-def test_gathered_dkdv_fused_or_separate(monkeypatch, fused):
-    # D <= FUSED_MAX_D: the dq kernel adds the gathered chunks' dk/dv; above it a separate kernel does
+@pytest.mark.parametrize("split", [False, True])
+def test_gathered_dkdv_fused_or_separate(monkeypatch, fused, split):
+    # D <= FUSED_MAX_D: the dq kernel adds the gathered chunks' dk/dv; above it a separate kernel does. Split
+    # structured lists: dk/dv are fp32 and the gathered part goes straight into them, else into fp32 buffers
     monkeypatch.setattr(triton_wide, "FUSED_MAX_D", 256 if fused else 0)
+    monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 1 if split else 32)
     _check_fwd_bwd(wide_plan("wide", 1, 140, 48, seed=5), torch.float32, 4, 2, 32, seed=5)
+
+
+@kernel
+@pytest.mark.parametrize("N,D,strided", [(1, 32, False), (130, 64, True), (77, 128, False)])
+def test_backward_delta_kernel_is_rowsum_of_out_times_dout(N, D, strided):
+    # the backward's preprocess (kernels/triton_sparse.bwd_delta, both paths): rowsum(out * dout) in fp32,
+    # out in the (B, N, H, D) memory order attention outputs often have
+    from kernels.triton_sparse import bwd_delta
+
+    g = torch.Generator().manual_seed(N + D)
+    shape = (2, N, 3, D) if strided else (2, 3, N, D)
+    out = torch.randn(shape, generator=g).to(DEV)
+    out = out.transpose(1, 2) if strided else out
+    dout = torch.randn(out.shape, generator=g).to(DEV)
+    want = (out.double() * dout.double()).sum(-1)
+    got = bwd_delta(out, dout)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, N)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
 @kernel

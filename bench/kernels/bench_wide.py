@@ -321,59 +321,18 @@ def run(args):
 
 # ------------------------------------------------------------------------ compile check (CPU, no GPU)
 def compile_check(D: int, warps: int, block_m: int) -> bool:
-    """Compile the wide kernels for sm_90 with the ptxas in Triton's wheel (no GPU needed) and print each
-    one's registers, stack (spills) and shared memory from cuobjdump: compile errors the interpreter cannot
-    see, and register pressure, before a device call."""
-    import os
-    import subprocess
-    import tempfile
+    """Compile every tile kernel for sm_90 with the ptxas in Triton's wheel (no GPU needed) and print each
+    one's registers, stack (spills), shared memory and fence / atomic instruction counts
+    (kernels/compile_check.py): compile errors the interpreter cannot see, register pressure and fenced
+    atomics, before a device call."""
+    from kernels.compile_check import compile_sm90, jobs
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-
-    from kernels import triton_wide as tw
-
-    ptr = {n: "*bf16" for n in ("Q", "K", "V", "O", "DO", "DQ")}
-    ptr.update({n: "*fp32" for n in ("DK", "DV", "LSE", "DELTA", "DKX", "DVX")}, XBITS="*i64", TAB="*i64")
-    ptr.update({n: "*i32" for n in ("NS", "LO", "HI", "SB", "WB", "KBCNT", "UX", "UXCNT", "QBCNT", "QBIDX",
-                                    "KEYS", "STATS", "PREF")})
-    tile = dict(LQ=64, BLOCK_K=64, D=D, PREC="tf32", BLOCK_M=block_m)
-    jobs = [("fwd", tw._wide_fwd_kernel, tile),
-            ("dq+gathered dkdv", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=True)),
-            ("dq", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=False)),
-            ("gathered dkdv", tw._wide_bwd_xdkdv_kernel, tile),
-            ("structured dkdv", tw._wide_bwd_dkdv_kernel, dict(tile, CH=32, ATOMIC=True)),
-            ("layout K=256", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=256, XC=32, TC=256)),
-            ("layout K=128", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=128, XC=32, TC=1024)),
-            ("layout K=64", tw._wide_layout_kernel, dict(BLOCK_Q=64, BLOCK_K=64, KP=64, XC=32, TC=256)),
-            ("transpose", tw._wide_transpose_kernel, dict(QC=256))]
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
     ok = True
-    for name, kern, ce in jobs:
-        fn = kern
-        while not isinstance(fn, JITFunction):
-            fn = fn.fn
-        sig = {a: "constexpr" if a in ce else ptr.get(a, "fp32" if "scale" in a else "i32") for a in fn.arg_names}
+    for name, kern, ce, launch in jobs(D, block_m):
+        opts = dict(dict(num_warps=warps), **launch)
         try:
-            src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v for k, v in ce.items()})
-            opts = dict(num_warps=warps, num_stages=2)
-            if kern is tw._wide_layout_kernel:          # launched with 8 warps, registers capped (WideLayoutBuilder)
-                opts = dict(num_warps=8, num_stages=2, **({"maxnreg": tw.LAYOUT_MAXNREG} if tw.LAYOUT_MAXNREG else {}))
-            c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-            with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-                f.write(c.asm["cubin"])
-            use = subprocess.run([os.path.join(tools, "cuobjdump"), "-res-usage", f.name],
-                                 capture_output=True, text=True).stdout
-            m = re.search(r"REG:\d+ STACK:\d+", use)
-            extra = ""
-            if kern is tw._wide_layout_kernel:          # its atomics must stay fence-free (REDG, no MEMBAR)
-                sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", f.name],
-                                      capture_output=True, text=True).stdout
-                extra = f" MEMBAR {sass.count('MEMBAR')} REDG {sass.count('REDG')} ATOMG {sass.count('ATOMG')}"
-            print(f"{name:18s} D={D} warps={opts['num_warps']} BLOCK_M={block_m}: {m.group(0) if m else use[-200:]} "
-                  f"shared {c.metadata.shared} B{extra}", flush=True)
+            print(f"{name:18s} D={D} warps={opts['num_warps']} BLOCK_M={block_m}: {compile_sm90(kern, ce, **opts)}",
+                  flush=True)
         except Exception as e:
             ok = False
             print(f"{name}: FAILED {type(e).__name__}: {str(e)[-1500:]}", flush=True)
