@@ -334,6 +334,17 @@ def test_backward_with_split_structured_lists(monkeypatch):
                    seed=8)
 
 
+@gpu_only
+@pytest.mark.parametrize("D", [64, 128])
+def test_autotuning_call_keeps_the_gathered_dkdv(monkeypatch, D):
+    # split lists: the dq kernel adds the gathered chunks' dk/dv into dk/dv themselves, so the dk/dv kernel's
+    # autotuning (its first call per key) must restore them after each trial, not zero them
+    monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 2)
+    for name in ("_wide_bwd_dq_kernel", "_wide_bwd_xdkdv_kernel", "_wide_bwd_dkdv_kernel"):
+        monkeypatch.setattr(getattr(triton_wide, name), "cache", {})      # this call tunes again
+    _check_fwd_bwd(wide_plan("wide", 1, 700, 96, seed=11, window=48, sinks=16), torch.float32, 4, 2, D, seed=11)
+
+
 _WIDE_KERNELS = ("_wide_fwd_kernel", "_wide_bwd_dq_kernel", "_wide_bwd_dkdv_kernel")
 
 
