@@ -20,6 +20,7 @@ The naive reference is kernels/reference.py; tests/test_kernels_triton.py compar
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -55,6 +56,10 @@ def _cfg(num_warps=4, num_stages=2, **kw):
 # query tile = the layout's block (first: the fixed choice before autotuning) or half of it
 TILE_CONFIGS = [_cfg(BLOCK_M=64), _cfg(8, BLOCK_M=64), _cfg(BLOCK_M=32)]
 DECODE_CONFIGS = [_cfg(BC=64), _cfg(BC=32), _cfg(BC=128)]
+# the interpreter (CPU tests, TRITON_INTERPRET=1) cannot time configs: the first of each there
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_TUNED_TILES = TILE_CONFIGS[:1] if _INTERPRET else TILE_CONFIGS
+_TUNED_DECODE = DECODE_CONFIGS[:1] if _INTERPRET else DECODE_CONFIGS
 
 
 def _tiles_fit_layout(configs, named_args, **kw):
@@ -187,7 +192,7 @@ def _p_ds(q, k, v, do, lse, delta, keep, qk_scale, PREC: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------------------------- forward
-@triton.autotune(configs=TILE_CONFIGS, key=["D", "U", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=_TUNED_TILES, key=["D", "U", "ROWS"], do_bench=_tune_bench,
                  prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, KB, KBCNT, BITS,
@@ -208,7 +213,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KB, KBCNT, BITS,
 
 
 # ---------------------------------------------------------------------------------------------- backward
-@triton.autotune(configs=TILE_CONFIGS, key=["D", "U", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=_TUNED_TILES, key=["D", "U", "ROWS"], do_bench=_tune_bench,
                  prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KB, KBCNT, BITS,
@@ -233,7 +238,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KB, KBCNT, BITS,
     _store_rows(DQ + pid_bh * Nq * D, offs_m, D, offs_d, row_ok, dq * sm_scale)
 
 
-@triton.autotune(configs=TILE_CONFIGS, key=["D", "U", "G", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=_TUNED_TILES, key=["D", "U", "G", "ROWS"], do_bench=_tune_bench,
                  reset_to_zero=["DK", "DV"], prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS,
@@ -281,11 +286,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
     kmask = k_ok[:, None]
     if ATOMIC:                                      # fp32 buffers; atomics only where the list was split
         if seg_hi - seg_lo > CH:
-            busy = kmask & (start < end)
+            busy = kmask & (tl.zeros_like(offs_n) + start < end)[:, None]   # a tensor: the interpreter
             tl.atomic_add(DK + out, dk * sm_scale, mask=busy, sem="relaxed")
             tl.atomic_add(DV + out, dv, mask=busy, sem="relaxed")
         else:
-            first = kmask & (pid_s == 0)
+            first = kmask & (tl.zeros_like(offs_n) + pid_s == 0)[:, None]
             tl.store(DK + out, dk * sm_scale, mask=first)
             tl.store(DV + out, dv, mask=first)
     else:
@@ -294,7 +299,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QBPTR, QBIDX, QBSLOT, BITS
 
 
 # ------------------------------------------------------------------------------------------------ decode
-@triton.autotune(configs=DECODE_CONFIGS, key=["D", "KWB", "GP"], do_bench=_tune_bench,
+@triton.autotune(configs=_TUNED_DECODE, key=["D", "KWB", "GP"], do_bench=_tune_bench,
                  prune_configs_by={"early_config_prune": _chunks_fit_row})
 @triton.jit
 def _decode_kernel(Q, K, V, O, KEYS,

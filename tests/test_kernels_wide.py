@@ -164,6 +164,25 @@ def test_backward_delta_kernel_is_rowsum_of_out_times_dout(N, D, strided):
 
 
 @kernel
+@pytest.mark.parametrize("split", [False, True])
+def test_narrow_forward_backward_fp32(monkeypatch, split):
+    # the narrow tile kernels (kernels/triton_sparse.py) share the backward's delta kernel; split: every
+    # key block's list is split over programs (fp32 atomics), as the sink block's is at long N
+    from kernels import triton_sparse
+
+    monkeypatch.setattr(triton_sparse, "DKDV_CHUNK", 1 if split else 32)
+    keys = make_plan("asa", 1, 160, 40, seed=3).to(DEV)
+    q, k, v = make_qkv(1, 4, 2, 160, 160, 32, torch.float32, DEV, seed=3, requires_grad=True)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(4)).to(DEV)
+    out = triton_sparse.sparse_attention_triton(q, k, v, keys)
+    got = torch.autograd.grad(out, (q, k, v), do)
+    ref, want = _ref_grads(q, k, v, keys, do)
+    assert rel_err(out, ref) < TOL_FWD[torch.float32]
+    for name, a, b in zip("qkv", got, want):
+        assert rel_err(a, b) < TOL_BWD[torch.float32], f"d{name}: {rel_err(a, b)}"
+
+
+@kernel
 def test_small_split_lists_and_chunked_prefill_fp32(monkeypatch):
     monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 1)           # split structured dk/dv lists, fp32 atomics
     _check_fwd_bwd(wide_plan("wide", 1, 200, 64, seed=8, window=40, sinks=10), torch.float32, 2, 1, 32,
@@ -354,7 +373,7 @@ _WIDE_KERNELS = ("_wide_fwd_kernel", "_wide_bwd_dq_kernel", "_wide_bwd_dkdv_kern
 def test_every_autotune_config_is_correct(monkeypatch, i, split):
     for name in _WIDE_KERNELS:
         kern = getattr(triton_wide, name)
-        monkeypatch.setattr(kern, "configs", [triton_wide.W_TILE_CONFIGS[i]])
+        monkeypatch.setattr(kern, "configs", [triton_wide.TILE_CONFIGS[i]])
         monkeypatch.setattr(kern, "cache", {})
     if split:
         monkeypatch.setattr(triton_wide, "DKDV_CHUNK", 2)
