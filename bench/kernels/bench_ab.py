@@ -1,13 +1,18 @@
-"""Same-run A/B of two versions of kernels/triton_sparse.py: forward, forward+backward and decode, timed
+"""Same-run A/B of two versions of a kernel file: forward, forward+backward (and, narrow path, decode), timed
 alternately in one process on the same inputs, with the outputs compared. Writes JSON.
 
     python bench/kernels/bench_ab.py --baseline OLD_triton_sparse.py --out results/ab.json [--N 4096 16384] [--S 32768 131072]
+    python bench/kernels/bench_ab.py --path wide --baseline OLD_triton_wide.py --plans runs/wide_plans \
+        --out results/ab_wide.json [--N 16384] [--plan-names w128 w256 k64]
 
-OLD_triton_sparse.py is e.g. `git show <commit>:kernels/triton_sparse.py` saved outside the tracked tree; it
-is loaded as a module of the `kernels` package (its `from .layout import ...` resolves to today's layout.py).
-Plans: the synthetic ASA-like plans of bench_sparse.py (kernels/synthetic_plans.py, K=128). Timings: triton.testing.do_bench medians
-(ms; decode: CUDA-graph replays); each version measured twice, alternately, and the lower median kept.
-"first_call_s" is the first call's wall time: compilation, plus autotuning where a version autotunes.
+OLD_*.py is e.g. `git show <commit>:kernels/triton_sparse.py` saved outside the tracked tree; it is loaded as a
+module of the `kernels` package (its relative imports resolve to today's files: an old triton_wide.py gets
+today's triton_sparse.py helpers, so an A/B of the wide path compares the wide kernels and their host code).
+Narrow plans: the synthetic ASA-like plans of bench_sparse.py (kernels/synthetic_plans.py, K=128); wide plans:
+bench_wide.py's real plans (`bench_wide.py --make-plans`), layout built per call by each version (counted in
+the fwd+bwd figure, as in bench_wide's "w+lay"). Timings: triton.testing.do_bench medians (ms; decode:
+CUDA-graph replays); each version measured twice, alternately, and the lower median kept. "first_call_s" is
+the first call's wall time: compilation, plus autotuning where a version autotunes.
 """
 from __future__ import annotations
 
@@ -33,8 +38,8 @@ import triton  # noqa: E402
 DEV, DT = "cuda", torch.bfloat16
 
 
-def load_baseline(path: str):
-    spec = importlib.util.spec_from_file_location("kernels._baseline_triton_sparse", path)
+def load_baseline(path: str, name: str = "kernels._baseline_triton_sparse"):
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = kernels.__name__
     sys.modules[spec.name] = mod                    # Triton reads kernels' source and globals through it
@@ -82,15 +87,58 @@ def best_configs():
             if getattr(getattr(new, n), "best_config", None) is not None}
 
 
+def wide_rows(args, old):
+    """The wide path (kernels/triton_wide.py) on bench_wide's real plans: fwd+bwd with the layout per call."""
+    import kernels.triton_wide as new_wide
+    sys.path.insert(0, str(ROOT / "bench" / "kernels"))
+    from bench_wide import load_plan, NS
+
+    mods = {"old": old, "new": new_wide}
+    rows = []
+    H = args.H
+    for name in args.plan_names:
+        for N in args.N:
+            src = min(n for n in NS if n >= N)
+            keys = torch.from_numpy(load_plan(Path(args.plans) / name / f"plan_{src}.npz")[:N]).to(DEV)[None]
+            for D in (64, 128):
+                q, k, v = (torch.randn(1, H, N, D, device=DEV, dtype=DT) for _ in range(3))
+                do = torch.randn_like(q)
+                s = 1 / math.sqrt(D)
+
+                def fb(m):
+                    lay = m.build_wide_layout_triton(keys, N, transpose=True, force=True)
+                    o, lse = m.wide_attention_fwd(q, k, v, lay, s)
+                    return m.wide_attention_bwd(q, k, v, o, lse, do, lay, s)
+
+                fns = {m: functools.partial(fb, mods[m]) for m in mods}
+                g = {m: fns[m]() for m in mods}
+                rows.append(dict(case="wide fwd+bwd+layout", plan=name, N=N, D=D, H=H,
+                                 rel_new_vs_old=max(rel(a, b) for a, b in zip(g["new"], g["old"])), **ab(fns)))
+                print(rows[-1], flush=True)
+                del q, k, v, do, g
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--path", choices=["narrow", "wide"], default="narrow",
+                    help="which kernel file the baseline is: triton_sparse.py (narrow) or triton_wide.py (wide)")
+    ap.add_argument("--plans", default="runs/wide_plans", help="wide: bench_wide.py --make-plans folder")
+    ap.add_argument("--plan-names", nargs="+", default=["w128", "w256", "k64"])
     ap.add_argument("--K", type=int, default=128)
     ap.add_argument("--H", type=int, default=8)
-    ap.add_argument("--N", type=int, nargs="+", default=[4096, 16384], help="prefill lengths (fwd+bwd: largest)")
+    ap.add_argument("--N", type=int, nargs="+", default=None,
+                    help="prefill lengths (narrow: 4096 16384, fwd+bwd at the largest; wide: 16384)")
     ap.add_argument("--S", type=int, nargs="+", default=[32768, 131072], help="decode cache lengths")
     args = ap.parse_args()
+    if args.path == "wide":
+        args.N = args.N or [16384]
+        old = load_baseline(args.baseline, "kernels._baseline_triton_wide")
+        rows = wide_rows(args, old)
+        return write(args, rows, {})
+    args.N = args.N or [4096, 16384]
     old = load_baseline(args.baseline)
     mods = {"old": old, "new": new}
     rows = []
@@ -129,8 +177,12 @@ def main():
                              rel_new_vs_old=rel(outs["new"], outs["old"]), **ab(dec, graph=True)))
             print(rows[-1], flush=True)
             del k, v
+    write(args, rows, best_configs())
+
+
+def write(args, rows, configs):
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               baseline=args.baseline, rows=rows, new_best_configs_last=best_configs())
+               baseline=args.baseline, path=args.path, rows=rows, new_best_configs_last=configs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -138,8 +190,8 @@ def main():
     tmp.replace(out)
     for r in rows:
         o, n = r["old"]["ms"], r["new"]["ms"]
-        shape = " ".join(f"{k}={r[k]}" for k in ("N", "S", "D") if k in r)
-        print(f"{r['case']:8s} {shape:18s} old {o:.4f} ms  new {n:.4f} ms  new/old {n / o:.2f}  "
+        shape = " ".join(f"{k}={r[k]}" for k in ("plan", "N", "S", "D") if k in r)
+        print(f"{r['case']:8s} {shape:24s} old {o:.4f} ms  new {n:.4f} ms  new/old {n / o:.2f}  "
               f"first call old {r['old']['first_call_s']:.2f}s new {r['new']['first_call_s']:.2f}s", flush=True)
 
 
