@@ -107,14 +107,15 @@ def _ref_grads(q, k, v, keys, do):
     return ref, torch.autograd.grad(ref, (q64, k64, v64), do.double())
 
 
-def _check_fwd_bwd(keys, dtype, Hq, Hkv, D, nk=None, seed=0):
+def _check_fwd_bwd(keys, dtype, Hq, Hkv, D, nk=None, seed=0, attention=None):
+    """attention(q, k, v, keys): the wide path (default) or another kernel entry point, against float64."""
     B, N, _ = keys.shape
     nk = nk or N
     keys = keys.to(DEV)
     q, k, v = make_qkv(B, Hq, Hkv, N, nk, D, dtype, DEV, seed=seed, requires_grad=True)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(DEV, dtype)
     poison_allocator(DEV)
-    out = triton_wide.sparse_attention_wide(q, k, v, keys)
+    out = (attention or triton_wide.sparse_attention_wide)(q, k, v, keys)
     got = torch.autograd.grad(out, (q, k, v), do)
     ref, want = _ref_grads(q, k, v, keys, do)
     assert torch.isfinite(out).all(), "an output element was never written (NaN poison survived)"
@@ -171,15 +172,8 @@ def test_narrow_forward_backward_fp32(monkeypatch, split):
     from kernels import triton_sparse
 
     monkeypatch.setattr(triton_sparse, "DKDV_CHUNK", 1 if split else 32)
-    keys = make_plan("asa", 1, 160, 40, seed=3).to(DEV)
-    q, k, v = make_qkv(1, 4, 2, 160, 160, 32, torch.float32, DEV, seed=3, requires_grad=True)
-    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(4)).to(DEV)
-    out = triton_sparse.sparse_attention_triton(q, k, v, keys)
-    got = torch.autograd.grad(out, (q, k, v), do)
-    ref, want = _ref_grads(q, k, v, keys, do)
-    assert rel_err(out, ref) < TOL_FWD[torch.float32]
-    for name, a, b in zip("qkv", got, want):
-        assert rel_err(a, b) < TOL_BWD[torch.float32], f"d{name}: {rel_err(a, b)}"
+    _check_fwd_bwd(make_plan("asa", 1, 160, 40, seed=3), torch.float32, 4, 2, 32, seed=3,
+                   attention=triton_sparse.sparse_attention_triton)
 
 
 @kernel

@@ -35,7 +35,8 @@ def held_out_ppl(r: dict) -> float | None:
 def pick(res: dict, which: str) -> str | None:
     """The model to export: a name, or 'best' (lowest held-out perplexity among trained ASA models)."""
     args = list(res.get("setup", {}).get("train_args", []))
-    base = args[args.index("--preset") + 1] if "--preset" in args[:-1] else "small"   # the batch's own size
+    # the batch's own size: the last --preset of its trainer options (the CLI's last value wins)
+    base = next((args[i + 1] for i in range(len(args) - 2, -1, -1) if args[i] == "--preset"), "small")
     trained = {n: r for n, r in res["models"].items()
                if r["plan"]["mode"] not in ("none", "local") and held_out_ppl(r) is not None and n != "asa_small"
                and r.get("summary", {}).get("preset", base) == base}   # not the scale point's larger models
