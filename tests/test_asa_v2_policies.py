@@ -42,7 +42,17 @@ def test_committed_results_give_the_trained_perplexities():
     assert ppl["coh4_w64"] == pytest.approx(38.41, abs=0.01) and ppl["local"] == pytest.approx(43.53, abs=0.01)
     assert ppl["coh4_w64_wide2"] == pytest.approx(38.43, abs=0.01)        # session 10's batch (seeds/)
     assert ppl["coh4_w64_s1"] == pytest.approx(38.09, abs=0.01)
-    assert "coh4_w256_wide2" not in ppl and "coh4_w128" not in ppl
+    assert ppl["coh4_w64_m"] == pytest.approx(38.15, abs=0.01)            # the scale point (scale/)
+
+
+def test_a_batch_installed_in_a_new_folder_is_read(tmp_path):
+    (tmp_path / "asa_v2_results.json").write_text(json.dumps({"models": {
+        "w64": {"summary": {"final": {"valid": {"ppl_bpe": 41.0}}}}}}))
+    (tmp_path / "policy_batch").mkdir()
+    (tmp_path / "policy_batch" / "asa_v2_results.json").write_text(json.dumps({"models": {
+        "coh4_w128": {"summary": {"final": {"valid": {"ppl_bpe": 37.0}}}},
+        "coh4_w64_st256": {"summary": {}}}}))                              # not evaluated: no number
+    assert P.trained_ppl(tmp_path) == {"w64": 41.0, "coh4_w128": 37.0}
 
 
 def test_bad_arguments_are_one_line(tmp_path):

@@ -28,13 +28,13 @@ DEFAULT = ("local_w64", "w64", "coh4_w64", "coh4_w64_sk16", "coh4_w64_st256", "c
 
 def trained_ppl(results: Path = RESULTS) -> dict[str, float]:
     """Held-out perplexity (every 2048 window, final checkpoint) of each trained model, from the committed
-    results of the device batches."""
+    results of the device batches: batch 1's transcription, batch 2 (the folder itself), then every batch
+    installed in a subfolder (`asa_v2 install --to training/results/asa_v2/<batch>`), in name order."""
     out = {}
     b1 = results / "batch1.json"
     if b1.is_file():
         out.update({n: m["valid_ppl"] for n, m in json.loads(b1.read_text())["models"].items() if m.get("valid_ppl")})
-    for f in (results / "asa_v2_results.json", results / "scale" / "asa_v2_results.json",
-              results / "seeds" / "asa_v2_results.json"):
+    for f in (results / "asa_v2_results.json", *sorted(results.glob("*/asa_v2_results.json"))):
         if f.is_file():
             for n, m in json.loads(f.read_text())["models"].items():
                 ppl = m.get("summary", {}).get("final", {}).get("valid", {}).get("ppl_bpe")

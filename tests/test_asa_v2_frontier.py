@@ -1,0 +1,71 @@
+"""asa_v2_frontier: seeds of one policy pool into one point, the Pareto points are the sparse models no cheaper
+one beats, the fit recovers a known power law and refuses too few points, and the command writes its files
+from a results folder (and refuses one without a dense twin)."""
+import json
+import math
+
+import pytest
+
+from training.experiments import asa_v2_frontier as F
+
+
+def _pt(name, keys, ppl):
+    return {"name": name, "keys": keys, "ppl": ppl}
+
+
+def test_seeds_pool_and_models_without_a_cost_are_left_out():
+    ppl = {"dense": 35.0, "coh4_w64": 38.4, "coh4_w64_s1": 38.0, "local_w64": 41.0, "coh4_w128": 37.0,
+           "coh4_w64_m": 38.1, "not_a_model": 1.0}
+    cost = {"coh4_w64": {"keys": 70.9, "kv": 3455}, "local_w64": {"keys": 68.9, "kv": 68},
+            "dense": {"keys": 1024.5, "kv": None}}
+    pts = {p["name"]: p for p in F.pooled(ppl, cost)}
+    assert set(pts) == {"dense", "coh4_w64", "local_w64"}      # coh4_w128: no cost; _m: another preset
+    c = pts["coh4_w64"]
+    assert c["models"] == ["coh4_w64", "coh4_w64_s1"] and c["seeds"] == 2
+    assert c["ppl"] == pytest.approx(38.2) and (c["ppl_min"], c["ppl_max"]) == (38.0, 38.4)
+    assert [p["name"] for p in F.pooled(ppl, cost)] == ["local_w64", "coh4_w64", "dense"]   # by keys
+
+
+def test_pareto_keeps_only_points_no_cheaper_one_beats():
+    pts = [_pt("a", 20, 44), _pt("b", 26, 43), _pt("c", 69, 41), _pt("d", 70, 38), _pt("e", 80, 39),
+           _pt("dense", 1024, 35)]
+    assert [p["name"] for p in F.pareto(pts)] == ["a", "b", "c", "d"]        # e: d is cheaper and better
+
+
+def test_fit_recovers_a_power_law_and_refuses_too_little():
+    dense = 35.0
+    pts = [_pt(str(k), k, dense * (1 + 3.0 * k ** -0.8)) for k in (20, 50, 120, 300)]
+    f = F.fit(pts, dense)
+    assert f["exponent"] == pytest.approx(-0.8) and f["rms_log_residual"] < 1e-9
+    assert f["keys_at_target"] == pytest.approx((F.TARGET_GAP / 3.0) ** (1 / -0.8), rel=1e-6)
+    assert F.fit(pts[:2], dense) is None                                        # two points
+    assert F.fit([_pt("a", 60, 40), _pt("b", 70, 39), _pt("c", 80, 38)], dense) is None   # < 2x range of K
+    rising = [_pt(str(k), k, dense * (1 + 0.01 * k ** 0.5)) for k in (20, 50, 120)]
+    assert F.fit(rising, dense) is None
+
+
+def test_command_writes_the_table_and_refuses_without_dense(tmp_path):
+    res = tmp_path / "results"
+    (res / "policies").mkdir(parents=True)
+    (res / "batch1.json").write_text(json.dumps({"models": {
+        "dense": {"valid_ppl": 35.7}, "local": {"valid_ppl": 43.5, "mean_keys": 21.0, "kv_max": 20},
+        "asa_small": {"valid_ppl": 43.1, "mean_keys": 26.5, "kv_max": 107, "label": "asa-small v1"}}}))
+    (res / "policies" / "policies.json").write_text(json.dumps({"policies": {
+        "coh4_w64": {"mean_keys_layers": 70.9, "kv_bound": {"max": 3455}}}}))
+    (res / "b2").mkdir()
+    (res / "b2" / "asa_v2_results.json").write_text(json.dumps({"models": {
+        "coh4_w64": {"summary": {"final": {"valid": {"ppl_bpe": 38.4}}}},
+        "coh4_w64_s1": {"summary": {"final": {"valid": {"ppl_bpe": 38.0}}}}}}))
+    out = tmp_path / "out"
+    F.main(["--results", str(res), "--out", str(out), "--no-plot"])
+    md = (out / "frontier.md").read_text()
+    assert "| asa-small v1 | 26.5 | 107 | 43.10 | 1 | +20.7% | yes |" in md
+    assert "| 70.9 | 3,455 | 38.20 | 2 (38.00-38.40) | +7.0% | yes |" in md
+    assert "Closest to the dense twin" in md and "Log-linear fit through the 3" in md
+    fit = json.loads((out / "frontier.json").read_text())["fit"]
+    assert math.exp((math.log(F.TARGET_GAP) - fit["intercept"]) / fit["exponent"]) == pytest.approx(
+        fit["keys_at_target"])
+    (res / "batch1.json").unlink()
+    with pytest.raises(SystemExit, match="no dense twin"):
+        F.main(["--results", str(res), "--out", str(tmp_path / "none"), "--no-plot"])
+    assert not (tmp_path / "none").exists()

@@ -1,0 +1,192 @@
+"""What K buys (issue 16): held-out perplexity at the 2048 training context against the keys each query reads,
+for every model a device batch has trained, seeds pooled; the dense twin beside them, the 2% target line, and
+a log-linear fit through the best model at each cost, extrapolated to where it would meet the target.
+
+No model and no device: it reads the committed results (asa_v2_policies.trained_ppl: batch 1, batch 2, the
+scale point, the seeds, any later batch folder) and the plans' costs (policies/policies.json, made by
+`python -m training.experiments.asa_v2_policies`; batch 1's transcribed figures for the two models that file
+does not plan). Small-preset models only: the scale point is another curve.
+
+    python -m training.experiments.asa_v2_frontier [--out training/results/asa_v2/frontier]
+
+Run it again after a batch is installed (asa_v2 install --to training/results/asa_v2/<batch>) and after
+asa_v2_policies has measured the batch's policies (the cost of a policy it has not planned is unknown: left out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from training.experiments import asa_v2
+from training.experiments.asa_v2_policies import RESULTS, trained_ppl
+
+TRAIN_CTX = 2048
+TARGET_GAP = 0.02                      # the issue's target: within 2% of the dense twin at 2048
+
+
+def costs(results: Path = RESULTS) -> dict[str, dict]:
+    """name -> {"keys": mean keys per query over the layers, "kv": KV rows max over 32k (None: grows)}."""
+    out = {}
+    b1 = results / "batch1.json"
+    if b1.is_file():
+        for n, m in json.loads(b1.read_text())["models"].items():
+            if m.get("mean_keys"):          # its labels too: its asa_small is v1, not today's shipped model
+                out[n] = {"keys": m["mean_keys"], "kv": m.get("kv_max"), "label": m.get("label")}
+    pol = results / "policies" / "policies.json"
+    if pol.is_file():
+        for n, r in json.loads(pol.read_text())["policies"].items():
+            out[n] = {"keys": r["mean_keys_layers"], "kv": r["kv_bound"]["max"]}
+    # a causal dense model reads (t + 1) keys at position t: (ctx + 1) / 2 on average over a window
+    out["dense"] = {"keys": (TRAIN_CTX + 1) / 2, "kv": None}
+    return out
+
+
+def group_key(spec: asa_v2.Spec) -> tuple:
+    """Models that differ only by their seed form one group."""
+    return spec.mode, json.dumps(spec.plan, sort_keys=True), spec.args
+
+
+def pooled(ppl: dict[str, float], cost: dict[str, dict]) -> list[dict]:
+    """One point per policy (its seeds pooled): ppl mean, min, max, seeds, cost. Models without a cost, and
+    other presets than the small one, are left out."""
+    groups: dict[tuple, list[str]] = {}
+    for n in ppl:
+        spec = asa_v2.MODELS.get(n)
+        if spec is None or spec.args:
+            continue
+        groups.setdefault(group_key(spec), []).append(n)
+    pts = []
+    for names in groups.values():
+        if not any(n in cost for n in names):
+            continue
+        names.sort(key=lambda n: asa_v2.MODELS[n].seed)
+        vals = [ppl[n] for n in names]
+        c = next(cost[n] for n in names if n in cost)
+        pts.append({"name": names[0], "models": names, "label": c.get("label") or asa_v2.MODELS[names[0]].label,
+                    "ppl": sum(vals) / len(vals), "ppl_min": min(vals), "ppl_max": max(vals), "seeds": len(vals),
+                    "keys": c["keys"], "kv": c["kv"]})
+    return sorted(pts, key=lambda p: p["keys"])
+
+
+def pareto(pts: list[dict]) -> list[dict]:
+    """The sparse models no cheaper model beats: ascending keys, strictly falling perplexity."""
+    out, best = [], math.inf
+    for p in sorted((p for p in pts if p["name"] != "dense"), key=lambda p: (p["keys"], p["ppl"])):
+        if p["ppl"] < best:
+            out.append(p)
+            best = p["ppl"]
+    return out
+
+
+def fit(front: list[dict], dense_ppl: float) -> dict | None:
+    """Least squares of log(gap to dense) on log(keys) through the Pareto points (the gap falling as a power
+    of K), and the keys per query where it would reach the target. None below 3 points or a 2x spread of K,
+    or if the gap does not fall with K."""
+    xs = [math.log(p["keys"]) for p in front if p["ppl"] > dense_ppl]
+    ys = [math.log(p["ppl"] / dense_ppl - 1) for p in front if p["ppl"] > dense_ppl]
+    if len(xs) < 3 or max(xs) - min(xs) < math.log(2):
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if slope >= 0:
+        return None
+    icpt = my - slope * mx
+    resid = [y - (icpt + slope * x) for x, y in zip(xs, ys)]
+    return {"points": len(xs), "exponent": slope, "intercept": icpt,
+            "rms_log_residual": math.sqrt(sum(r * r for r in resid) / len(resid)),
+            "keys_at_target": math.exp((math.log(TARGET_GAP) - icpt) / slope)}
+
+
+def markdown(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float) -> str:
+    lines = ["# What K buys: held-out perplexity against keys per query (issue 16)", "",
+             f"Small preset (asa-small's size, data, 5170 steps, schedule); held-out perplexity over every {TRAIN_CTX} "
+             "window, final checkpoint, seeds pooled (mean, range). Keys per query: averaged over the layers "
+             f"(dense: ({TRAIN_CTX} + 1) / 2, causal). KV rows: what an evicting session keeps over 32k tokens. "
+             "`python -m training.experiments.asa_v2_frontier` (from the committed results; no model).", "",
+             "| policy | keys / query | KV rows (32k) | held-out ppl | seeds (range) | gap to dense | best at its cost |",
+             "|---|---|---|---|---|---|---|"]
+    on_front = {p["name"] for p in front}
+    for p in pts:
+        rng = f"{p['seeds']} ({p['ppl_min']:.2f}-{p['ppl_max']:.2f})" if p["seeds"] > 1 else "1"
+        kv = "grows" if p["kv"] is None else f"{p['kv']:,}"
+        gap = "–" if p["name"] == "dense" else f"{100 * (p['ppl'] / dense_ppl - 1):+.1f}%"
+        lines.append(f"| {p['label']} | {p['keys']:.1f} | {kv} | {p['ppl']:.2f} | {rng} | {gap} | "
+                     f"{'yes' if p['name'] in on_front else ''} |")
+    lines.append("")
+    if front:
+        b = front[-1]
+        lines.append(f"Closest to the dense twin: {b['label']} ({b['ppl']:.2f}, "
+                     f"{100 * (b['ppl'] / dense_ppl - 1):+.1f}% at {b['keys']:.1f} keys per query); target "
+                     f"{100 * TARGET_GAP:.0f}% ({dense_ppl * (1 + TARGET_GAP):.2f}).")
+    if f:
+        lines.append(f"Log-linear fit through the {f['points']} best-at-their-cost points: the gap falls as "
+                     f"K^{f['exponent']:.2f} (rms residual {f['rms_log_residual']:.2f} in log gap); extrapolated, the "
+                     f"{100 * TARGET_GAP:.0f}% target needs ~{f['keys_at_target']:.0f} keys per query at this size. "
+                     "A rough guide from few points, not a measurement.")
+    else:
+        lines.append("No fit: fewer than three best-at-their-cost points over a 2x range of K (or a gap that "
+                     "does not fall with K).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for p in pts:
+        dense = p["name"] == "dense"
+        ax.errorbar([p["keys"]], [p["ppl"]], yerr=[[p["ppl"] - p["ppl_min"]], [p["ppl_max"] - p["ppl"]]],
+                    fmt="s" if dense else "o", color="black" if dense else "tab:blue", capsize=3)
+        ax.annotate(p["name"] + (" v1" if p["name"] == "asa_small" else ""), (p["keys"], p["ppl"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([p["keys"] for p in front], [p["ppl"] for p in front], color="tab:blue", alpha=0.5)
+    ax.axhline(dense_ppl * (1 + TARGET_GAP), color="tab:red", ls="--", lw=1, label="target: dense + 2%")
+    if f:
+        lo, hi = front[0]["keys"], max(f["keys_at_target"], front[-1]["keys"])
+        ks = [lo * (hi / lo) ** (i / 40) for i in range(41)]
+        ax.plot(ks, [dense_ppl * (1 + math.exp(f["intercept"] + f["exponent"] * math.log(k))) for k in ks],
+                color="gray", ls=":", label=f"fit: gap ~ K^{f['exponent']:.2f} (extrapolated)")
+    ax.set_xscale("log")
+    ax.set_xlabel("keys per query (mean over layers)")
+    ax.set_ylabel(f"held-out perplexity at {TRAIN_CTX}")
+    ax.set_title("asa-small size: perplexity against attention cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the committed batch results (asa_v2 install)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "frontier", help="writes frontier.{json,md,png}")
+    ap.add_argument("--no-plot", action="store_true")
+    a = ap.parse_args(argv)
+    ppl = trained_ppl(a.results)
+    if "dense" not in ppl:
+        raise SystemExit("no dense twin among the committed results: nothing to compare with")
+    pts = pooled(ppl, costs(a.results))
+    dense_ppl = next(p["ppl"] for p in pts if p["name"] == "dense")
+    front = pareto(pts)
+    f = fit(front, dense_ppl)
+    a.out.mkdir(parents=True, exist_ok=True)
+    md = markdown(pts, front, f, dense_ppl)
+    for name, text in (("frontier.json", json.dumps({"points": pts, "fit": f}, indent=1) + "\n"),
+                       ("frontier.md", md)):
+        tmp = a.out / f"{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, a.out / name)
+    if not a.no_plot:
+        plot(pts, front, f, dense_ppl, a.out / "frontier.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
