@@ -30,7 +30,7 @@ import triton.language as tl
 from .layout import LayoutCache
 from . import plan_split
 from .plan_split import WideLayout
-from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket,
+from .triton_sparse import (DECODE_MAX_Q, DKDV_CHUNK, LOG2E, TILE_CONFIGS, _bucket, _cfg,
                             _check, _grad_rows, _members, _p_ds, bwd_delta, _prec, _rows,
                             _softmax_step, _store_rows, _strides, _tiles_fit_layout, _tune_bench,
                             sparse_attention_triton)
@@ -41,6 +41,9 @@ FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
 W_TILE_CONFIGS = TILE_CONFIGS[:1] if _INTERPRET else TILE_CONFIGS
+# the forward's loops are short (~6 tiles per program at 16k): deeper pipelining is tried as well
+W_FWD_CONFIGS = W_TILE_CONFIGS if _INTERPRET else TILE_CONFIGS + [
+    _cfg(4, 3, BLOCK_M=64), _cfg(8, 3, BLOCK_M=64), _cfg(4, 3, BLOCK_M=32), _cfg(2, 2, BLOCK_M=32)]
 
 
 @triton.jit
@@ -75,7 +78,7 @@ def _wide_prologue(Q, NS, LO, HI, sqb, sqh, sqn, Hq, G, Nq, BLOCK_M: tl.constexp
 
 
 # ----------------------------------------------------------------------------------------------- forward
-@triton.autotune(configs=W_TILE_CONFIGS, key=["D", "C", "ROWS"], do_bench=_tune_bench,
+@triton.autotune(configs=W_FWD_CONFIGS, key=["D", "C", "ROWS"], do_bench=_tune_bench,
                  prune_configs_by={"early_config_prune": _tiles_fit_layout})
 @triton.jit
 def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBITS,

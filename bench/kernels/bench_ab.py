@@ -9,8 +9,8 @@ OLD_*.py is e.g. `git show <commit>:kernels/triton_sparse.py` saved outside the 
 module of the `kernels` package (its relative imports resolve to today's files: an old triton_wide.py gets
 today's triton_sparse.py helpers, so an A/B of the wide path compares the wide kernels and their host code).
 Narrow plans: the synthetic ASA-like plans of bench_sparse.py (kernels/synthetic_plans.py, K=128); wide plans:
-bench_wide.py's real plans (`bench_wide.py --make-plans`), layout built per call by each version (counted in
-the fwd+bwd figure, as in bench_wide's "w+lay"). Timings: triton.testing.do_bench medians (ms; decode:
+bench_wide.py's real plans (`bench_wide.py --make-plans`): the forward on a prebuilt layout, the forward with
+its layout, and fwd+bwd with the layout built per call by each version (as in bench_wide's "w+lay"). Timings: triton.testing.do_bench medians (ms; decode:
 CUDA-graph replays); each version measured twice, alternately, and the lower median kept. "first_call_s" is
 the first call's wall time: compilation, plus autotuning where a version autotunes.
 """
@@ -110,6 +110,21 @@ def wide_rows(args, old):
                     o, lse = m.wide_attention_fwd(q, k, v, lay, s)
                     return m.wide_attention_bwd(q, k, v, o, lse, do, lay, s)
 
+                def fwd_lay(m):
+                    lay = m.build_wide_layout_triton(keys, N, force=True)
+                    return m.wide_attention_fwd(q, k, v, lay, s)[0]
+
+                lays = {m: mods[m].build_wide_layout_triton(keys, N, force=True) for m in mods}
+                fwd = {m: functools.partial(mods[m].wide_attention_fwd, q, k, v, lays[m], s) for m in mods}
+                outs = {m: fwd[m]()[0] for m in mods}
+                rows.append(dict(case="wide fwd", plan=name, N=N, D=D, H=H,        # GPU time: graph replays
+                                 rel_new_vs_old=rel(outs["new"], outs["old"]), **ab(fwd, graph=True)))
+                print(rows[-1], flush=True)
+                fl = {m: functools.partial(fwd_lay, mods[m]) for m in mods}
+                rows.append(dict(case="wide fwd+layout", plan=name, N=N, D=D, H=H, rel_new_vs_old=0.0, **ab(fl)))
+                print(rows[-1], flush=True)
+                if args.forward_only:
+                    continue
                 fns = {m: functools.partial(fb, mods[m]) for m in mods}
                 g = {m: fns[m]() for m in mods}
                 rows.append(dict(case="wide fwd+bwd+layout", plan=name, N=N, D=D, H=H,
@@ -131,13 +146,15 @@ def main():
     ap.add_argument("--H", type=int, default=8)
     ap.add_argument("--N", type=int, nargs="+", default=None,
                     help="prefill lengths (narrow: 4096 16384, fwd+bwd at the largest; wide: 16384)")
+    ap.add_argument("--forward-only", action="store_true", help="wide: forward cases only")
     ap.add_argument("--S", type=int, nargs="+", default=[32768, 131072], help="decode cache lengths")
     args = ap.parse_args()
     if args.path == "wide":
         args.N = args.N or [16384]
         old = load_baseline(args.baseline, "kernels._baseline_triton_wide")
         rows = wide_rows(args, old)
-        return write(args, rows, {})
+        import kernels.triton_wide as new_wide
+        return write(args, rows, {"_wide_fwd_kernel": str(getattr(new_wide._wide_fwd_kernel, "best_config", None))})
     args.N = args.N or [4096, 16384]
     old = load_baseline(args.baseline)
     mods = {"old": old, "new": new}
