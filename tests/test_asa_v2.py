@@ -139,13 +139,15 @@ def test_second_seeds_and_the_scale_point_change_only_what_they_say(tmp_path):
     from training.cli import train
 
     M = asa_v2.MODELS
-    for a, b in (("coh4_w64_s1", "coh4_w64"), ("local_w64_s1", "local_w64"), ("coh4_w64_m", "coh4_w64")):
+    for a, b in (("coh4_w64_s1", "coh4_w64"), ("local_w64_s1", "local_w64"), ("coh4_w64_m", "coh4_w64"),
+                 ("coh4_w64_m3", "coh4_w64")):
         assert M[a].plan_config() == M[b].plan_config()
     assert (M["coh4_w64_s1"].seed, M["local_w64_s1"].seed, M["coh4_w64_m"].seed) == (1, 1, 0)
     s = asa_v2.Setup(prep=tmp_path / "asa_prep", runs=tmp_path / "asa_v2")   # a clean clone has no runs/
-    for n in ("coh4_w64_m", "dense_m", "coh4_w64_s1"):
+    for n in ("coh4_w64_m", "dense_m", "coh4_w64_s1", "coh4_w64_m3", "dense_m3"):
         asa_v2.policy_path(s, M[n]).mkdir(parents=True, exist_ok=True)          # the CLI checks --data exists
     for n, preset, lr, steps, seed in (("coh4_w64_m", "medium", 1e-3, 4000, 0), ("dense_m", "medium", 1e-3, 4000, 0),
+                                       ("coh4_w64_m3", "medium", 1e-3, 2300, 0), ("dense_m3", "medium", 1e-3, 2300, 0),
                                        ("coh4_w64_s1", "small", 1.5e-3, asa_v2.ASA_SMALL_STEPS, 1)):
         ctx = train.make_context("train", asa_v2.train_cmd(s, M[n])[4:])
         assert (ctx.params["preset"], ctx.params["lr"], ctx.params["max_steps"], ctx.params["seed"]) == \

@@ -18,11 +18,13 @@ def test_seeds_pool_and_models_without_a_cost_are_left_out():
            "coh4_w64_m": 38.1, "not_a_model": 1.0}
     cost = {"coh4_w64": {"keys": 70.9, "kv": 3455}, "local_w64": {"keys": 68.9, "kv": 68},
             "dense": {"keys": 1024.5, "kv": None}}
-    pts = {p["name"]: p for p in F.pooled(ppl, cost)}
+    long = {"coh4_w64": {8192: 29.0, 32768: 31.0}, "coh4_w64_s1": {32768: 32.0}}
+    pts = {p["name"]: p for p in F.pooled(ppl, cost, long)}
     assert set(pts) == {"dense", "coh4_w64", "local_w64"}      # coh4_w128: no cost; _m: another preset
     c = pts["coh4_w64"]
     assert c["models"] == ["coh4_w64", "coh4_w64_s1"] and c["seeds"] == 2
     assert c["ppl"] == pytest.approx(38.2) and (c["ppl_min"], c["ppl_max"]) == (38.0, 38.4)
+    assert c["long"] == {32768: pytest.approx(31.5)} and pts["local_w64"]["long"] == {}
     assert [p["name"] for p in F.pooled(ppl, cost)] == ["local_w64", "coh4_w64", "dense"]   # by keys
 
 
@@ -48,20 +50,30 @@ def test_command_writes_the_table_and_refuses_without_dense(tmp_path):
     res = tmp_path / "results"
     (res / "policies").mkdir(parents=True)
     (res / "batch1.json").write_text(json.dumps({"models": {
-        "dense": {"valid_ppl": 35.7}, "local": {"valid_ppl": 43.5, "mean_keys": 21.0, "kv_max": 20},
+        "dense": {"valid_ppl": 35.7, "by_context": {"no window": {"32768": 203.8},
+                                                    "window 512": {"8192": 27.2, "32768": 27.3}}},
+        "local": {"valid_ppl": 43.5, "mean_keys": 21.0, "kv_max": 20},
         "asa_small": {"valid_ppl": 43.1, "mean_keys": 26.5, "kv_max": 107, "label": "asa-small v1"}}}))
     (res / "policies" / "policies.json").write_text(json.dumps({"policies": {
         "coh4_w64": {"mean_keys_layers": 70.9, "kv_bound": {"max": 3455}}}}))
     (res / "b2").mkdir()
     (res / "b2" / "asa_v2_results.json").write_text(json.dumps({"models": {
-        "coh4_w64": {"summary": {"final": {"valid": {"ppl_bpe": 38.4}}}},
-        "coh4_w64_s1": {"summary": {"final": {"valid": {"ppl_bpe": 38.0}}}}}}))
+        "coh4_w64": {"summary": {"final": {"valid": {"ppl_bpe": 38.4}}},
+                     "methods": {"model": {"by_context": {"8192": {"ppl": 29.5}, "32768": {"ppl": 31.0}}}}},
+        "coh4_w64_s1": {"summary": {"final": {"valid": {"ppl_bpe": 38.0}}},
+                        "methods": {"model": {"by_context": {"32768": {"ppl": 32.0}}}}},
+        # re-evaluated shipped model (no training summary): its name means v1 in batch 1, so it is skipped
+        "asa_small": {"methods": {"model": {"by_context": {"32768": {"ppl": 31.0}}}}}}}))
     out = tmp_path / "out"
     F.main(["--results", str(res), "--out", str(out), "--no-plot"])
     md = (out / "frontier.md").read_text()
     assert "| asa-small v1 | 26.5 | 107 | 43.10 | 1 | +20.7% | yes |" in md
     assert "| 70.9 | 3,455 | 38.20 | 2 (38.00-38.40) | +7.0% | yes |" in md
     assert "Closest to the dense twin" in md and "Log-linear fit through the 3" in md
+    # past the training length: 8k only where every seed has it; the best figure per column in bold
+    assert "| dense twin, window 512 | 512 | **27.20** | **27.30** |" in md
+    assert "| 3,455 | – | 31.50 |" in md
+    assert "asa-small v1 | 107 | –" not in md                              # v1 has no long-context figures here
     fit = json.loads((out / "frontier.json").read_text())["fit"]
     assert math.exp((math.log(F.TARGET_GAP) - fit["intercept"]) / fit["exponent"]) == pytest.approx(
         fit["keys_at_target"])

@@ -67,6 +67,9 @@ TRAIN_ARGS = ["--preset", "small", "--batch-size", "16", "--lr", "1.5e-3", "--mi
 # 4000 steps (131M tokens, 5.3 epochs; asa-small: 5170, 169M, 6.9): two of them fit one session's lease
 MEDIUM_ARGS = ("--preset", "medium", "--lr", "1e-3", "--min-lr", "1e-4", "--max-steps", "4000",
                "--time-budget-s", "950")
+# the same at ~3 epochs (2300 steps, 75M tokens): session 8's medium runs overfit past ~3-3.5 epochs (their
+# eval minimum), so the scale comparison at 4000 steps says more about the data than about the size
+MEDIUM3_ARGS = (*MEDIUM_ARGS, "--max-steps", "2300")
 DENSE_WINDOWS = (2048, 512)                             # KV slots of the bounded dense baselines
 SINKS = 4
 
@@ -121,6 +124,9 @@ MODELS = {s.name: s for s in (
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
     Spec("coh4_w64_m", "full", COH4_W64, args=MEDIUM_ARGS,
          label="ASA full + lexical cohesion 4, window 64, k 96, medium (48M)"),
+    Spec("dense_m3", "none", args=MEDIUM3_ARGS, label="dense twin, medium (48M), 2300 steps (3 epochs)"),
+    Spec("coh4_w64_m3", "full", COH4_W64, args=MEDIUM3_ARGS,
+         label="ASA full + lexical cohesion 4, window 64, k 96, medium (48M), 2300 steps (3 epochs)"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
 

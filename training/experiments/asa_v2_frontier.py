@@ -44,14 +44,44 @@ def costs(results: Path = RESULTS) -> dict[str, dict]:
     return out
 
 
+LONG = (8192, 32768)
+DENSE_BASELINES = {"window 512": 512, "window 2048": 2048}        # batch 1's bounded dense twin: KV rows
+
+
+def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
+    """Perplexity by evaluation context past the training length: (trained model -> {ctx: ppl}, the dense
+    twin's bounded-KV baselines -> {"kv": rows, ctx: ppl}). A batch's re-evaluated shipped model (`asa_small`,
+    no training summary) is skipped: in batch 1 that name is v1, later it is v2 = coh4_w64 seed 0."""
+    models, base = {}, {}
+    b1 = results / "batch1.json"
+    if b1.is_file():
+        for n, m in json.loads(b1.read_text())["models"].items():
+            bc = m.get("by_context") or {}
+            if n == "dense":
+                base.update({f"dense twin, {w}": {"kv": kv, **{c: bc[w][str(c)] for c in LONG if str(c) in bc.get(w, {})}}
+                             for w, kv in DENSE_BASELINES.items() if w in bc})
+            elif bc:
+                models[n] = {c: bc[str(c)] for c in LONG if str(c) in bc}
+    for f in (results / "asa_v2_results.json", *sorted(results.glob("*/asa_v2_results.json"))):
+        if not f.is_file():
+            continue
+        for n, m in json.loads(f.read_text())["models"].items():
+            if not m.get("summary", {}).get("final"):
+                continue
+            bc = m.get("methods", {}).get("model", {}).get("by_context", {})
+            models[n] = {c: bc[str(c)]["ppl"] for c in LONG if str(c) in bc}
+    return models, base
+
+
 def group_key(spec: asa_v2.Spec) -> tuple:
     """Models that differ only by their seed form one group."""
     return spec.mode, json.dumps(spec.plan, sort_keys=True), spec.args
 
 
-def pooled(ppl: dict[str, float], cost: dict[str, dict]) -> list[dict]:
-    """One point per policy (its seeds pooled): ppl mean, min, max, seeds, cost. Models without a cost, and
-    other presets than the small one, are left out."""
+def pooled(ppl: dict[str, float], cost: dict[str, dict], long: dict[str, dict[int, float]] | None = None) -> list[dict]:
+    """One point per policy (its seeds pooled): ppl mean, min, max, seeds, cost, and the mean perplexity at
+    each long context its seeds were all evaluated at. Models without a cost, and other presets than the
+    small one, are left out."""
     groups: dict[tuple, list[str]] = {}
     for n in ppl:
         spec = asa_v2.MODELS.get(n)
@@ -67,7 +97,9 @@ def pooled(ppl: dict[str, float], cost: dict[str, dict]) -> list[dict]:
         c = next(cost[n] for n in names if n in cost)
         pts.append({"name": names[0], "models": names, "label": c.get("label") or asa_v2.MODELS[names[0]].label,
                     "ppl": sum(vals) / len(vals), "ppl_min": min(vals), "ppl_max": max(vals), "seeds": len(vals),
-                    "keys": c["keys"], "kv": c["kv"]})
+                    "keys": c["keys"], "kv": c["kv"],
+                    "long": {c: sum(long[n][c] for n in names) / len(names) for c in LONG
+                             if long and all(c in long.get(n, {}) for n in names)}})
     return sorted(pts, key=lambda p: p["keys"])
 
 
@@ -101,7 +133,28 @@ def fit(front: list[dict], dense_ppl: float) -> dict | None:
             "keys_at_target": math.exp((math.log(TARGET_GAP) - icpt) / slope)}
 
 
-def markdown(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float) -> str:
+def long_table(pts: list[dict], base: dict[str, dict]) -> list[str]:
+    """Past the training length: every policy with long-context figures and the dense twin's bounded-KV
+    baselines, by KV rows (what a long session holds)."""
+    rows = [(p["label"], p["kv"], p["long"]) for p in pts if p["long"] and p["name"] != "dense"]
+    rows += [(n, b["kv"], {c: b[c] for c in LONG if c in b}) for n, b in base.items()]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: (r[1] is None, r[1] or 0))
+    best = {c: min(r[2][c] for r in rows if c in r[2]) for c in LONG if any(c in r[2] for r in rows)}
+    out = ["", "Past the training length (perplexity by evaluation context; seeds pooled; the dense twin with a "
+           "sliding window is the fair bounded-KV baseline):", "",
+           "| model | KV rows (32k) | " + " | ".join(f"ppl @ {c // 1024}k" for c in LONG) + " |",
+           "|---|---|" + "---|" * len(LONG)]
+    for label, kv, lc in rows:
+        cells = [("**" if lc.get(c) == best.get(c) else "") + (f"{lc[c]:.2f}" if c in lc else "–") +
+                 ("**" if lc.get(c) == best.get(c) else "") for c in LONG]
+        out.append(f"| {label} | {'grows' if kv is None else f'{kv:,}'} | " + " | ".join(cells) + " |")
+    return out
+
+
+def markdown(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float,
+             base: dict[str, dict] | None = None) -> str:
     lines = ["# What K buys: held-out perplexity against keys per query (issue 16)", "",
              f"Small preset (asa-small's size, data, 5170 steps, schedule); held-out perplexity over every {TRAIN_CTX} "
              "window, final checkpoint, seeds pooled (mean, range). Keys per query: averaged over the layers "
@@ -130,15 +183,17 @@ def markdown(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: floa
     else:
         lines.append("No fit: fewer than three best-at-their-cost points over a 2x range of K (or a gap that "
                      "does not fall with K).")
+    lines += long_table(pts, base or {})
     return "\n".join(lines) + "\n"
 
 
-def plot(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float, path: Path) -> None:
+def plot(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float, path: Path,
+         base: dict[str, dict] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     for p in pts:
         dense = p["name"] == "dense"
         ax.errorbar([p["keys"]], [p["ppl"]], yerr=[[p["ppl"] - p["ppl_min"]], [p["ppl_max"] - p["ppl"]]],
@@ -156,6 +211,21 @@ def plot(pts: list[dict], front: list[dict], f: dict | None, dense_ppl: float, p
     ax.set_ylabel(f"held-out perplexity at {TRAIN_CTX}")
     ax.set_title("asa-small size: perplexity against attention cost")
     ax.legend(fontsize=8)
+    # right: past the training length, against the memory a long session holds
+    for p in pts:
+        if p["long"].get(32768) and p["kv"]:
+            ax2.plot([p["kv"]], [p["long"][32768]], "o", color="tab:blue")
+            ax2.annotate(p["name"] + (" v1" if p["name"] == "asa_small" else ""), (p["kv"], p["long"][32768]),
+                         textcoords="offset points", xytext=(5, 4), fontsize=8)
+    for n, b in (base or {}).items():
+        if 32768 in b:
+            ax2.plot([b["kv"]], [b[32768]], "s", color="black")
+            ax2.annotate(n.replace("dense twin, ", "dense "), (b["kv"], b[32768]), textcoords="offset points",
+                         xytext=(5, 4), fontsize=8)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("KV rows held at 32k (max)")
+    ax2.set_ylabel("perplexity at 32k context")
+    ax2.set_title("past the training length: perplexity against KV memory")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -172,19 +242,21 @@ def main(argv=None):
     ppl = trained_ppl(a.results)
     if "dense" not in ppl:
         raise SystemExit("no dense twin among the committed results: nothing to compare with")
-    pts = pooled(ppl, costs(a.results))
+    long, base = long_context(a.results)
+    pts = pooled(ppl, costs(a.results), long)
     dense_ppl = next(p["ppl"] for p in pts if p["name"] == "dense")
     front = pareto(pts)
     f = fit(front, dense_ppl)
     a.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(pts, front, f, dense_ppl)
-    for name, text in (("frontier.json", json.dumps({"points": pts, "fit": f}, indent=1) + "\n"),
+    md = markdown(pts, front, f, dense_ppl, base)
+    for name, text in (("frontier.json", json.dumps({"points": pts, "fit": f, "dense_baselines": base}, indent=1)
+                        + "\n"),
                        ("frontier.md", md)):
         tmp = a.out / f"{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, a.out / name)
     if not a.no_plot:
-        plot(pts, front, f, dense_ppl, a.out / "frontier.png")
+        plot(pts, front, f, dense_ppl, a.out / "frontier.png", base)
     print(md)
 
 
