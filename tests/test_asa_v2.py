@@ -232,3 +232,24 @@ def test_export_best_picks_a_model_of_the_batch_size_only():
     assert pick(res, "coh4_w64_m") is None and pick(res, "coh4_w64") == "coh4_w64"
     res["setup"]["train_args"] = ["--preset", "test"]            # a batch of another size picks among its own
     assert pick(res, "best") is None
+
+
+def test_a_model_ships_only_if_better_at_2048_and_at_the_longest_context():
+    """It must beat the shipped held-out perplexity, and not lose at the longest context the batch evaluated
+    both at (the batch re-evaluates the shipped model as asa_small)."""
+    from training.experiments.asa_v2_ship import refusal
+
+    def m(ppl, by_context):
+        return {"summary": {"final": {"valid": {"ppl_bpe": ppl}}},
+                "methods": {"model": {"by_context": {str(c): {"ppl": v} for c, v in by_context.items()}}}}
+
+    res = {"models": {"asa_small": {"methods": {"model": {"by_context": {"2048": {"ppl": 29.0},
+                                                                        "32768": {"ppl": 31.3}}}}},
+                      "coh4_w128": m(37.5, {2048: 28.5, 8192: 28.0, 32768: 31.0}),
+                      "coh4_w256_wide2": m(37.0, {2048: 28.2, 32768: 32.4}),
+                      "coh4_w64_st256": m(38.6, {2048: 29.5, 32768: 30.0})}}
+    assert refusal(res, "coh4_w128", 38.41) is None
+    assert "32768 tokens is worse" in refusal(res, "coh4_w256_wide2", 38.41)   # better at 2048, worse at 32k
+    assert "does not beat" in refusal(res, "coh4_w64_st256", 38.41)
+    del res["models"]["asa_small"]                                              # no re-evaluation: 2048 decides
+    assert refusal(res, "coh4_w256_wide2", 38.41) is None

@@ -45,6 +45,25 @@ def pick(res: dict, which: str) -> str | None:
     return min(trained, key=lambda n: held_out_ppl(trained[n])) if trained else None
 
 
+def refusal(res: dict, name: str, old_ppl: float) -> str | None:
+    """Why `name` must not replace the shipped model (None: it may). It must beat the shipped held-out
+    perplexity at the training length, and not be worse at the longest context both were evaluated at in this
+    batch (the batch re-evaluates the shipped model as `asa_small`): long context is what ASA is for."""
+    me = res["models"][name]
+    ppl = held_out_ppl(me)
+    if ppl >= old_ppl:
+        return f"held-out ppl {ppl:.2f} does not beat the shipped asa-small's {old_ppl:.2f}"
+    mine = me.get("methods", {}).get("model", {}).get("by_context", {})
+    theirs = res["models"].get("asa_small", {}).get("methods", {}).get("model", {}).get("by_context", {})
+    both = [c for c in mine if c in theirs]
+    if both:
+        c = max(both, key=int)
+        if mine[c]["ppl"] > theirs[c]["ppl"]:
+            return (f"ppl {mine[c]['ppl']:.2f} at {c} tokens is worse than the shipped asa-small's "
+                    f"{theirs[c]['ppl']:.2f} in the same batch")
+    return None
+
+
 def export(runs: Path, res: dict, out: Path, which: str) -> str | None:
     """Device side: fp16 config + shards of the chosen model into out/asa-small."""
     import torch
@@ -268,8 +287,9 @@ def ship(src: Path, prep: Path = REPO / "runs" / "asa_prep", dst: Path = PACKAGE
         v = sm.get("version", 1)
         replaces = {"label": f"asa-small v{v} ({describe(shipped['plan'])})", "held_out_ppl": round(old, 2)}
         version = v + 1
-    if ppl >= old and not force:
-        raise SystemExit(f"{name}: held-out ppl {ppl:.2f} does not beat the shipped asa-small's {old:.2f}; not shipped")
+    why = refusal(res, name, old)
+    if why and not force:
+        raise SystemExit(f"{name}: {why}; not shipped (--force ships it anyway)")
     tok_path = prep / "tokenizer.json"
     if hashlib.sha256(tok_path.read_bytes()).hexdigest() != cfg["tokenizer"]["sha256"]:
         raise SystemExit(f"{tok_path} is not the tokenizer the model was trained with")
