@@ -337,8 +337,10 @@ def main(argv=None):
     ap.add_argument("--from", dest="src", required=True, help="the files a finish --export call brought back")
     ap.add_argument("--prep", default=str(REPO / "runs" / "asa_prep"))
     ap.add_argument("--force", action="store_true", help="ship even if it does not beat the shipped model")
+    ap.add_argument("--results", default=str(RESULTS),
+                    help="where the batch's results are installed (a batch folder: training/results/asa_v2/<batch>)")
     a = ap.parse_args(argv)
-    ship(Path(a.src), Path(a.prep), force=a.force)
+    ship(Path(a.src), Path(a.prep), force=a.force, results=Path(a.results))
 
 
 if __name__ == "__main__":
