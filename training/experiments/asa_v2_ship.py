@@ -3,10 +3,12 @@
   device:  asa_v2 finish --out $OUT --export best     exports the trained ASA model with the lowest held-out
                perplexity (or a named one) into $OUT/asa-small: config.json and fp16 shards only (at most 8
                files come back from a call: asa_v2's 3 + config + 3 shards)
-  here:    python -m training.experiments.asa_v2_ship --from <files_at>
-               installs the results (asa_v2.install), then rebuilds asa_runtime/models/asa-small from the
-               exported weights, runs/asa_prep/tokenizer.json (sha256-checked) and the package's analyzer,
-               but only if the model beats the shipped asa-small's held-out perplexity; writes its card.
+  here:    python -m training.experiments.asa_v2_ship --from <files_at> [--results training/results/asa_v2/<batch>]
+               installs the results (asa_v2.install; default folder: the asa_v2 root, which holds batch 2),
+               then rebuilds asa_runtime/models/asa-small from the exported weights,
+               runs/asa_prep/tokenizer.json (sha256-checked) and the package's analyzer, but only if the model
+               beats the shipped asa-small's held-out perplexity and is not worse at the longest context the
+               batch evaluated both at (refusal()); writes its card.
 
 The card compares with the dense twin and its bounded-KV baselines from the first batch (session 6), whose
 device files were lost before they were committed: their numbers are in training/results/asa_v2/batch1.json,
