@@ -25,7 +25,8 @@ import common
 from asa_runtime.benchmark import Spec, run_one
 
 
-VARIANTS = {"fp32": (None, None), "int8": ("int8", None), "bf16": (None, "bfloat16")}   # (quantize, dtype)
+VARIANTS = {"fp32": (None, None), "int8": ("int8", None), "bf16": (None, "bfloat16"),   # (quantize, dtype)
+            "fp16": (None, "float16")}
 
 
 def perplexity(model, variant, ids, chunk):
