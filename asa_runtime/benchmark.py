@@ -223,12 +223,17 @@ def systems(model: str, backends: list[str], modes: list[str], llama_cpp: bool) 
 def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, backends=("torch",),
         modes=("asa", "dense"), gguf: str | None = None, threads: int = 1, text_file: str | None = None,
         progress: bool = True, device: str = "cpu", dtype: str | None = None,
-        cuda_graphs=(True,), compile: bool = False, prefill_chunk: int | None = None) -> list[Row]:
+        cuda_graphs=(True,), compile: bool = False, prefill_chunk: int | None = None,
+        quantize=(None,)) -> list[Row]:
     """gguf: the dense GGUF of the same weights (with `<name>.tokenizer.json` beside it) to run llama.cpp on;
-    None leaves llama.cpp out. On CUDA, `cuda_graphs=(False, True)` measures eager and graphed decode."""
+    None leaves llama.cpp out. On CUDA, `cuda_graphs=(False, True)` measures eager and graphed decode.
+    quantize: weight schemes for the asa-run torch rows (None: the model's dtype), one row set each; a
+    quantized row's backend reads e.g. "torch f16"."""
     from tqdm import tqdm
 
     found = systems(model, list(backends), list(modes), gguf is not None)
+    found = [{**d, "quantize": q} if d["backend"] == "torch" else d
+             for d in found for q in (quantize if d["backend"] == "torch" else (None,))]
     if device.startswith("cuda"):
         found = [{**d, "device": device, "dtype": dtype, "cuda_graph": g, "compile": compile and g,
                   "prefill_chunk": prefill_chunk} for d in found if d["system"] == "asa-run" for g in cuda_graphs]
@@ -247,7 +252,8 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
             bar.update()
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
         spread = {k: [min(r[k] for r in results), max(r[k] for r in results)] for k in results[0]}
-        rows.append(Row(system=sysd["system"], backend=sysd["backend"], mode=sysd["mode"], context=c,
+        label = sysd["backend"] + (f" {spec.quantize}" if spec.quantize else "")
+        rows.append(Row(system=sysd["system"], backend=label, mode=sysd["mode"], context=c,
                         n_gen=n_gen, repeats=repeats, spread=spread, device=spec.device,
                         cuda_graph=spec.device.startswith("cuda") and spec.cuda_graph, compile=spec.compile,
                         **med))

@@ -117,7 +117,7 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
     _, raw = read_config(path)
     if quantize:
         if backend != "torch":
-            raise BackendError(f"--quantize is a torch-backend option (backend {backend!r} got no int8 path)")
+            raise BackendError(f"--quantize is a torch-backend option (backend {backend!r} has no quantized path)")
         quantize_model(ck.model, quantize)
     if planner is None and not ck.config.plan.dense:
         planner = Planner(ck.config.plan, analyzer=model_analyzer(path, raw))

@@ -1,4 +1,11 @@
-"""int8 weight-only quantization of nn.Linear layers (laptops: 4x smaller weights than float32).
+"""Weight-only quantization of nn.Linear layers: int8 (4x smaller weights than float32) and f16.
+
+f16: weights stored in float16, activations in the model's dtype (float32 on CPU), as llama.cpp runs an F16
+GGUF. A one-row decode multiplies in float16 (torch's fp16 matrix-vector product reads half the bytes of fp32;
+the CPU decode is memory-bound: 2.5x the fp32 tokens/s measured, bench/latency/README.md); prefill chunks
+convert the weight to the activations' dtype and use that matmul (fp16 GEMM is slow on CPUs). Lossless for a
+checkpoint stored in float16, as asa-small is.
+
 
 Symmetric, per output channel: w ~= q * s with q int8 in [-127, 127] and s = max|w_row| / 127.
 Activations stay in floating point. On CPU a few rows (decode) run through torch._weight_int8pack_mm (int8
@@ -13,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCHEMES = ("int8",)
+SCHEMES = ("int8", "f16")
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,13 +91,38 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
+class F16Linear(nn.Module):
+    """Drop-in for an nn.Linear holding its weight in float16; outputs in the input's dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight_f16", weight.detach().to(torch.float16).contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if rows == 1:                       # decode: memory-bound, so multiply the half-size weight directly
+            y = torch.mv(self.weight_f16, x.reshape(-1).to(torch.float16)).to(x.dtype)
+            y = y.view(*x.shape[:-1], self.out_features)
+        else:                               # many rows: the activations' dtype (fp16 GEMM is slow on CPUs)
+            y = F.linear(x, self.weight_f16.to(x.dtype))
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float16 weights"
+
+
+_LINEAR = {"int8": Int8Linear, "f16": F16Linear}
+
+
 def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
-    """Replace every nn.Linear in place by its int8 version (the model is for inference afterwards)."""
+    """Replace every nn.Linear in place by its `scheme` version (the model is for inference afterwards)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization {scheme!r}; available: {', '.join(SCHEMES)}")
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(model, name, Int8Linear(child.weight, child.bias))
+            setattr(model, name, _LINEAR[scheme](child.weight, child.bias))
         else:
             quantize_model(child, scheme)
     return model

@@ -33,6 +33,16 @@ def test_tiny_bench_table(tmp_path, tiny_checkpoint):
     assert data["machine"]["cores"] >= 1 and "torch" in data["machine"]["versions"]
 
 
+def test_quantize_adds_one_set_of_torch_rows_per_scheme(tmp_path, tiny_checkpoint):
+    out = tmp_path / "q.json"
+    r = bench("-m", tiny_checkpoint, "-p", "16", "-n", 2, "-r", 1, "--mode", "asa", "--quantize", "none,f16",
+              "-o", "json", "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["backend"], x["mode"]) for x in rows] == [("torch", "asa"), ("torch f16", "asa")]
+    assert all(x["tg_tps"] > 0 for x in rows)
+
+
 def test_markdown_csv_and_plot(tmp_path, tiny_dense_checkpoint):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
@@ -48,7 +58,7 @@ def test_markdown_csv_and_plot(tmp_path, tiny_dense_checkpoint):
 
 @pytest.mark.parametrize("args,needle", [(("-p", "0"), ">= 1"), (("-p", "a,b"), "comma list"),
                                          (("--backend", "warp"), "unknown 'warp'"), (("--mode", "fast"), "unknown"),
-                                         (("--device", "tpu"), "tpu")])
+                                         (("--device", "tpu"), "tpu"), (("--quantize", "int3"), "unknown 'int3'")])
 def test_bad_flags_are_one_line(tiny_checkpoint, args, needle):
     r = bench("-m", tiny_checkpoint, *args)
     assert r.exit_code != 0 and "Traceback" not in r.output

@@ -54,3 +54,39 @@ def test_quantize_model_replaces_linears(tiny_checkpoint):
 def test_unknown_scheme():
     with pytest.raises(ValueError, match="unknown quantization"):
         q.quantize_model(nn.Sequential(nn.Linear(2, 2)), "int3")
+
+
+def test_f16_linear_is_the_float_layer_to_half_precision():
+    g = torch.Generator().manual_seed(2)
+    lin = nn.Linear(64, 40, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 64, generator=g))
+    fl = q.F16Linear(lin.weight, lin.bias)
+    assert fl.weight_f16.dtype == torch.float16 and q.weight_bytes(fl) < 0.55 * q.weight_bytes(lin)
+    for x in (torch.randn(64, generator=g), torch.randn(1, 1, 64, generator=g), torch.randn(3, 7, 64, generator=g)):
+        y = fl(x)
+        assert y.shape == x.shape[:-1] + (40,) and y.dtype == torch.float32
+        ref = F.linear(x, lin.weight.half().float(), lin.bias)          # the same weights, float32 math
+        rel = ((y - ref).norm() / ref.norm()).item()
+        # many rows: float32 math on the fp16 weights (exact up to summation order); one row: fp16 math
+        assert rel < (1e-3 if x.numel() == 64 else 1e-6), (x.shape, rel)
+
+
+def test_f16_model_decodes_as_its_prefill(tiny_checkpoint):
+    ref = load(tiny_checkpoint, planner=WindowPlanner())
+    lm = load(tiny_checkpoint, planner=WindowPlanner(), quantize="f16")
+    assert not any(isinstance(m, nn.Linear) for m in lm.model.modules())
+    assert isinstance(lm.model.output, q.F16Linear)                          # tied head: own fp16 copy
+    f16 = [m for m in lm.model.modules() if isinstance(m, q.F16Linear)]
+    fp32 = [m for m in ref.model.modules() if isinstance(m, nn.Linear)]
+    assert sum(m.weight_f16.nbytes for m in f16) * 2 == sum(m.weight.nbytes for m in fp32)   # half the bytes
+    assert lm.model.tok_embeddings.weight.dtype == torch.float32           # a lookup: stays float32
+    ids = ref.tokenizer.encode(PARAGRAPHS[0])[:40]
+    a = Session(ref, ctx_size=64).feed(ids, all_logits=True)
+    b = Session(lm, ctx_size=64).feed(ids, all_logits=True)
+    assert ((a - b).norm() / a.norm()) < 1e-2
+    s = Session(lm, ctx_size=64)
+    s.feed(ids[:20])
+    steps = torch.stack([s.step(t) for t in ids[20:]])                       # one-row products in fp16
+    assert ((steps[:-1] - b[20:-1]).norm() / b[20:-1].norm()) < 1e-2
+    assert (steps[:-1].argmax(-1) == b[20:-1].argmax(-1)).float().mean() > 0.9

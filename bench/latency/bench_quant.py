@@ -26,7 +26,7 @@ from asa_runtime.benchmark import Spec, run_one
 
 
 VARIANTS = {"fp32": (None, None), "int8": ("int8", None), "bf16": (None, "bfloat16"),   # (quantize, dtype)
-            "fp16": (None, "float16")}
+            "fp16": (None, "float16"), "f16": ("f16", None)}
 
 
 def perplexity(model, variant, ids, chunk):
