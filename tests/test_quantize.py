@@ -90,3 +90,10 @@ def test_f16_model_decodes_as_its_prefill(tiny_checkpoint):
     steps = torch.stack([s.step(t) for t in ids[20:]])                       # one-row products in fp16
     assert ((steps[:-1] - b[20:-1]).norm() / b[20:-1].norm()) < 1e-2
     assert (steps[:-1].argmax(-1) == b[20:-1].argmax(-1)).float().mean() > 0.9
+
+
+def test_cli_offers_every_scheme():
+    from asa_runtime.cli import main
+
+    opts = {p.name: p for p in main.commands["generate"].params}
+    assert tuple(opts["quantize"].type.choices) == q.SCHEMES
