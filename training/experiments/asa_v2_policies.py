@@ -23,7 +23,7 @@ from training.experiments import asa_v2
 
 RESULTS = asa_v2.REPO / "training" / "results" / "asa_v2"
 DEFAULT = ("local_w64", "w64", "coh4_w64", "coh4_w64_sk16", "coh4_w64_st256", "coh4_w64_k128", "coh4_w128",
-           "coh4_w64_wide2", "st64_k192_wide2", "coh4_w256_wide2")
+           "coh4_w64_wide2", "st64_k192_wide2", "coh4_w256_wide2", "coh4_w256")
 
 
 def trained_ppl(results: Path = RESULTS) -> dict[str, float]:
