@@ -80,8 +80,7 @@ def jobs(D: int, block_m: int):
 
     tile = dict(LQ=64, BLOCK_K=64, D=D, PREC="tf32", BLOCK_M=block_m)
     cap = {"maxnreg": tw.LAYOUT_MAXNREG} if tw.LAYOUT_MAXNREG else {}
-    return [("fwd", tw._wide_fwd_kernel, dict(tile, BLOCK_W=64), {}),
-            ("fwd, window tiles 128", tw._wide_fwd_kernel, dict(tile, BLOCK_W=128), {}),
+    return [("fwd", tw._wide_fwd_kernel, tile, {}),
             ("dq+gathered dkdv", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=True), {}),
             ("dq", tw._wide_bwd_dq_kernel, dict(tile, GATHER_DKDV=False), {}),
             ("gathered dkdv", tw._wide_bwd_xdkdv_kernel, tile, {}),

@@ -41,16 +41,9 @@ FUSED_MAX_D = 64              # backward: the dq kernel adds the gathered dk/dv 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter (CPU tests) cannot time configs: one config each there
 W_TILE_CONFIGS = TILE_CONFIGS[:1] if _INTERPRET else TILE_CONFIGS
-# the forward's loops are short (~6 tiles per program at 16k): deeper pipelining is tried as well (3 stages:
-# measured 0.90x at D64 on the H200), and window tiles of 128 keys (BLOCK_W: two of the layout's contiguous
-# window blocks per tl.dot; interpreter-tested, NOT yet timed on a GPU; ASA_WIDE_FWD_W128=0 leaves them out)
-_W128 = os.environ.get("ASA_WIDE_FWD_W128", "1") != "0"
-W_FWD_CONFIGS = [triton.Config({**c.kwargs, "BLOCK_W": w}, num_warps=c.num_warps, num_stages=c.num_stages)
-                 for c, w in ([(W_TILE_CONFIGS[0], 128 if _W128 else 64)] if _INTERPRET else
-                              [(c, 64) for c in TILE_CONFIGS + [_cfg(4, 3, BLOCK_M=64), _cfg(8, 3, BLOCK_M=64),
-                                                                _cfg(4, 3, BLOCK_M=32), _cfg(2, 2, BLOCK_M=32)]]
-                              + ([(_cfg(4, 2, BLOCK_M=64), 128), (_cfg(8, 2, BLOCK_M=64), 128),
-                                  (_cfg(4, 3, BLOCK_M=64), 128), (_cfg(8, 3, BLOCK_M=64), 128)] if _W128 else []))]
+# the forward's loops are short (~6 tiles per program at 16k): deeper pipelining is tried as well
+W_FWD_CONFIGS = W_TILE_CONFIGS if _INTERPRET else TILE_CONFIGS + [
+    _cfg(4, 3, BLOCK_M=64), _cfg(8, 3, BLOCK_M=64), _cfg(4, 3, BLOCK_M=32), _cfg(2, 2, BLOCK_M=32)]
 
 
 @triton.jit
@@ -92,7 +85,7 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBIT
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                      Hq, G, Nq, Nk, C, NQB, ROWS, qk_scale,
                      LQ: tl.constexpr, BLOCK_K: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr):
+                     BLOCK_M: tl.constexpr):
     pid_bh, b, h, hk, offs_m, offs_d, row_ok, q, ns, lo, hi, qb = _wide_prologue(
         Q, NS, LO, HI, sqb, sqh, sqn, Hq, G, Nq, BLOCK_M, LQ, D)
     kbase = K + b * skb + hk * skh
@@ -102,21 +95,8 @@ def _wide_fwd_kernel(Q, K, V, O, LSE, NS, LO, HI, SB, WB, KBCNT, UX, UXCNT, XBIT
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     scnt, nsb, shift = _structured_blocks(SB, WB, KBCNT, b * NQB + qb)
-    for j in range(0, nsb):                                          # structured: the sink blocks
-        kpos = j * BLOCK_K + offs_n
-        k_ok = kpos < Nk
-        k = _rows(kbase, kpos, skn, offs_d, k_ok)
-        v = _rows(vbase, kpos, svn, offs_d, k_ok)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        keep = _structured_keep(kpos, ns, lo, hi)
-        m_i, l_i, acc = _softmax_step(tl.where(keep, s, float("-inf")), v, m_i, l_i, acc, PREC)
-    # the window blocks are contiguous: tiles of BLOCK_W keys from the first; a last tile reaching past them
-    # reads keys that are in no row's sinks or window (the listed blocks hold all of both), so `keep` drops them
-    offs_w = tl.arange(0, BLOCK_W)
-    wstart = (nsb + shift) * BLOCK_K
-    wend = (scnt + shift) * BLOCK_K
-    for start in range(wstart, wend, BLOCK_W):
-        kpos = start + offs_w
+    for j in range(0, scnt):                                         # structured: dense tiles
+        kpos = (j + shift * (j >= nsb).to(tl.int32)) * BLOCK_K + offs_n
         k_ok = kpos < Nk
         k = _rows(kbase, kpos, skn, offs_d, k_ok)
         v = _rows(vbase, kpos, svn, offs_d, k_ok)

@@ -136,22 +136,6 @@ def test_small_forward_backward_fp32(kind, N, K, Hq, Hkv, D):
 
 
 @kernel
-@pytest.mark.parametrize("block_w", [64, 128])
-@pytest.mark.parametrize("kind,N,K,window,sinks", [("structured", 333, 140, 100, 6), ("wide", 260, 160, 64, 70),
-                                                   ("structured", 150, 200, 190, 3)])
-def test_forward_window_tiles_of_64_or_128_keys(monkeypatch, block_w, kind, N, K, window, sinks):
-    """The forward reads the window blocks BLOCK_W keys at a time: an odd count of 64-key window blocks makes the
-    last 128-key tile reach past them (those keys must drop out); 70 sinks make two sink blocks."""
-    kern = triton_wide._wide_fwd_kernel
-    c = triton_wide.W_FWD_CONFIGS[0]
-    cfg = triton.Config({**c.kwargs, "BLOCK_W": block_w}, num_warps=c.num_warps, num_stages=c.num_stages)
-    monkeypatch.setattr(kern, "configs", [cfg])
-    monkeypatch.setattr(kern, "cache", {})
-    _check_fwd_bwd(wide_plan(kind, 2, N, K, seed=N + block_w, window=window, sinks=sinks), torch.float32, 2, 1,
-                   32, nk=N + 5, seed=N)
-
-
-@kernel
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("split", [False, True])
 def test_gathered_dkdv_fused_or_separate(monkeypatch, fused, split):
