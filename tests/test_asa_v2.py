@@ -234,6 +234,23 @@ def test_export_best_picks_a_model_of_the_batch_size_only():
     assert pick(res, "best") is None
 
 
+def test_export_best_prefers_a_model_the_ship_rule_accepts():
+    """Given the shipped model's perplexity, 'best' is the best model that could ship (session 12: the best at
+    2048 lost at 32k); when none could, the best at 2048 all the same."""
+    from training.experiments.asa_v2_ship import pick
+
+    def m(ppl, at32k):
+        return {"plan": {"mode": "full"}, "summary": {"preset": "small", "final": {"valid": {"ppl_bpe": ppl}}},
+                "methods": {"model": {"by_context": {"32768": {"ppl": at32k}}}}}
+
+    res = {"setup": {"train_args": list(asa_v2.TRAIN_ARGS)},
+           "models": {"asa_small": {"plan": {"mode": "full"}, "methods": {"model": {"by_context": {"32768": {"ppl": 31.3}}}}},
+                      "coh4_w256": m(36.0, 29.4), "coh4_w256_wide2": m(35.9, 32.6), "coh4_w128": m(36.9, 31.0)}}
+    assert pick(res, "best") == "coh4_w256_wide2"                # no shipped model given: 2048 alone
+    assert pick(res, "best", 38.41) == "coh4_w256"               # the best that beats the shipped one at 32k too
+    assert pick(res, "best", 35.0) == "coh4_w256_wide2"          # none beats 35.0: the best at 2048
+
+
 def test_a_model_ships_only_if_better_at_2048_and_at_the_longest_context():
     """It must beat the shipped held-out perplexity, and not lose at the longest context the batch evaluated
     both at (the batch re-evaluates the shipped model as asa_small)."""

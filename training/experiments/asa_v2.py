@@ -27,7 +27,8 @@ Phases (the device cannot read ../shared/data: tokens are made here and carried,
   device:  python3 -m training.experiments.asa_v2 watch  --seconds 570     (keeps the lease, prints progress)
   device:  python3 -m training.experiments.asa_v2 finish --out $OUT        waits for the report (--wait-s),
                puts asa_v2_results.json, asa_v2.md and runs.tar.gz (metrics, summaries, logs) into $OUT;
-               --export best also puts the best ASA model's fp16 weights there (asa_v2_ship.py ships them).
+               --export best also puts the fp16 weights of the best ASA model that the ship rule
+               accepts there (asa_v2_ship.pick; asa_v2_ship.py ships them).
   here:    python -m training.experiments.asa_v2 install --from <files_at> -> training/results/asa_v2/
                (--to training/results/asa_v2/<batch> for a later batch: scale/, seeds/)
 

@@ -34,8 +34,11 @@ def held_out_ppl(r: dict) -> float | None:
     return r.get("summary", {}).get("final", {}).get("valid", {}).get("ppl_bpe")
 
 
-def pick(res: dict, which: str) -> str | None:
-    """The model to export: a name, or 'best' (lowest held-out perplexity among trained ASA models)."""
+def pick(res: dict, which: str, shipped_ppl: float | None = None) -> str | None:
+    """The model to export: a name, or 'best': the lowest held-out perplexity among the trained ASA models that
+    the ship rule accepts against the shipped model (refusal(); with shipped_ppl), else among all of them.
+    Session 12's batch showed why: the best at 2048 (coh4_w256_wide2) lost at 32k and could not ship, while
+    the one that could (coh4_w256) had not been exported."""
     args = list(res.get("setup", {}).get("train_args", []))
     # the batch's own size: the last --preset of its trainer options (the CLI's last value wins)
     base = next((args[i + 1] for i in range(len(args) - 2, -1, -1) if args[i] == "--preset"), "small")
@@ -44,7 +47,8 @@ def pick(res: dict, which: str) -> str | None:
                and r.get("summary", {}).get("preset", base) == base}   # not the scale point's larger models
     if which != "best":
         return which if which in trained else None
-    return min(trained, key=lambda n: held_out_ppl(trained[n])) if trained else None
+    shippable = [n for n in trained if shipped_ppl is not None and refusal(res, n, shipped_ppl) is None]
+    return min(shippable or trained, key=lambda n: held_out_ppl(trained[n])) if trained else None
 
 
 def refusal(res: dict, name: str, old_ppl: float) -> str | None:
@@ -72,7 +76,9 @@ def export(runs: Path, res: dict, out: Path, which: str) -> str | None:
 
     from asa_runtime.checkpoint import load_checkpoint, save_checkpoint
 
-    name = pick(res, which)
+    shipped = PACKAGE_MODEL / "config.json"
+    meta = json.loads(shipped.read_text()).get("meta", {}) if shipped.is_file() else {}
+    name = pick(res, which, meta.get("held_out_ppl") or v1_ppl())
     if name is None:
         print(f"export {which}: no trained ASA model to export")
         return None
