@@ -247,4 +247,5 @@ def test_llama_cpp_greedy_equals_ours_dense(llama_cpp, asa_small_gguf, dense_ref
     print(setup, results)
     # compare_greedy failed already unless every step before a divergence was within tol and the divergence
     # itself a near-tie (none was seen in the measurements above); at least 4 prompts agree for >= 32 tokens
-    assert sum(r["agreed"] >= 32 for r in results.values()) >= 4, results
+    # (without ../shared/data's EWT sentences there are only the 3 fixed prompts: then all of them)
+    assert sum(r["agreed"] >= 32 for r in results.values()) >= min(4, len(results)), results
