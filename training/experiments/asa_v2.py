@@ -455,12 +455,10 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
 def collect(s: Setup) -> dict:
     res = {"setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in s.__dict__.items()},
            "state": read_state(s), "models": {}}
-    try:                                       # the card names the GPU (batches before session 12 did not record it)
-        import torch
-        if torch.cuda.is_available():
-            res["setup"]["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+    import torch
+
+    if torch.cuda.is_available():              # the card names the GPU (batches before session 12 did not record it)
+        res["setup"]["gpu"] = torch.cuda.get_device_name(0)
     for n in s.evaluated():
         p = s.runs / "eval" / f"{n}.json"
         if p.is_file():

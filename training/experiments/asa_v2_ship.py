@@ -76,9 +76,7 @@ def export(runs: Path, res: dict, out: Path, which: str) -> str | None:
 
     from asa_runtime.checkpoint import load_checkpoint, save_checkpoint
 
-    shipped = PACKAGE_MODEL / "config.json"
-    meta = json.loads(shipped.read_text()).get("meta", {}) if shipped.is_file() else {}
-    name = pick(res, which, meta.get("held_out_ppl") or v1_ppl())
+    name = pick(res, which, shipped_ppl(json.loads((PACKAGE_MODEL / "config.json").read_text()).get("meta", {})))
     if name is None:
         print(f"export {which}: no trained ASA model to export")
         return None
@@ -104,6 +102,11 @@ def v1_ppl() -> float:
     """asa-small v1's held-out perplexity, from its training results (the shipped model has no summary here)."""
     r = json.loads((REPO / "training" / "results" / "asa_small" / "asa_small_results.json").read_text())
     return r["asa"]["summary"]["final"]["valid"]["ppl_bpe"]
+
+
+def shipped_ppl(meta: dict) -> float:
+    """The held-out perplexity of the shipped asa-small, from its config's meta (v1 recorded none)."""
+    return meta.get("held_out_ppl") or v1_ppl()
 
 
 def _ppl(r: dict, L: str, method: str = "model"):
@@ -295,7 +298,7 @@ def ship(src: Path, prep: Path = REPO / "runs" / "asa_prep", dst: Path = PACKAGE
     name = cfg["meta"]["asa_v2_model"]
     ppl, shipped = held_out_ppl(res["models"][name]), json.loads((dst / "config.json").read_text())
     sm = shipped.get("meta", {})
-    old = sm.get("held_out_ppl") or v1_ppl()
+    old = shipped_ppl(sm)
     if sm.get("asa_v2_model") == name:              # the same model again (a regenerated card): keep its history
         replaces, version = sm["replaces"], sm["version"]
         old = replaces["held_out_ppl"]              # judged against the model it replaced, not itself

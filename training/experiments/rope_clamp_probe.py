@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from asa_runtime import model as M
+from training.long_context import Method, sequence_nll
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK = 256                                   # queries per gathered block (bounds memory at 32k)
@@ -34,7 +34,8 @@ def clamped_attention(q_raw, k_raw, v, rc, keys, w: int | None, rc_w):
     B, H, T, hs = q_raw.shape
     Hkv = k_raw.shape[1]
     q, k = M.apply_rope(q_raw, rc).float(), M.apply_rope(k_raw, rc).float()
-    qf = M.apply_rope(q_raw, rc_w.expand(T, -1, -1)).float()                 # every query rotated by R(w)
+    if w is not None:
+        qf = M.apply_rope(q_raw, rc_w.expand(T, -1, -1)).float()             # every query rotated by R(w)
     kr, vf = k_raw.float(), v.float()
     if Hkv != H:
         rep = H // Hkv
@@ -74,12 +75,8 @@ def patch(w: int | None):
     M.Attention.forward = forward
 
 
-@torch.no_grad()
 def nll(model, seq: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(seq[:-1].astype(np.int64))[None]
-    y = torch.from_numpy(seq[1:].astype(np.int64))
-    logits = model(x, torch.from_numpy(keys.astype(np.int32))[None])[0]
-    return F.cross_entropy(logits.float(), y, reduction="none").numpy()
+    return sequence_nll(model, seq, Method(), keys, "cpu")                 # the evaluation's own scoring
 
 
 def main(argv=None):
@@ -91,10 +88,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="asa-small")
     ap.add_argument("--prep", default=str(REPO / "runs" / "asa_prep"))
-    ap.add_argument("--contexts", default="2048,8192,32768")
-    ap.add_argument("--clamps", default="none,2048,1024", help="w values: far keys scored at distance w")
-    ap.add_argument("--max-tokens", type=int, default=65536, help="held-out tokens per context (from the start)")
-    ap.add_argument("--out", default=str(REPO / "training" / "results" / "asa_v2" / "rope_clamp"))
+    # the defaults are the committed run on the evaluation's windows (rope_clamp/full; ~32 min on 2 cores)
+    ap.add_argument("--contexts", default="8192,32768")
+    ap.add_argument("--clamps", default="2048,none", help="w values: far keys scored at distance w")
+    ap.add_argument("--max-tokens", type=int, default=131072, help="held-out tokens per context (from the start)")
+    ap.add_argument("--out", default=str(REPO / "training" / "results" / "asa_v2" / "rope_clamp" / "full"))
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args(argv)
     if a.threads:
