@@ -93,6 +93,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     plan: PlanConfig = field(default_factory=PlanConfig)
+    # RoPE clamp (0 = off): a planned key more than rope_clamp tokens back is scored as if exactly rope_clamp
+    # back (ReRoPE-style), so a plan's far keys (sinks, cohesion mentions) never sit at a relative position the
+    # model was not trained on. At rope_clamp >= max_seq_len it changes nothing inside the training length.
+    rope_clamp: int = 0
 
     def __post_init__(self):
         if isinstance(self.plan, dict):
@@ -102,6 +106,7 @@ class ModelConfig:
         _check_types(self, ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "max_seq_len"),
                      int, minimum=1)
         _check_types(self, ("rope_theta", "norm_eps"), float)
+        _check_types(self, ("rope_clamp",), int, minimum=0)    # the dense baseline (mode none) ignores it
         if not (self.rope_theta > 1 and 0 < self.norm_eps < 1):
             raise ValueError(f"rope_theta must be > 1 and norm_eps in (0, 1), got {self.rope_theta}, "
                              f"{self.norm_eps}")
@@ -129,6 +134,8 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["plan"] = self.plan.to_dict()
+        if not self.rope_clamp:
+            del d["rope_clamp"]     # off: config.json and the hashes of existing models are as before
         return d
 
     @classmethod

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import sparse_attention
-from kernels.torch_sparse import UnionPlan, union_attention
+from kernels.torch_sparse import UnionPlan, rope_deltas, rotate, union_attention
 
 from .cache_state import state_rows
 from .config import ModelConfig
@@ -50,6 +50,12 @@ def apply_rope(x: torch.Tensor, rc: torch.Tensor) -> torch.Tensor:
     cos, sin = rc[..., 0], rc[..., 1]
     out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], -1)
     return out.flatten(-2).type_as(x)
+
+
+def _turn(kg: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    """Gathered keys (1, Hkv, n, hs) times the complex rotations far (n, hs/2): float32 (the RoPE clamp)."""
+    kc = torch.view_as_complex(kg.float().reshape(*kg.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(kc * far).flatten(-2)
 
 
 def _mv(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +162,8 @@ class Attention(nn.Module):
         v = v.reshape(B, T, Hkv, hs).transpose(1, 2)              # (B, Hkv, T, hs)
         return apply_rope(q, rc), apply_rope(k, rc), v
 
-    def forward(self, x, rc, keys, slots, attn_mask, cache: KVCache | None):
+    def forward(self, x, rc, keys, slots, attn_mask, cache: KVCache | None, clamp=None):
+        """clamp: (rope_delta in the plan's layout, RoPE table) when the RoPE clamp applies (Transformer.forward)."""
         B, T, _ = x.shape
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q, k, v = self.project(x, rc)
@@ -170,16 +177,17 @@ class Attention(nn.Module):
                 k, v = k[:, :, :S].to(q.dtype), v[:, :, :S].to(q.dtype)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=H != Hkv)
         elif isinstance(keys, UnionPlan):                         # CPU prefill layout (kernels/torch_sparse)
-            y = union_attention(q, k, v, keys)
+            y = union_attention(q, k, v, keys, *(clamp or ()))
         else:
-            y = sparse_attention(q, k, v, keys)                   # (B, H, T, hs)
+            y = sparse_attention(q, k, v, keys, **({} if clamp is None else dict(rope_delta=clamp[0], rope=clamp[1])))
         return self.wo(y.transpose(1, 2).reshape(B, T, H * hs))
 
-    def decode_one(self, h, rot, idx, pos, slot, cache: KVCache, attn_out: list | None, mask=None):
+    def decode_one(self, h, rot, idx, pos, slot, cache: KVCache, attn_out: list | None, mask=None, far=None):
         """One token of one sequence on 1-D vectors. h: (d,); rot: (hs/2,) complex cos + i sin of the
         position; idx: (n,) planned slots, or None for the dense baseline (slots 0..pos are positions).
         Static shapes (a CUDA graph replays it): pos and slot 0-d tensors, mask (n,) bool over idx (padded
-        to the plan width) or, with idx None, over every cache slot."""
+        to the plan width) or, with idx None, over every cache slot. far: (n, hs/2) complex rotations of the
+        RoPE clamp for idx's keys (1 for a near key), or None."""
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         nqk = (H + Hkv) * hs
         dt = h.dtype
@@ -192,6 +200,8 @@ class Attention(nn.Module):
             cache.v[0].index_copy_(1, slot.view(1), qkv[nqk:].view(Hkv, 1, hs).to(cache.v.dtype))
             kg, vg = (cache.k, cache.v) if idx is None else (cache.k.index_select(2, idx),
                                                              cache.v.index_select(2, idx))
+            if far is not None:
+                kg = _turn(kg, far).to(kg.dtype)
             # the cache's dtype, not float32: dense reads every slot, an upcast copy would dominate
             y = F.scaled_dot_product_attention(r[:H].view(1, H, 1, hs).to(kg.dtype), kg, vg, attn_mask=mask[None],
                                                enable_gqa=H != Hkv)
@@ -203,7 +213,7 @@ class Attention(nn.Module):
         else:
             kg, vg = cache.k.index_select(2, idx), cache.v.index_select(2, idx)  # (1, Hkv, n, hs)
         q = r[:H].float().view(1, H, 1, hs)                       # (1, H, 1, hs)
-        kg, vg = kg.float(), vg.float()
+        kg, vg = (kg.float() if far is None else _turn(kg, far)), vg.float()
         y = F.scaled_dot_product_attention(q, kg, vg, enable_gqa=H != Hkv)       # (1, H, 1, hs)
         if attn_out is not None:                                  # the weights, for the bonds view only
             kr = kg[0].repeat_interleave(H // Hkv, 0)             # (H, n, hs)
@@ -236,14 +246,14 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, rc, keys, slots, attn_mask, cache=None):
-        x = x + self.attention(self.attention_norm(x), rc, keys, slots, attn_mask, cache)
+    def forward(self, x, rc, keys, slots, attn_mask, cache=None, clamp=None):
+        x = x + self.attention(self.attention_norm(x), rc, keys, slots, attn_mask, cache, clamp)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def decode_one(self, x, rot, idx, pos, slot, cache, attn_out=None, mask=None):
+    def decode_one(self, x, rot, idx, pos, slot, cache, attn_out=None, mask=None, far=None):
         # .forward: a decode step is ~100 small ops, the hook dispatch of Module.__call__ shows in its time
         x = x + self.attention.decode_one(self.attention_norm.forward(x), rot, idx, pos, slot, cache, attn_out,
-                                          mask)
+                                          mask, far)
         return x + self.feed_forward.decode_one(self.ffn_norm.forward(x))
 
 
@@ -324,11 +334,13 @@ class Transformer(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self, idx, keys=None, input_pos=None, slots=None, cache: ModelCache | None = None,
-                last_only: bool = False):
+                last_only: bool = False, key_pos=None):
         """idx: (B, T) token ids. keys: (B, T, K) plan rows (cache slots when a cache is given; token
         positions otherwise), a kernels.torch_sparse.UnionPlan of them, or None for the dense baseline.
         input_pos: (T,) ascending token positions (RoPE), default 0..T-1. slots: (T,) cache rows to write
-        (default input_pos). last_only: project only the last position to the vocabulary (prefill)."""
+        (default input_pos). last_only: project only the last position to the vocabulary (prefill).
+        key_pos: (B, T, K) the plan rows as token positions, when keys hold slots and the RoPE clamp
+        (cfg.rope_clamp) may apply; a UnionPlan carries its own (UnionPlan.pos)."""
         B, T = idx.shape
         if input_pos is None:
             input_pos = torch.arange(T, device=idx.device)
@@ -344,8 +356,9 @@ class Transformer(nn.Module):
         elif isinstance(keys, tuple) and not self.cfg.plan.narrow_k:
             raise ValueError("a (wide, narrow) pair of plans is for a layer-dependent plan (narrow_k)")
         x = self.tok_embeddings(idx)                               # (B, T, d)
-        for i, (layer, lk) in enumerate(zip(self.layers, self.layer_keys(keys))):
-            x = layer(x, rc, lk, slots, attn_mask, None if cache is None else cache[i])
+        clamps = self.layer_clamps(keys, key_pos, input_pos, cache is not None)
+        for i, (layer, lk, cl) in enumerate(zip(self.layers, self.layer_keys(keys), clamps)):
+            x = layer(x, rc, lk, slots, attn_mask, None if cache is None else cache[i], cl)
         if last_only:
             x = x[:, -1:]                                          # (B, 1, d)
         return self.output(self.norm(x))                           # (B, T or 1, vocab)
@@ -359,38 +372,92 @@ class Transformer(nn.Module):
         wide, narrow = keys if isinstance(keys, tuple) else (keys, narrow_rows(keys, p.narrow_k, p.sinks))
         return [wide if i in p.wide_layers else narrow for i in range(len(self.layers))]
 
+    def layer_clamps(self, keys, key_pos, input_pos, cached: bool) -> list:
+        """Each layer's RoPE clamp for Attention.forward: (rope_delta in its plan's layout, the RoPE table), or
+        None where no planned key is more than cfg.rope_clamp tokens back (always inside the training length
+        when rope_clamp >= max_seq_len: training never takes this path's rotations)."""
+        w, n = self.cfg.rope_clamp, len(self.layers)
+        if not w or keys is None or int(input_pos[-1]) <= w:     # no key can be that far back
+            return [None] * n
+
+        def one(k, kp):
+            if isinstance(k, UnionPlan):
+                if k.pos is None:
+                    raise ValueError("the RoPE clamp needs the union's token positions (UnionPlan.from_rows "
+                                     "positions=)")
+                d = k.deltas(input_pos, w)
+            else:
+                if kp is None:
+                    if cached:
+                        raise ValueError("the RoPE clamp needs the plan rows as token positions (key_pos) "
+                                         "when the rows hold cache slots")
+                    kp = k                                          # no cache: the rows are positions
+                d = rope_deltas(input_pos, kp.to(k.device), w)
+            return (d, self.rope) if bool(d.any()) else None
+
+        p = self.cfg.plan
+        if not p.narrow_k:
+            return [one(keys, key_pos)] * n
+        if isinstance(keys, tuple):                                # (wide, narrow) unions: own positions
+            wide, narrow = one(keys[0], None), one(keys[1], None)
+        else:
+            kp = key_pos if key_pos is not None else (None if cached else keys)
+            wide = one(keys, kp)
+            narrow = one(narrow_rows(keys, p.narrow_k, p.sinks),
+                         None if kp is None else narrow_rows(kp, p.narrow_k, p.sinks))
+        return [wide if i in p.wide_layers else narrow for i in range(n)]
+
     def decode_one(self, token, idx: torch.Tensor | None, pos, slot, cache: ModelCache,
-                   attn_out: list | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                   attn_out: list | None = None, mask: torch.Tensor | None = None,
+                   key_pos: torch.Tensor | None = None) -> torch.Tensor:
         """One token of one sequence (the decode step, few large ops): logits (V,) float32. idx: (n,) the
         plan row's slots without padding, or None (dense). attn_out, if a list, receives per layer the
         head-averaged attention weights over idx (n,). With a mask the step has static shapes for a CUDA
         graph (asa_runtime/backends/cuda_graph.py): token, pos and slot are 0-d device tensors, idx is
         padded and mask (n,) marks its valid entries (dense: idx None, mask over every slot); call
-        rope_table(ctx) before, so the table is not grown inside a capture."""
+        rope_table(ctx) before, so the table is not grown inside a capture. key_pos: idx's token positions
+        (same shape), needed when the RoPE clamp (cfg.rope_clamp) applies."""
         if mask is None:
             rot = torch.view_as_complex(self.rope_table(pos + 1)[pos].contiguous())   # (hs/2,)
         else:
             # index_select: indexing by a 0-d tensor reads it back to the host, which a capture forbids
             rot = torch.view_as_complex(self.rope.index_select(0, pos.view(1))[0])    # (hs/2,)
+        far = self._far(idx, pos, key_pos, mask is not None)      # after rope_table grew the table
         emb = self.tok_embeddings.weight
         x = emb[token] if mask is None else emb.index_select(0, token.view(1))[0]    # (d,)
         p, narrow = self.cfg.plan, None
         if p.narrow_k and idx is not None:                         # the narrow layers' part of the row
             if mask is None:
                 keep = narrow_keep(len(idx), p.narrow_k, p.sinks, len(idx), idx.device)
-                narrow = (idx[keep], None, keep)
+                narrow = (idx[keep], None, keep, None if far is None else far[keep])
             else:                                                  # static shapes: narrow the mask instead
-                narrow = (idx, mask & narrow_keep(mask.sum(), p.narrow_k, p.sinks, len(mask), mask.device), None)
+                narrow = (idx, mask & narrow_keep(mask.sum(), p.narrow_k, p.sinks, len(mask), mask.device), None,
+                          far)
         for i, (layer, c) in enumerate(zip(self.layers, cache)):
             if narrow is None or i in p.wide_layers:
-                x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask)
+                x = layer.decode_one(x, rot, idx, pos, slot, c, attn_out, mask, far)
                 continue
-            x = layer.decode_one(x, rot, narrow[0], pos, slot, c, attn_out, narrow[1])
+            x = layer.decode_one(x, rot, narrow[0], pos, slot, c, attn_out, narrow[1], narrow[3])
             if attn_out is not None and narrow[2] is not None:     # weights over the whole row, 0 where unread
                 w = attn_out[-1].new_zeros(len(idx))
                 w[narrow[2]] = attn_out[-1]
                 attn_out[-1] = w
         return _mv(self.output, self.norm.forward(x)).float()      # (V,)
+
+    def _far(self, idx, pos, key_pos, static: bool):
+        """decode_one's RoPE clamp: (n, hs/2) complex rotations that move idx's keys more than w back to
+        distance w (1 for the others), or None when off or (eager) when no key is that far."""
+        w = self.cfg.rope_clamp
+        if not w or idx is None:
+            return None
+        if not static and pos <= w:                                # no key can be that far back
+            return None
+        if key_pos is None:
+            raise ValueError("the RoPE clamp needs the plan row's token positions (key_pos)")
+        delta = (pos - key_pos.to(idx.device) - w).clamp_min(0)   # (n,); padding is masked anyway
+        if not static and not bool(delta.any()):
+            return None
+        return torch.view_as_complex(self.rope.index_select(0, delta.long()).contiguous())   # (n, hs/2)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

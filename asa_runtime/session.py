@@ -83,6 +83,8 @@ class Session:
         # a model may have more output rows than the tokenizer has ids: those are never sampled
         self.n_vocab = min(lm.config.vocab_size, lm.tokenizer.vocab_size)
         self.dense = lm.dense
+        # the RoPE clamp scores far keys by their token positions: backends get the rows as positions too
+        self.clamp = bool(getattr(lm.config, "rope_clamp", 0)) and not self.dense
         self._row = np.full(lm.config.plan.k, -1, dtype=np.int64)   # decode step's slot row, reused
         self.reset()
 
@@ -171,7 +173,8 @@ class Session:
             if not self.dense:
                 prow = self.plan.extend_many([self.pieces[t] for t in chunk.tolist()])   # (n, K) positions
                 rows = self.slots.map_rows(prow)                                     # (n, K) slots
-            outs.append(self.backend.prefill(self.cache, chunk, rows, pos, sl, all_logits=all_logits))
+            kw = {"plan_pos": prow} if self.clamp else {}
+            outs.append(self.backend.prefill(self.cache, chunk, rows, pos, sl, all_logits=all_logits, **kw))
             self.tokens.extend(chunk.tolist())
             self.version += 1
             i += n
@@ -203,7 +206,8 @@ class Session:
         if not self.dense:
             self.last_row = self.plan.extend(self.pieces[token])                   # (K,) positions
             row = self.slots.map_rows(self.last_row, out=self._row)                # (K,) slots
-        self.last_logits = self.backend.decode(self.cache, token, row, int(pos[0]), int(sl[0]), attn_out)
+        kw = {"plan_pos": self.last_row} if self.clamp else {}
+        self.last_logits = self.backend.decode(self.cache, token, row, int(pos[0]), int(sl[0]), attn_out, **kw)
         self.tokens.append(int(token))
         self.version += 1
         return self.last_logits

@@ -45,14 +45,16 @@ class Backend(Protocol):
         """An empty cache of n_slots rows for one sequence."""
 
     def prefill(self, cache: Cache, ids: np.ndarray, plan_rows: np.ndarray | None, positions: np.ndarray,
-                slots: np.ndarray, all_logits: bool = False) -> torch.Tensor:
+                slots: np.ndarray, all_logits: bool = False, plan_pos: np.ndarray | None = None) -> torch.Tensor:
         """ids (T,), plan_rows (T, K) slots or None, positions (T,) for RoPE, slots (T,) cache rows to write.
-        Returns the last token's logits (V,) float32, or (T, V) if all_logits."""
+        Returns the last token's logits (V,) float32, or (T, V) if all_logits. plan_pos: plan_rows as token
+        positions, given (and needed) when the model has a RoPE clamp (ModelConfig.rope_clamp)."""
 
     def decode(self, cache: Cache, token: int, plan_row: np.ndarray | None, pos: int, slot: int,
-               attn_out: list | None = None) -> torch.Tensor:
+               attn_out: list | None = None, plan_pos: np.ndarray | None = None) -> torch.Tensor:
         """One token: logits (V,) float32. If attn_out is a list and the backend can, it receives per layer
-        the head-averaged attention weights over the plan row's valid entries (the bonds view)."""
+        the head-averaged attention weights over the plan row's valid entries (the bonds view). plan_pos: as
+        in prefill."""
 
 
 # name -> (module, class); a backend class is built as Cls(model, device=, kv_dtype=, source=) where

@@ -4,7 +4,8 @@ A decode step of asa-small is a few hundred small kernels; on a GPU their launch
 the speed. A CUDA graph records the step once and replays it with one launch. A graph needs static shapes and
 addresses, so the step runs `Transformer.decode_one` in its static form (the same forward: see its
 docstring): the token, position, slot and plan row travel in one int64 device buffer, the plan row padded to
-the plan width K with slot 0 and masked, the dense baseline masked over every cache slot.
+the plan width K with slot 0 and masked, the dense baseline masked over every cache slot. With a RoPE clamp
+(ModelConfig.rope_clamp) the row's token positions follow it in the buffer.
 
 One graph per (cache, plan width): the cache's tensors are baked into it. Compaction (`move_slots`) copies in
 place, so a graph stays valid for its cache's life. Not used when the attention weights are asked for
@@ -22,7 +23,8 @@ class GraphedDecode:
         # compile: inductor fuses the step's few hundred small kernels before the graph records them
         self.fn = torch.compile(self._step, dynamic=False) if compile else self._step
         dev = cache[0].k.device
-        n = 4 + (width or 0)                                   # token, pos, slot, n valid, row...
+        self.clamp = bool(width and model.cfg.rope_clamp)
+        n = 4 + (width or 0) * (2 if self.clamp else 1)         # token, pos, slot, n valid, row..., positions...
         self.host = torch.zeros(n, dtype=torch.int64).pin_memory()
         self.buf = torch.zeros(n, dtype=torch.int64, device=dev)
         self.ar = torch.arange(width or cache.n_slots, device=dev)
@@ -32,11 +34,14 @@ class GraphedDecode:
 
     def _step(self) -> torch.Tensor:
         b = self.buf
+        key_pos = None
         if self.width:                                          # sparse: the padded plan row, masked
-            idx, mask = b[4:], self.ar < b[3]
+            idx, mask = b[4: 4 + self.width], self.ar < b[3]
+            if self.clamp:
+                key_pos = b[4 + self.width:]
         else:                                                   # dense: every slot up to the position
             idx, mask = None, self.ar <= b[1]
-        return self.model.decode_one(b[0], idx, b[1], b[2], self.cache, mask=mask)
+        return self.model.decode_one(b[0], idx, b[1], b[2], self.cache, mask=mask, key_pos=key_pos)
 
     def _capture(self) -> None:
         # warm-up on a side stream first (cuBLAS / SDPA pick their kernels); it runs the real first step, so
@@ -51,14 +56,20 @@ class GraphedDecode:
         with torch.cuda.graph(self.graph):
             self.out = self.fn()
 
-    def __call__(self, token: int, plan_row: np.ndarray | None, pos: int, slot: int) -> torch.Tensor:
+    def __call__(self, token: int, plan_row: np.ndarray | None, pos: int, slot: int,
+                 plan_pos: np.ndarray | None = None) -> torch.Tensor:
         h = self.host.numpy()
         h[0], h[1], h[2] = token, pos, slot
         if self.width:
             n = int(np.count_nonzero(plan_row >= 0))            # padding (-1) is trailing
             h[3] = n
             h[4: 4 + n] = plan_row[:n]
-            h[4 + n:] = 0                                       # a valid slot; masked out
+            h[4 + n: 4 + self.width] = 0                        # a valid slot; masked out
+            if self.clamp:
+                if plan_pos is None:
+                    raise ValueError("the RoPE clamp needs the plan row's token positions (plan_pos)")
+                h[4 + self.width: 4 + self.width + n] = plan_pos[:n]
+                h[4 + self.width + n:] = pos                    # padding: distance 0, masked out
         self.buf.copy_(self.host)                               # synchronous: the host buffer is reused
         rope = self.model.rope_table(pos + 1)                   # grown outside the capture, if at all
         if self.graph is None or rope.data_ptr() != self.rope_ptr:   # (re)grown, here or by another session

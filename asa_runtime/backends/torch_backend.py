@@ -41,32 +41,37 @@ class TorchBackend:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
 
     @torch.inference_mode()
-    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
+    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False,
+                plan_pos=None) -> torch.Tensor:
         idx, pos, sl = self._tensor(ids)[None], self._tensor(positions), self._tensor(slots)   # (1, T), (T,)
-        keys = None
+        keys = key_pos = None
         if plan_rows is not None:
             rows = np.asarray(plan_rows)
+            if plan_pos is not None:
+                plan_pos = np.asarray(plan_pos)
             if self.union_prefill and UnionPlan.worth_it(rows):
-                keys = UnionPlan.from_rows(rows, self.device)
+                keys = UnionPlan.from_rows(rows, self.device, plan_pos)
                 p = self.model.cfg.plan
                 if p.narrow_k:                                  # a layer-dependent plan: a union per part
-                    narrow = narrow_rows(torch.from_numpy(rows), p.narrow_k, p.sinks).numpy()
-                    keys = (keys, UnionPlan.from_rows(narrow, self.device))
+                    def narrow(a):
+                        return None if a is None else narrow_rows(torch.from_numpy(a), p.narrow_k, p.sinks).numpy()
+                    keys = (keys, UnionPlan.from_rows(narrow(rows), self.device, narrow(plan_pos)))
             else:
                 keys = self._tensor(rows)[None]                                             # (1, T, K)
-        logits = self.model(idx, keys, pos, sl, cache=cache, last_only=not all_logits)[0].float()
+                key_pos = None if plan_pos is None else self._tensor(plan_pos)[None]
+        logits = self.model(idx, keys, pos, sl, cache=cache, last_only=not all_logits,
+                            key_pos=key_pos)[0].float()
         return logits if all_logits else logits[-1]
 
     @torch.inference_mode()
-    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
+    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None, plan_pos=None) -> torch.Tensor:
         if self.cuda_graph and attn_out is None:
             g = graphed_decoder(self.model, cache, plan_row, self.compile_decode)
-            return g(int(token), plan_row, int(pos), int(slot))
-        idx = None
+            return g(int(token), plan_row, int(pos), int(slot), plan_pos)
+        idx = key_pos = None
         if plan_row is not None:
             n = int(np.count_nonzero(plan_row >= 0))              # padding (-1) is trailing
-            idx = torch.from_numpy(plan_row[:n])
-            if idx.dtype != torch.int64:
-                idx = idx.long()
-            idx = idx.to(self.device)
-        return self.model.decode_one(int(token), idx, int(pos), int(slot), cache, attn_out)
+            idx = self._tensor(plan_row[:n])
+            if plan_pos is not None:
+                key_pos = self._tensor(plan_pos[:n])
+        return self.model.decode_one(int(token), idx, int(pos), int(slot), cache, attn_out, key_pos=key_pos)
