@@ -78,13 +78,14 @@ def model_hash(config_dict: dict, quantize: str | None = None, dtype: str | None
 
 def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=None,
          backend: str = "torch", kv_dtype=None, planner=None, verify: bool = True,
-         mode: str | None = None) -> LoadedModel:
+         mode: str | None = None, rope_clamp: int | None = None) -> LoadedModel:
     """Load a registry name or model folder. Raises RegistryError / CheckpointError / GenerationError /
     BackendError (all one-line) on bad input. `planner` overrides the planner built from the model's
     PlanConfig. verify=False loads a folder whose files do not match (or lack) recorded checksums. mode
     overrides the plan's ASA mode (e.g. "none": the same weights as a dense causal model, for comparisons).
     kv_dtype: None keeps the cache in the weights' dtype; "auto" (the CLI's default) picks bfloat16 for a sparse
-    fp32 model on the torch backend."""
+    fp32 model on the torch backend. rope_clamp overrides the model's RoPE clamp (ModelConfig.rope_clamp; 0 = off;
+    None keeps the model's)."""
     device = check_device(device)
     path = resolve(name_or_path)
     auto_kv = kv_dtype == "auto"              # the CLI's default: bfloat16 where it is lossless, else the model's
@@ -95,6 +96,11 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
     if quantize and quantize not in SCHEMES:                   # before the weights are read
         raise GenerationError(f"unknown quantization {quantize!r}; available: {', '.join(SCHEMES)}")
     _check_planner(planner)
+    if rope_clamp is not None and (isinstance(rope_clamp, bool) or not isinstance(rope_clamp, int) or rope_clamp < 0):
+        raise GenerationError(f"rope_clamp must be an integer >= 0 (0 = off), got {rope_clamp!r}")
+    if rope_clamp is not None and _export_format(path) in ("asa-mlx/1", "asa-onnx/1"):
+        raise BackendError(f"{path} is an export: its RoPE clamp was fixed when it was exported (re-export the "
+                           f"model to change it)")
     if _export_format(path) == "asa-mlx/1":           # `asa-run export --format mlx` folder: no torch model
         return _load_mlx_export(path, device, quantize, dtype, backend, kv_dtype, planner)
     if _export_format(path) == "asa-onnx/1":          # `asa-run export --format onnx` folder: no torch model
@@ -105,6 +111,9 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
             ck.config.plan = PlanConfig.from_dict({**ck.config.plan.to_dict(), "mode": mode})
         except ValueError as e:
             raise GenerationError(str(e)) from None
+        ck.model.cfg = ck.config
+    if rope_clamp is not None and rope_clamp != ck.config.rope_clamp:
+        ck.config.rope_clamp = rope_clamp                      # before a backend is built from the config
         ck.model.cfg = ck.config
     if auto_kv and backend == "torch" and not ck.config.plan.dense \
             and ck.model.tok_embeddings.weight.dtype == torch.float32:
@@ -124,7 +133,8 @@ def load(name_or_path, device: str = "cpu", quantize: str | None = None, dtype=N
     be = make_backend(backend, ck.model, device=device, kv_dtype=kv_dtype, source=path)
     return LoadedModel(model=ck.model, tokenizer=ck.tokenizer, planner=planner, config=ck.config, backend=be,
                        path=path, device=device,
-                       model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}/{ck.config.plan.mode}"),
+                       model_hash=model_hash(raw, quantize, f"{dtype}/{kv_dtype}/{ck.config.plan.mode}"
+                                             + (f"/rope_clamp={rope_clamp}" if rope_clamp is not None else "")),
                        quantize=quantize, meta=ck.meta)
 
 

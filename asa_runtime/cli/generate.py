@@ -61,6 +61,10 @@ def model_options(f):
                      show_default=True,
                      help="KV cache dtype. auto: bfloat16 for a sparse model on the torch backend (half the "
                           "memory, same perplexity), the model's dtype otherwise."),
+        click.option("--rope-clamp", type=click.IntRange(min=-1), default=-1, show_default=True,
+                     help="Score planned keys more than N tokens back as if N back (ReRoPE-style; keeps far keys "
+                          "at distances the model was trained on). -1: the model's setting (asa-small: 2048, "
+                          "its training length); 0: off."),
         click.option("-c", "--ctx-size", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Context length in tokens (0 = the model's max_seq_len)."),
         click.option("--max-kv-size", type=click.IntRange(min=0), default=0, show_default=True,
@@ -106,7 +110,8 @@ def load_model(o: dict):
     if o.get("no_verify"):
         click.echo("warning: --no-verify: loading model files without checking their checksums", err=True)
     return load(o["model"], device=o["device"], quantize=o["quantize"], backend=o["backend"], dtype=o["dtype"],
-                kv_dtype=o["kv_dtype"], verify=not o.get("no_verify"))
+                kv_dtype=o["kv_dtype"], verify=not o.get("no_verify"),
+                rope_clamp=None if o.get("rope_clamp", -1) < 0 else o["rope_clamp"])
 
 
 def use_prompt_cache(path, session):

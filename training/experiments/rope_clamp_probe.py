@@ -61,7 +61,7 @@ def clamped_attention(q_raw, k_raw, v, rc, keys, w: int | None, rc_w):
 
 
 def patch(w: int | None):
-    def forward(self, x, rc, keys, slots, attn_mask, cache):
+    def forward(self, x, rc, keys, slots, attn_mask, cache, clamp=None):
         assert cache is None and isinstance(keys, torch.Tensor), "probe: no-cache forward with plan rows only"
         B, T, _ = x.shape
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
