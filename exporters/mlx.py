@@ -2,8 +2,10 @@
 
     DIR/model.safetensors   weights under the MLX model's names (asa_runtime/backends/mlx_model.py), mx.save_safetensors
     DIR/config.json         format "asa-mlx/1": mlx-lm's llama arguments (model_type, hidden_size, ...,
-                            rope_traditional true), the ModelConfig fields with the plan policy, the source
-                            checkpoint's file hashes, tokenizer and analyzer hashes, this file's sha256
+                            rope_traditional true; rope_clamp when the model has a RoPE clamp, which the
+                            mlx backend applies and mlx-lm would ignore), the ModelConfig fields with the plan
+                            policy, the source checkpoint's file hashes, tokenizer and analyzer hashes, this
+                            file's sha256
     DIR/tokenizer.json      the byte-level BPE, unchanged
     DIR/analyzer/           the analyzer artifacts a sparse model was trained with (its plans depend on them)
 

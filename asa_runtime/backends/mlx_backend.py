@@ -8,6 +8,9 @@ torch `device` argument only says where the torch model lives. Logits come back 
 and cache states as torch CPU tensors, so sampling, plans, --max-kv-size and prompt caches are unchanged.
 
 The MLX model file lives beside this backend (the runtime runs it); exporters/mlx.py writes folders for it.
+
+RoPE clamp (ModelConfig.rope_clamp, carried as ModelArgs.rope_clamp): prefill and decode then need the plan rows
+as token positions (`plan_pos`, which Session passes) beside the slot rows, and refuse rows without them.
 """
 from __future__ import annotations
 
@@ -148,37 +151,64 @@ class MlxBackend:
             return int(p[0])
         return mx.array(p.astype(np.int32))
 
-    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
+    def _plan_pos(self, plan_pos, shape) -> np.ndarray | None:
+        """The plan rows as token positions (int32) when the model has a RoPE clamp; refuses rows without them."""
+        if not self.args.rope_clamp:
+            return None
+        if plan_pos is None:
+            raise BackendError(f"mlx backend: this model has a RoPE clamp (rope_clamp {self.args.rope_clamp}): "
+                               f"prefill and decode need the plan rows as token positions (plan_pos)")
+        pp = np.asarray(plan_pos, dtype=np.int32)
+        if pp.shape[:len(shape)] != tuple(shape):
+            raise BackendError(f"mlx backend: plan_pos has shape {pp.shape}, the plan rows {tuple(shape)}")
+        return pp
+
+    def _per_layer(self, wide, narrow):
+        return [wide if i in self.plan.wide_layers else narrow for i in range(self.args.num_hidden_layers)]
+
+    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False,
+                plan_pos=None) -> torch.Tensor:
         x = mx.array(np.asarray(ids, dtype=np.int32))[None]                    # (1, T)
         sl = mx.array(np.asarray(slots, dtype=np.int32))                       # (T,)
-        keys = None
+        keys = key_pos = None
         if plan_rows is not None:
             rows = np.asarray(plan_rows, dtype=np.int32)
+            pp = self._plan_pos(plan_pos, rows.shape)
             keys = mx.array(rows)[None]                                          # (1, T, K)
+            key_pos = None if pp is None else mx.array(pp)[None]
             if self.plan.narrow_k:                      # a layer-dependent plan: each layer's rows
-                narrow = mx.array(narrow_rows(torch.from_numpy(rows), self.plan.narrow_k, self.plan.sinks).numpy())
-                keys = [keys if i in self.plan.wide_layers else narrow[None] for i in range(self.args.num_hidden_layers)]
+                def narrow(a):
+                    return mx.array(narrow_rows(torch.from_numpy(a), self.plan.narrow_k, self.plan.sinks).numpy())[None]
+                keys = self._per_layer(keys, narrow(rows))
+                if pp is not None:
+                    key_pos = self._per_layer(key_pos, narrow(pp))
         logits = self.model(x, self._positions(positions), cache, keys=keys, slots=sl,
-                            last_only=not all_logits)[0]                       # (T or 1, V)
+                            last_only=not all_logits, key_pos=key_pos)[0]      # (T or 1, V)
         self._eval(logits, cache)
         out = torch.from_numpy(self._mm.to_numpy(logits.astype(mx.float32)))
         return out if all_logits else out[-1]
 
-    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
-        keys = None
+    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None, plan_pos=None) -> torch.Tensor:
+        keys = key_pos = pp = None
         if plan_row is not None:
             n = int(np.count_nonzero(plan_row >= 0))                           # padding (-1) is trailing
             row = np.asarray(plan_row[:n], dtype=np.int32)
             keys = mx.array(row)                                               # (n,)
+            pp = self._plan_pos(plan_pos, np.shape(plan_row))
+            if pp is not None:
+                pp = pp[:n]
+                key_pos = mx.array(pp)                                         # (n,)
         keep = None
         if keys is not None and self.plan.narrow_k:     # a layer-dependent plan: each layer's part of the row
             keep = narrow_keep(n, self.plan.narrow_k, self.plan.sinks, n)
-            narrow = mx.array(row[keep.numpy()])
-            keys = [keys if i in self.plan.wide_layers else narrow for i in range(self.args.num_hidden_layers)]
+            k = keep.numpy()
+            keys = self._per_layer(keys, mx.array(row[k]))
+            if pp is not None:
+                key_pos = self._per_layer(key_pos, mx.array(pp[k]))
         x = mx.array([[int(token)]], dtype=mx.int32)                           # (1, 1)
         weights = [] if attn_out is not None else None
         logits = self.model(x, int(pos), cache, keys=keys, slots=mx.array([int(slot)], dtype=mx.int32),
-                            attn_out=weights)[0, 0]                            # (V,)
+                            attn_out=weights, key_pos=key_pos)[0, 0]           # (V,)
         self._eval(logits, cache)
         if attn_out is not None:
             for i, w in enumerate(weights):

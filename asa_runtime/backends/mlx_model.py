@@ -9,6 +9,11 @@ rows hold cache SLOTS; eviction moves rows). So each layer preallocates k/v (1, 
 bench/mlx/results). RoPE rotates interleaved pairs (x[2i], x[2i+1]) like the torch model: that is
 mx.fast.rope(traditional=True).
 
+RoPE clamp (ModelArgs.rope_clamp, 0 = off; asa_runtime.config.ModelConfig.rope_clamp): a planned key more than
+w = rope_clamp tokens behind its query is scored as if exactly w back. The cache keeps keys rotated at their
+true positions; the sparse attention rotates each gathered key forward by max(0, q_pos - key_pos - w)
+(kernels/mlx_sparse.py), from the plan rows as token positions (`key_pos`, beside the slot rows `keys`).
+
 Weights use mlx-lm's (Hugging Face) names: model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj,
 model.layers.{i}.mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm, model.norm, lm_head
 (absent when tied); `from_llama_state` maps the torch model's Llama (Meta) names to them.
@@ -24,7 +29,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from kernels.mlx_sparse import sparse_attention_mlx, sparse_decode_mlx
+from kernels.mlx_sparse import rope_deltas, rope_table, rotate, sparse_attention_mlx, sparse_decode_mlx
 
 
 @dataclass
@@ -41,6 +46,7 @@ class ModelArgs:
     rope_traditional: bool = True          # interleaved pairs, as the torch model (and GGUF) rotate
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 2048
+    rope_clamp: int = 0                    # the RoPE clamp (0 = off): far planned keys scored at distance w
 
     @property
     def head_dim(self) -> int:
@@ -52,7 +58,7 @@ class ModelArgs:
         return cls(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer, intermediate_size=cfg.ffn_hidden,
                    num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, rms_norm_eps=cfg.norm_eps,
                    vocab_size=cfg.vocab_size, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                   max_position_embeddings=cfg.max_seq_len)
+                   max_position_embeddings=cfg.max_seq_len, rope_clamp=int(getattr(cfg, "rope_clamp", 0) or 0))
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
@@ -60,7 +66,10 @@ class ModelArgs:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.rope_clamp:
+            del d["rope_clamp"]             # off: an export's config.json is as before (as ModelConfig.to_dict)
+        return d
 
 
 # ---- KV cache ----------------------------------------------------------------------------------------
@@ -109,10 +118,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * hd, dim, bias=False)
 
     def __call__(self, x, positions, cache: KVCache | None = None, keys=None, slots=None, mask=None,
-                 n_ctx: int | None = None, attn_out: list | None = None):
+                 n_ctx: int | None = None, attn_out: list | None = None, rope_delta=None, rope=None):
         """x: (B, T, d). positions: int offset or (T,) array (RoPE). With a cache: K/V are written at
         `slots` (T,); keys (B, T, K) plan rows of slots -> sparse prefill, (n,) one row's valid slots ->
-        sparse decode, None -> dense over slots 0..n_ctx-1 with `mask` (T, n_ctx) bool (None: all)."""
+        sparse decode, None -> dense over slots 0..n_ctx-1 with `mask` (T, n_ctx) bool (None: all).
+        rope_delta (keys' shape) with rope (P, hs/2, 2): the RoPE clamp's rotations of the gathered keys."""
         B, T, _ = x.shape
         H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).reshape(B, T, H, hd).transpose(0, 2, 1, 3)          # (B, H, T, hs)
@@ -129,11 +139,16 @@ class Attention(nn.Module):
                 if attn_out is not None:
                     attn_out.append(self._weights(q, kk))
             elif keys.ndim == 1:                                               # decode: one row
-                y = sparse_decode_mlx(q, kc, vc, keys, scale=self.scale)       # (B, H, 1, hs)
+                y = sparse_decode_mlx(q, kc, vc, keys, scale=self.scale, rope_delta=rope_delta,
+                                      rope=rope)                               # (B, H, 1, hs)
                 if attn_out is not None:
-                    attn_out.append(self._weights(q, mx.take(kc, keys, axis=2).astype(q.dtype)))
+                    kg = mx.take(kc, keys, axis=2)
+                    if rope_delta is not None:
+                        kg = rotate(kg, rope_delta, rope)
+                    attn_out.append(self._weights(q, kg.astype(q.dtype)))
             else:
-                y = sparse_attention_mlx(q, kc, vc, keys, scale=self.scale)    # (B, H, T, hs)
+                y = sparse_attention_mlx(q, kc, vc, keys, scale=self.scale, rope_delta=rope_delta,
+                                         rope=rope)                            # (B, H, T, hs)
         return self.o_proj(y.transpose(0, 2, 1, 3).reshape(B, T, H * hd))
 
     def _weights(self, q, kg):
@@ -180,12 +195,30 @@ class LlamaModel(nn.Module):
     def __call__(self, inputs, positions, cache=None, last_only: bool = False, **attn):
         h = self.embed_tokens(inputs)                                          # (B, T, d)
         keys = attn.pop("keys", None)
+        deltas = attn.pop("rope_delta", None)
         for i, layer in enumerate(self.layers):                                # a list: one plan per layer
             lk = keys[i] if isinstance(keys, list) else keys
-            h = layer(h, positions, None if cache is None else cache[i], keys=lk, **attn)
+            ld = deltas[i] if isinstance(deltas, list) else deltas
+            h = layer(h, positions, None if cache is None else cache[i], keys=lk, rope_delta=ld, **attn)
         if last_only:
             h = h[:, -1:]                                                      # (B, 1, d)
         return self.norm(h)
+
+
+class _RopeTable:
+    """The RoPE clamp's cos/sin table (rope_table), grown on demand and shared by the sessions of a model. A
+    plain object, not an mx.array attribute: nn.Module would take that for a parameter."""
+
+    def __init__(self, dims: int, base: float):
+        self.dims, self.base, self.table = dims, base, None
+
+    def get(self, n: int) -> mx.array:
+        t = self.table
+        if t is None or t.shape[0] < n:
+            t = rope_table(max(1024, 1 << (n - 1).bit_length()), self.dims, self.base)
+            mx.eval(t)
+            self.table = t                                     # one assignment: a concurrent reader sees either
+        return t
 
 
 class Model(nn.Module):
@@ -196,18 +229,23 @@ class Model(nn.Module):
         self.model = LlamaModel(args)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self._rope_table = _RopeTable(args.head_dim, args.rope_theta)
 
     def __call__(self, inputs, positions=0, cache=None, keys=None, slots=None, last_only: bool = False,
-                 attn_out: list | None = None):
+                 attn_out: list | None = None, key_pos=None):
         """inputs: (B, T) ids. positions: int offset or (T,) array. With a cache, `slots` (T,) are the rows
         written and `keys` the plan rows (slots): (B, T, K) for a chunk, (n,) for one decode row (a list of
-        them, one per layer, for a layer-dependent plan), None for the dense baseline (it never evicts: slot == position). Returns logits (B, T or 1, V)."""
+        them, one per layer, for a layer-dependent plan), None for the dense baseline (it never evicts: slot == position). Returns logits (B, T or 1, V).
+        key_pos: keys as token positions (same shapes, a list where keys is one), needed for the RoPE clamp
+        (args.rope_clamp) once a planned key can be more than rope_clamp tokens back."""
         T = inputs.shape[1]
         attn: dict = {"attn_out": attn_out}
         if cache is not None:
             if slots is None:
                 slots = mx.arange(T) + positions if isinstance(positions, int) else positions
             attn.update(keys=keys, slots=slots.astype(mx.int32))
+            if keys is not None and self.args.rope_clamp:
+                attn.update(self._clamp(keys, key_pos, positions, T))
             if keys is None:
                 pos = mx.arange(T) + positions if isinstance(positions, int) else positions
                 n_ctx = (positions + T) if isinstance(positions, int) else int(positions[-1].item()) + 1
@@ -218,6 +256,35 @@ class Model(nn.Module):
         if self.args.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(out)
         return self.lm_head(out)
+
+    def _clamp(self, keys, key_pos, positions, T: int) -> dict:
+        """The RoPE clamp's attention arguments: rope_delta per layer (in keys' layout) and the table, or {}
+        when no query is more than rope_clamp past position 0 (no key can be that far back)."""
+        w = self.args.rope_clamp
+        last = positions + T - 1 if isinstance(positions, int) else int(positions[-1].item())
+        if last <= w:
+            return {}
+        if key_pos is None:
+            raise ValueError("the RoPE clamp (rope_clamp) needs the plan rows as token positions (key_pos) when "
+                             "the rows hold cache slots")
+        q_pos = mx.arange(positions, positions + T) if isinstance(positions, int) else positions   # (T,)
+
+        def deltas(kp):
+            if kp.ndim == 1:                                   # decode: one row of the last query
+                return rope_deltas(q_pos[-1:], kp[None], w)[0]  # (n,)
+            return rope_deltas(q_pos, kp, w)                   # (B, T, K)
+
+        if isinstance(keys, list) != isinstance(key_pos, list):
+            raise ValueError("key_pos must have keys' layout (a list per layer where keys is one)")
+        if isinstance(key_pos, list):
+            done: dict = {}                                    # layers sharing a row share its deltas
+            for kp in key_pos:
+                if id(kp) not in done:
+                    done[id(kp)] = deltas(kp)
+            d = [done[id(kp)] for kp in key_pos]
+        else:
+            d = deltas(key_pos)
+        return {"rope_delta": d, "rope": self._rope_table.get(last - w + 1)}   # deltas <= last - w
 
     @property
     def layers(self):
