@@ -15,9 +15,10 @@ from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
 from asa_runtime.model import Transformer
 
 
-def _model(mode: str) -> Transformer:
+def _model(mode: str, rope_clamp: int = 0) -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**PRESETS["test"], "vocab_size": 97, "plan": PlanConfig(mode=mode, k=8)})
+    cfg = ModelConfig(**{**PRESETS["test"], "vocab_size": 97, "plan": PlanConfig(mode=mode, k=8),
+                         "rope_clamp": rope_clamp})
     m = Transformer(cfg).eval()
     with torch.no_grad():
         for p in m.parameters():
@@ -25,9 +26,9 @@ def _model(mode: str) -> Transformer:
     return m
 
 
-@pytest.mark.parametrize("mode", ["full", "none"])
-def test_static_decode_step_matches_the_eager_step(mode):
-    m = _model(mode)
+@pytest.mark.parametrize("mode,clamp", [("full", 0), ("full", 5), ("none", 0)])
+def test_static_decode_step_matches_the_eager_step(mode, clamp):
+    m = _model(mode, clamp)
     S, K = 24, 8
     eager, static = m.make_cache(S), m.make_cache(S)
     m.rope_table(S)
@@ -46,8 +47,10 @@ def test_static_decode_step_matches_the_eager_step(mode):
                 pad = torch.zeros(K, dtype=torch.long)
                 pad[: len(keys)] = idx
                 mask = ar < len(keys)
-            a = m.decode_one(tok, idx, pos, pos, eager)
-            b = m.decode_one(torch.tensor(tok), pad, torch.tensor(pos), torch.tensor(pos), static, mask=mask)
+            kp = dict(key_pos=idx) if clamp else {}               # slots are positions here (no eviction)
+            a = m.decode_one(tok, idx, pos, pos, eager, **kp)
+            kp = dict(key_pos=pad) if clamp else {}
+            b = m.decode_one(torch.tensor(tok), pad, torch.tensor(pos), torch.tensor(pos), static, mask=mask, **kp)
             # masked vs unmasked SDPA round differently (weights x5: logits ~1e2); a wrong key gives O(1) errors
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     for ce, cs in zip(eager, static):
@@ -110,3 +113,19 @@ def test_graphed_decode_survives_compaction(tiny_checkpoint):
     prompt = "Maria bought three apples, a loaf of bread and a small jar of honey and"
     eager = _greedy(lm, prompt, False, max_kv_size=24)
     assert _greedy(lm, prompt, True, max_kv_size=24) == eager
+
+
+@pytest.mark.gpu
+@gpu
+def test_graphed_decode_with_a_rope_clamp(tiny_checkpoint):
+    """The clamp's key positions travel in the graph's buffer: graphed tokens equal eager ones, with eviction."""
+    from conftest import WindowPlanner
+
+    from asa_runtime.generate import load
+
+    lm = load(tiny_checkpoint, device="cuda", planner=WindowPlanner(lookback=40), rope_clamp=8)
+    prompt = "Maria bought three apples, a loaf of bread and a small jar of honey and"
+    eager = _greedy(lm, prompt, False, max_kv_size=32)
+    assert _greedy(lm, prompt, True, max_kv_size=32) == eager
+    lm.config.rope_clamp = 0                                    # and the clamp changes the generation
+    assert _greedy(lm, prompt, False, max_kv_size=32) != eager
