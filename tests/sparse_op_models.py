@@ -10,21 +10,26 @@ from exporters.onnx import op_contract as oc
 
 ELEM = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16}
 SYMBOLIC = (["B", "Hq", "T", "D"], ["B", "Hkv", "S", "D"], ["B", "Hkv", "S", "D"], ["B", "T", "K"])
+SYMBOLIC_ROPE = SYMBOLIC + (["B", "T", "K"], ["P", "Dh", 2])     # + rope_delta, rope (the RoPE clamp)
 
 
-def one_node_model(dtype=np.float32, scale=None, body=None, shapes=SYMBOLIC, rows_type=TensorProto.INT32) -> bytes:
+def one_node_model(dtype=np.float32, scale=None, body=None, shapes=None, rows_type=TensorProto.INT32,
+                   rope: bool = False) -> bytes:
     """A graph holding only the op. body: None (no function) or nodes of a model-local function.
-    shapes: per input (q, k_cache, v_cache, rows), dim names or sizes; the output takes q's."""
+    shapes: per input (q, k_cache, v_cache, rows[, rope_delta, rope]), dim names or sizes; the output takes
+    q's. rope: the 6-input form of the RoPE clamp (op_contract.py)."""
     et = ELEM[dtype]
+    names = list(oc.ALL_INPUT_NAMES if rope else oc.INPUT_NAMES)
+    shapes = shapes or (SYMBOLIC_ROPE if rope else SYMBOLIC)
     attrs = {} if scale is None else {oc.ATTR_SCALE: float(scale)}
-    node = helper.make_node(oc.OP_TYPE, list(oc.INPUT_NAMES), list(oc.OUTPUT_NAMES), domain=oc.DOMAIN, **attrs)
-    types = (et, et, et, rows_type)
-    inputs = [helper.make_tensor_value_info(n, t, list(s)) for n, t, s in zip(oc.INPUT_NAMES, types, shapes)]
+    node = helper.make_node(oc.OP_TYPE, names, list(oc.OUTPUT_NAMES), domain=oc.DOMAIN, **attrs)
+    types = (et, et, et, rows_type, TensorProto.INT32, TensorProto.FLOAT)
+    inputs = [helper.make_tensor_value_info(n, t, list(s)) for n, t, s in zip(names, types, shapes)]
     outputs = [helper.make_tensor_value_info(oc.OUTPUT_NAMES[0], et, list(shapes[0]))]
     graph = helper.make_graph([node], "sparse_attention_only", inputs, outputs)
     functions = []
     if body is not None:
-        functions = [helper.make_function(oc.DOMAIN, oc.OP_TYPE, list(oc.INPUT_NAMES), list(oc.OUTPUT_NAMES),
+        functions = [helper.make_function(oc.DOMAIN, oc.OP_TYPE, names, list(oc.OUTPUT_NAMES),
                                           body, opset_imports=[helper.make_opsetid("", 18)],
                                           attributes=[oc.ATTR_SCALE])]
     model = helper.make_model(graph, functions=functions, opset_imports=[
@@ -50,10 +55,24 @@ def ragged_rows(rng, B, T, K, S, offset):
     return rows
 
 
-def inputs(seed, B, Hq, Hkv, T, S, D, K, dtype):
-    """Feeds by input name: standard-normal q/k/v in dtype, ragged causal rows (queries at the cache's end)."""
+def rope_table(P, D, theta=10000.0):
+    """(P, D/2, 2) float32: the model's RoPE table (asa_runtime.model.rope_cache)."""
+    from asa_runtime.model import rope_cache
+
+    return rope_cache(P, D, theta).numpy()
+
+
+def inputs(seed, B, Hq, Hkv, T, S, D, K, dtype, rope: int = 0):
+    """Feeds by input name: standard-normal q/k/v in dtype, ragged causal rows (queries at the cache's end).
+    rope = w > 0: also the RoPE clamp's rope_delta (the rows taken as token positions, clamped at distance w)
+    and a table just long enough for them."""
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((B, Hq, T, D)).astype(dtype)
     k = rng.standard_normal((B, Hkv, S, D)).astype(dtype)
     v = rng.standard_normal((B, Hkv, S, D)).astype(dtype)
-    return dict(q=q, k_cache=k, v_cache=v, rows=ragged_rows(rng, B, T, K, S, offset=S - T))
+    f = dict(q=q, k_cache=k, v_cache=v, rows=ragged_rows(rng, B, T, K, S, offset=S - T))
+    if rope:
+        qpos = np.arange(S - T, S)[None, :, None]                       # query t sits at slot S - T + t
+        d = np.where(f["rows"] >= 0, np.maximum(qpos - f["rows"] - rope, 0), 0).astype(np.int32)
+        f["rope_delta"], f["rope"] = d, rope_table(int(d.max()) + 1, D)
+    return f

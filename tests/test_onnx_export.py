@@ -1,7 +1,8 @@
 """`asa-run export --format onnx`: the folder (graph + external data, config.json with hashes, tokenizer,
 analyzer), the graph (one asa.SparseAttention node per layer whose function body uses standard ops only;
-onnx.checker full check and shape inference pass; dynamic T and S), the op's body against the contract's
-numpy reference, `-m <onnx folder>` generating torch's tokens, and bad input (missing / corrupted checkpoint,
+onnx.checker full check and shape inference pass; dynamic T and S; a model without the RoPE clamp has no clamp
+inputs), the op's body (plain and with the RoPE clamp's rope_delta / rope) against the contract's numpy
+reference, `-m <onnx folder>` generating torch's tokens, and bad input (missing / corrupted checkpoint,
 unwritable folder, a folder whose files do not match its config) -> one line, non-zero exit, nothing left.
 """
 import json
@@ -42,40 +43,58 @@ def exported(tmp_path_factory, tiny_checkpoint):
 
 
 # ---- the op's function body --------------------------------------------------------------------------
-def _body_model(dtype=np.float32):
-    """A one-node model: asa.SparseAttention with its function body (what the exporter attaches)."""
+def _body_model(dtype=np.float32, rope=False):
+    """A one-node model: asa.SparseAttention with its function body (what the exporter attaches); rope: the
+    6-input form of the RoPE clamp."""
     from onnx import TensorProto, helper
 
     et = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
-    node = helper.make_node(C.OP_TYPE, list(C.INPUT_NAMES), list(C.OUTPUT_NAMES), domain=C.DOMAIN, scale=0.3)
+    names = C.ALL_INPUT_NAMES if rope else C.INPUT_NAMES
+    node = helper.make_node(C.OP_TYPE, list(names), list(C.OUTPUT_NAMES), domain=C.DOMAIN, scale=0.3)
     ins = [helper.make_tensor_value_info("q", et, ["B", "Hq", "T", "D"]),
            helper.make_tensor_value_info("k_cache", et, ["B", "Hkv", "S", "D"]),
            helper.make_tensor_value_info("v_cache", et, ["B", "Hkv", "S", "D"]),
            helper.make_tensor_value_info("rows", TensorProto.INT32, ["B", "T", "K"])]
+    if rope:
+        ins += [helper.make_tensor_value_info("rope_delta", TensorProto.INT32, ["B", "T", "K"]),
+                helper.make_tensor_value_info("rope", TensorProto.FLOAT, ["P", "Dh", 2])]
     g = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("out", et, ["B", "Hq", "T", "D"])])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph_op.OPSET),
                                             helper.make_opsetid(C.DOMAIN, C.VERSION)])
-    m.functions.append(graph_op.function_proto())
+    m.functions.append(graph_op.function_proto(rope=rope))
     return m
 
 
+@pytest.mark.parametrize("rope", [False, True], ids=["plain", "rope_clamp"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize("B,Hq,Hkv,T,S,K", [(1, 4, 2, 5, 9, 4), (2, 6, 3, 3, 7, 5), (1, 2, 2, 1, 40, 8)])
-def test_function_body_matches_the_contract_reference(B, Hq, Hkv, T, S, K):
+def test_function_body_matches_the_contract_reference(B, Hq, Hkv, T, S, K, dtype, rope):
     rng = np.random.default_rng(B * 100 + S)
-    q = rng.standard_normal((B, Hq, T, 16)).astype(np.float32)
-    k = rng.standard_normal((B, Hkv, S, 16)).astype(np.float32)
-    v = rng.standard_normal((B, Hkv, S, 16)).astype(np.float32)
+    q = rng.standard_normal((B, Hq, T, 16)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, S, 16)).astype(dtype)
+    v = rng.standard_normal((B, Hkv, S, 16)).astype(dtype)
     rows = np.full((B, T, K), -1, np.int32)
     for b in range(B):
         for t in range(T):
             n = rng.integers(1, K + 1)
             rows[b, t, :n] = np.sort(rng.choice(S, n, replace=False))
-    m = _body_model()
+    feed = {"q": q, "k_cache": k, "v_cache": v, "rows": rows}
+    if rope:     # queries at positions S - T + t, w = 2: rows are slots = positions here
+        from sparse_op_models import rope_table
+
+        qpos = np.arange(S - T, S)[None, :, None]
+        feed["rope_delta"] = np.where(rows >= 0, np.maximum(qpos - rows - 2, 0), 0).astype(np.int32)
+        feed["rope"] = rope_table(int(feed["rope_delta"].max()) + 1, 16)
+        assert feed["rope_delta"].max() > 0
+    m = _body_model(dtype, rope)
     onnx.checker.check_model(m, full_check=True)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"q": q, "k_cache": k, "v_cache": v, "rows": rows})[0]
-    want = C.reference(q, k, v, rows, scale=0.3)
-    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    got = sess.run(None, feed)[0]
+    want = C.reference(**{"q": q, "k": k, "v": v, "rows": rows}, scale=0.3, rope_delta=feed.get("rope_delta"),
+                       rope=feed.get("rope"))
+    tol = 1e-5 if dtype == np.float32 else 2e-3
+    assert got.dtype == dtype and got.shape == want.shape
+    assert np.abs(got.astype(np.float64) - want.astype(np.float64)).max() < tol
 
 
 # ---- the exported folder and graph -------------------------------------------------------------------
@@ -103,6 +122,12 @@ def test_graph_has_one_custom_node_per_layer_and_passes_the_checker(exported, ti
     assert {(o.domain, o.version) for o in m.opset_import} >= {(C.DOMAIN, C.VERSION), ("", graph_op.OPSET)}
     (fn,) = [f for f in m.functions if (f.domain, f.name) == (C.DOMAIN, C.OP_TYPE)]
     assert {n.domain for n in fn.node} == {""}                       # the body: standard ops only
+    # no RoPE clamp (rope_clamp = 0): the plain 4-input op and graph, as before the clamp existed
+    from exporters.onnx.export import io_names
+
+    assert all(len(n.input) == len(C.INPUT_NAMES) for n in custom) and list(fn.input) == list(C.INPUT_NAMES)
+    assert [i.name for i in m.graph.input] == io_names(n_layer)[0]
+    assert "rope_clamp" not in json.loads((exported / "config.json").read_text())["graph"]
     assert not any(n.op_type == "Attention" for n in m.graph.node)
     onnx.checker.check_model(str(exported / F.GRAPH), full_check=True)
     inferred = onnx.shape_inference.infer_shapes_path(str(exported / F.GRAPH), str(exported.parent / "inf.onnx"),

@@ -1,5 +1,6 @@
 """The asa.SparseAttention ONNX Runtime kernel (exporters/onnx/csrc, built by exporters/onnx/custom_ops.py)
-against the contract's numpy reference, on one-node ONNX models run by stock onnxruntime.
+against the contract's numpy reference, on one-node ONNX models run by stock onnxruntime; in its plain 4-input
+form and in the 6-input form of the RoPE clamp (rope_delta, rope: each gathered key rotated by rope[delta]).
 
 Tolerances: float32 outputs within 2e-5 of the float64 reference; float16 within 2e-3 (the kernel
 accumulates in float32 and rounds once to float16, about one half-precision ulp at |out| ~ 1)."""
@@ -66,6 +67,55 @@ def test_numpy_reference_agrees_with_torch_reference():
     np.testing.assert_allclose(oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.3), t, atol=1e-5)
 
 
+ROPE_CASES = ["decode_T1_long_cache", "decode_gqa_batch2", "prefill_T_eq_S", "chunk_S_gt_T_gqa"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("case", ROPE_CASES)
+def test_kernel_with_the_rope_clamp_matches_reference(lib, case, dtype):
+    B, Hq, Hkv, T, S, D, K = CASES[case]
+    w = max(1, S // 8)                                          # rows reach back to slot 0: many far keys
+    feeds = inputs(10 + ROPE_CASES.index(case), B, Hq, Hkv, T, S, D, K, dtype, rope=w)
+    valid = feeds["rows"] >= 0
+    assert (feeds["rope_delta"][valid] > 0).any() and (feeds["rope_delta"][valid] == 0).any()
+    plain = oc.reference(feeds["q"], feeds["k_cache"], feeds["v_cache"], feeds["rows"], 0.37)
+    for scale in (None, 0.37):
+        out = session(one_node_model(dtype, scale, rope=True), lib).run(None, feeds)[0]
+        ref = oc.reference(feeds["q"], feeds["k_cache"], feeds["v_cache"], feeds["rows"], scale,
+                           feeds["rope_delta"], feeds["rope"])
+        assert out.dtype == dtype and out.shape == (B, Hq, T, D)
+        np.testing.assert_allclose(out.astype(np.float64), ref.astype(np.float64), atol=TOL[dtype],
+                                   rtol=TOL[dtype])
+    assert np.abs(ref.astype(np.float64) - plain).max() > 1e-2      # the rotation changes the result
+
+
+def test_zero_deltas_are_the_plain_op_bit_for_bit(lib):
+    feeds = inputs(4, *CASES["chunk_S_gt_T_gqa"], np.float32, rope=1)
+    plain = session(one_node_model(), lib).run(None, {n: feeds[n] for n in oc.INPUT_NAMES})[0]
+    feeds["rope_delta"][:] = 0
+    np.testing.assert_array_equal(session(one_node_model(rope=True), lib).run(None, feeds)[0], plain)
+
+
+def test_numpy_reference_with_the_rope_clamp_agrees_with_torch_reference():
+    torch = pytest.importorskip("torch")
+    from kernels.torch_sparse import sparse_attention_torch
+
+    f = inputs(3, *CASES["chunk_S_gt_T_gqa"], np.float64, rope=10)
+    t = {n: torch.from_numpy(a) for n, a in f.items()}
+    got = sparse_attention_torch(*(t[n] for n in oc.INPUT_NAMES), scale=0.3, rope_delta=t["rope_delta"],
+                                 rope=t["rope"]).numpy()                      # float64, like the reference
+    want = oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.3, f["rope_delta"], f["rope"])
+    np.testing.assert_allclose(want, got, atol=1e-12)
+    t32 = {n: (a.float() if a.is_floating_point() else a) for n, a in t.items()}
+    got32 = sparse_attention_torch(*(t32[n] for n in oc.INPUT_NAMES), scale=0.3, rope_delta=t["rope_delta"],
+                                   rope=t["rope"]).numpy()                    # the float32 kernels' way
+    np.testing.assert_allclose(want, got32, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the table"):
+        oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.3, f["rope_delta"], f["rope"][:3])
+    with pytest.raises(ValueError, match="both or neither"):
+        oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.3, f["rope_delta"])
+
+
 def test_threaded_prefill_equals_single_thread(lib, monkeypatch):
     """A prefill chunk large enough to be split over threads gives bit-identical results with one thread."""
     B, Hq, Hkv, T, S, D, K = 1, 6, 6, 256, 1024, 64, 64
@@ -112,6 +162,26 @@ def test_contract_violations_are_clear_errors(lib, bad, message):
         feeds["rows"] = feeds["rows"][:, :2]
     with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
         session(one_node_model(), lib).run(None, feeds)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("delta_past_table", "is 50, outside the rope table's [0, "),
+    ("negative_delta", "is -1, outside the rope table's"),
+    ("table_width", "must be (P, D/2, 2) for D=8"),
+    ("delta_shape", "must have the shape of rows"),
+])
+def test_rope_contract_violations_are_clear_errors(lib, bad, message):
+    feeds = inputs(2, 1, 4, 2, 3, 10, 8, 4, np.float32, rope=2)
+    if bad == "delta_past_table":
+        feeds["rope_delta"][0, 2, 0] = 50
+    elif bad == "negative_delta":
+        feeds["rope_delta"][0, 0, 3] = -1                       # on padding too: every entry indexes the table
+    elif bad == "table_width":
+        feeds["rope"] = np.zeros((4, 3, 2), np.float32)
+    elif bad == "delta_shape":
+        feeds["rope_delta"] = feeds["rope_delta"][:, :, :2].copy()
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        session(one_node_model(rope=True), lib).run(None, feeds)
 
 
 def test_custom_ops_cli_prints_library_path(lib):

@@ -1,7 +1,9 @@
 """The TensorRT-RTX plugin for asa.SparseAttention (exporters/tensorrt).
 
 What runs where:
-- engine builds (parser -> plugin shape/type/format logic -> serialized engine): here, on CPU-only CI;
+- engine builds (parser -> plugin shape/type/format logic -> serialized engine): here, on CPU-only CI, for the
+  plain 4-input node and the RoPE clamp's 6-input one (+ rope_delta, rope); the clamped decoder export's
+  build is in tests/test_onnx_rope_clamp.py;
 - the plugin's enqueue code: on host buffers here (device="cpu"), on CUDA buffers on a GPU with torch;
 - an engine executing inside TensorRT: only on a GPU TensorRT-RTX supports (compute capability 8.0, 8.6,
   8.9, 12.x); no such GPU exists on this project's machines, so that test skips and the path is UNTESTED.
@@ -30,7 +32,7 @@ except (ImportError, RuntimeError) as e:     # not installed / TensorRTUnavailab
 
 needs_trt = pytest.mark.skipif(trt is None, reason=f"TensorRT-RTX unavailable: {WHY_NO_TRT}")
 DIMS = {"B": (1, 1, 2), "Hq": (6, 6, 6), "Hkv": (2, 2, 2), "T": (1, 1, 64), "S": (1, 512, 4096),
-        "D": (64, 64, 64), "K": (1, 64, 64)}
+        "D": (64, 64, 64), "K": (1, 64, 64), "P": (1, 512, 8192), "Dh": (32, 32, 32)}   # P, Dh: the rope table
 TRT_RTX_CC = {(8, 0), (8, 6), (8, 9), (12, 0), (12, 1)}     # where TensorRT-RTX runs engines
 
 
@@ -58,6 +60,15 @@ def test_engine_builds_from_one_node_graph(dtype, trt_type, created, tmp_path):
     assert len(res.engine) > 1000 and created == [pytest.approx(0.3)]
     p = write_engine(res.engine, tmp_path / "e" / "m.engine")
     assert p.read_bytes() == res.engine and not list(p.parent.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("dtype, trt_type", [(np.float32, "FLOAT"), (np.float16, "HALF")])
+@needs_trt
+def test_engine_builds_from_one_node_graph_with_the_rope_clamp(dtype, trt_type, created):
+    """The 6-input node (rope_delta int32, rope float32 whatever q's type) maps to the same plugin."""
+    res = build_engine(one_node_model(dtype, scale=0.3, rope=True), dims=DIMS)
+    assert res.plugin_layers == 1 and res.outputs == {"out": ((-1, -1, -1, -1), trt_type)}
+    assert created == [pytest.approx(0.3)]
 
 
 @needs_trt
@@ -91,6 +102,27 @@ def test_contract_violations_fail_the_build(shapes, rows_type, why):
         build_engine(one_node_model(shapes=shapes, rows_type=rows_type))
 
 
+ROPE_SHAPES = ((1, 4, 2, 64), (1, 4, 9, 64), (1, 4, 9, 64), (1, 2, 3), (1, 2, 3), (20, 32, 2))
+
+
+@pytest.mark.parametrize("shapes, types, why", [
+    (ROPE_SHAPES[:4] + ((1, 2, 4), (20, 32, 2)), (TensorProto.INT32, TensorProto.FLOAT), "the shape of rows"),
+    (ROPE_SHAPES[:5] + ((20, 16, 2),), (TensorProto.INT32, TensorProto.FLOAT), "must be \\(P, D/2, 2\\)"),
+    (ROPE_SHAPES, (TensorProto.INT32, TensorProto.FLOAT16), "could not build"),     # the table is float32
+    (ROPE_SHAPES, (TensorProto.FLOAT, TensorProto.FLOAT), "could not build"),       # deltas are int32
+])
+@needs_trt
+def test_rope_contract_violations_fail_the_build(shapes, types, why):
+    import onnx
+
+    model = onnx.ModelProto()
+    model.ParseFromString(one_node_model(shapes=shapes, rope=True))
+    for vi, t in zip(model.graph.input[4:], types):
+        vi.type.tensor_type.elem_type = t
+    with pytest.raises(EngineBuildError, match=why):
+        build_engine(model)
+
+
 @needs_trt
 def test_check_dims_messages():
     with pytest.raises(plugin.PluginConfigError, match="not a multiple"):
@@ -98,6 +130,11 @@ def test_check_dims_messages():
     with pytest.raises(plugin.PluginConfigError, match="rank 3"):
         plugin.check_dims([(1, 6, 1, 64), (1, 6, -1, 64), (1, 6, -1, 64), (1, 8)])
     plugin.check_dims([(-1, 6, -1, 64), (-1, 2, -1, 64), (-1, 2, -1, 64), (-1, -1, -1)])   # unknowns pass
+    with pytest.raises(plugin.PluginConfigError, match="takes 4 inputs or 6"):
+        plugin.check_dims([(1, 6, 1, 64), (1, 6, -1, 64), (1, 6, -1, 64), (1, 1, 8), (1, 1, 8)])
+    with pytest.raises(plugin.PluginConfigError, match="rope .* must be"):
+        plugin.check_dims([(1, 6, 1, 64), (1, 6, -1, 64), (1, 6, -1, 64), (1, 1, 8), (1, 1, 8), (-1, 32, 3)])
+    plugin.check_dims([(1, 6, -1, 64), (1, 2, -1, 64), (1, 2, -1, 64), (1, -1, -1), (1, -1, -1), (-1, 32, 2)])
 
 
 @needs_trt
@@ -169,6 +206,24 @@ def test_enqueue_on_host_buffers(dtype, type_name):
     np.testing.assert_allclose(out.astype(np.float64), ref.astype(np.float64), atol=2e-3 if dtype == np.float16 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype, type_name", [(np.float32, "FLOAT"), (np.float16, "HALF")])
+@needs_trt
+def test_enqueue_on_host_buffers_with_the_rope_clamp(dtype, type_name):
+    """enqueue with the 6 inputs of the RoPE clamp (host memory), against the numpy reference."""
+    f = inputs(9, 1, 6, 2, 3, 50, 16, 8, dtype, rope=5)
+    assert f["rope_delta"].max() > 0
+    out = np.full(f["q"].shape, np.nan, dtype=dtype)
+    p = plugin.SparseAttentionPlugin(0.4)
+    p.device = "cpu"
+    names = [type_name] * 3 + ["INT32", "INT32", "FLOAT"]
+    descs = [_desc(f[n].shape, t) for n, t in zip(oc.ALL_INPUT_NAMES, names)]
+    ptrs = [_ptr(f[n]) for n in oc.ALL_INPUT_NAMES]
+    p.enqueue(descs, [_desc(out.shape, type_name)], ptrs, [_ptr(out)], 0, 0)
+    ref = oc.reference(f["q"], f["k_cache"], f["v_cache"], f["rows"], 0.4, f["rope_delta"], f["rope"])
+    atol = 2e-3 if dtype == np.float16 else 1e-5
+    np.testing.assert_allclose(out.astype(np.float64), ref.astype(np.float64), atol=atol)
+
+
 @needs_trt
 def test_serialized_fields_round_trip_through_the_creator():
     p = plugin.SparseAttentionPlugin(0.125)
@@ -188,27 +243,31 @@ def _cuda_cc():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rope", [0, 40], ids=["plain", "rope_clamp"])
 @pytest.mark.parametrize("T", [4, 64], ids=["decode", "prefill"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_enqueue_path_on_cuda_buffers(dtype, T):
-    """launch.sparse_attention_into on CUDA memory and a side stream, as the plugin's enqueue calls it."""
+def test_enqueue_path_on_cuda_buffers(dtype, T, rope):
+    """launch.sparse_attention_into on CUDA memory and a side stream, as the plugin's enqueue calls it (with
+    the RoPE clamp's two inputs too: rope = w)."""
     import torch
 
     from exporters.tensorrt.launch import sparse_attention_into
 
     _cuda_cc()
-    f = inputs(6, 1, 6, 2, T, 300, 64, 32, np.float32)
+    f = inputs(6, 1, 6, 2, T, 300, 64, 32, np.float32, rope=rope)
+    names_in = oc.ALL_INPUT_NAMES if rope else oc.INPUT_NAMES
     t = {n: torch.from_numpy(a).cuda() for n, a in f.items()}
     for n in ("q", "k_cache", "v_cache"):
         t[n] = t[n].to(getattr(torch, dtype))
     out = torch.full_like(t["q"], float("nan"))
     stream = torch.cuda.Stream()
-    names = ["FLOAT" if dtype == "float32" else "HALF"] * 3 + ["INT32"]
+    names = ["FLOAT" if dtype == "float32" else "HALF"] * 3 + ["INT32"] + ["INT32", "FLOAT"][: len(names_in) - 4]
     torch.cuda.synchronize()
-    sparse_attention_into([tuple(t[n].shape) for n in oc.INPUT_NAMES], names,
-                          [t[n].data_ptr() for n in oc.INPUT_NAMES], out.data_ptr(), stream.cuda_stream, 0.2)
+    sparse_attention_into([tuple(t[n].shape) for n in names_in], names,
+                          [t[n].data_ptr() for n in names_in], out.data_ptr(), stream.cuda_stream, 0.2)
     stream.synchronize()
-    ref = oc.reference(*(t[n].float().cpu().numpy() for n in oc.INPUT_NAMES), 0.2)
+    ref = oc.reference(*(t[n].float().cpu().numpy() for n in oc.INPUT_NAMES), 0.2,
+                       *((f["rope_delta"], f["rope"]) if rope else ()))
     np.testing.assert_allclose(out.float().cpu().numpy(), ref, atol=2e-3 if dtype == "float16" else 2e-5)
 
 

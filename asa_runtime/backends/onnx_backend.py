@@ -14,6 +14,11 @@ name (past, U <= T*K rows), remaps the rows to indices into [past ; new], and af
 graph's new K/V rows at their slots. A decode step therefore moves O(K) rows per layer whatever the
 context length (the dense baseline passes positions 0..p0-1: dense attention is O(S) anyway).
 
+The RoPE clamp (ModelConfig.rope_clamp = w > 0): the export then takes rope_delta (1, T, K) and the RoPE table
+(exporters/onnx/export.py); the backend computes the deltas from the plan rows as token positions (plan_pos,
+which sessions hand over for such models) and passes the model's own table (asa_runtime.model.rope_cache, grown
+by doubling like Transformer.rope_table, sliced to the rows the call needs: no copy).
+
 Kernel vs portable body: ASA_ORT_KERNEL=1 registers the asa.SparseAttention C++ kernel
 (exporters/onnx/custom_ops.py; an error if it cannot be built), =0 runs the op's ONNX function body, unset:
 the kernel when it builds here, else the body. ASA_ORT_THREADS sets onnxruntime's intra-op threads
@@ -164,15 +169,45 @@ class OnnxBackend:
             raise BackendError(f"onnxruntime cannot load {folder}: {one_line(e)[:300]}") from None
         self.in_names = [i.name for i in self.sess.get_inputs()]
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        # the RoPE clamp: w, the graph's two extra inputs, and the table they index (grown on demand)
+        self.rope_clamp = 0 if self.dense else int(getattr(self.cfg, "rope_clamp", 0) or 0)
+        has_inputs = {"rope_delta", "rope"} <= set(self.in_names)
+        if bool(self.rope_clamp) != has_inputs:
+            raise BackendError(f"{folder}: the graph {'lacks' if self.rope_clamp else 'has'} the RoPE clamp's "
+                               f"inputs but its config has rope_clamp={self.rope_clamp}; export it again")
+        self._rope = np.zeros((0, self.cfg.head_dim // 2, 2), np.float32)
 
     # ---- caches ----------------------------------------------------------------------------------
     def make_cache(self, n_slots: int) -> OnnxCache:
         c = self.cfg
         return OnnxCache(c.n_layer, c.n_kv_head, c.head_dim, n_slots, self.np_dtype)
 
+    # ---- the RoPE clamp ---------------------------------------------------------------------------
+    def rope_table(self, upto: int) -> np.ndarray:
+        """The model's RoPE table (asa_runtime.model.rope_cache), at least `upto` rows (grown by doubling)."""
+        t = self._rope
+        if upto > len(t):
+            from ..model import rope_cache
+
+            n = max(upto, 2 * len(t), self.cfg.max_seq_len)
+            t = rope_cache(n, self.cfg.head_dim, self.cfg.rope_theta).numpy()
+            self._rope = t                     # replaced, never written: sessions may share the backend
+        return t
+
+    def _clamp_feed(self, positions, rows, plan_pos) -> dict:
+        """rope_delta (1, T, K) int32 (kernels/torch_sparse.rope_deltas, in numpy) and the table rows it
+        reads."""
+        if plan_pos is None:
+            raise BackendError("the RoPE clamp needs the plan rows as token positions (plan_pos)")
+        kp = np.asarray(plan_pos, dtype=np.int64).reshape(np.shape(rows))
+        d = np.where(kp >= 0, np.maximum(positions[:, None] - kp - self.rope_clamp, 0), 0)
+        n = int(d.max(initial=0)) + 1
+        return {"rope_delta": d.astype(np.int32)[None], "rope": self.rope_table(n)[:n]}   # a view: no copy
+
     # ---- one call of the graph -------------------------------------------------------------------
-    def _run(self, cache: OnnxCache, ids, rows, positions, slots) -> np.ndarray:
-        """ids (T,), rows (T, K) slots or None, positions (T,), slots (T,) -> logits (1 or T, V)."""
+    def _run(self, cache: OnnxCache, ids, rows, positions, slots, plan_pos=None) -> np.ndarray:
+        """ids (T,), rows (T, K) slots or None, positions (T,), slots (T,), plan_pos (T, K) rows as token
+        positions (the RoPE clamp) -> logits (1 or T, V)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1)
         positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
@@ -194,25 +229,35 @@ class OnnxBackend:
             lut[old] = -1
             lut[slots] = -1
             past = [a[:, :, old] for kv in zip(cache.k, cache.v) for a in kv]   # (1, Hkv, U, hs) copies
-        feed = dict(zip(self.in_names, [ids, positions, rows_c, *past]))
+        feed = {"input_ids": ids, "positions": positions, "rows": rows_c}
+        if self.rope_clamp:
+            feed.update(self._clamp_feed(positions, rows, plan_pos))
+        names = [f"past_{kv}.{i}" for i in range(len(cache.k)) for kv in ("k", "v")]
+        feed.update(zip(names, past))
         outs = self.sess.run(None, feed)
         for i, (k, v) in enumerate(zip(cache.k, cache.v)):
             k[:, :, slots] = outs[1 + 2 * i]                       # (1, Hkv, T, hs)
             v[:, :, slots] = outs[2 + 2 * i]
         return outs[0][0]                                          # (1 or T, V)
 
-    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False) -> torch.Tensor:
+    def prefill(self, cache, ids, plan_rows, positions, slots, all_logits: bool = False,
+                plan_pos=None) -> torch.Tensor:
         if all_logits and not self.all_logits_graph and len(ids) > 1:
             # the graph projects only its last token: one call per token gives every row (slow, exact)
-            outs = [self._run(cache, ids[t:t + 1], None if plan_rows is None else plan_rows[t:t + 1],
-                              positions[t:t + 1], slots[t:t + 1])[-1] for t in range(len(ids))]
+            def part(a, t):
+                return None if a is None else a[t:t + 1]
+
+            outs = [self._run(cache, ids[t:t + 1], part(plan_rows, t), positions[t:t + 1], slots[t:t + 1],
+                              part(plan_pos, t))[-1] for t in range(len(ids))]
             return torch.from_numpy(np.stack(outs)).float()
-        logits = self._run(cache, ids, plan_rows, positions, slots)
+        logits = self._run(cache, ids, plan_rows, positions, slots, plan_pos)
         return torch.from_numpy(logits).float() if all_logits else torch.from_numpy(logits[-1]).float()
 
-    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None) -> torch.Tensor:
+    def decode(self, cache, token: int, plan_row, pos: int, slot: int, attn_out=None,
+               plan_pos=None) -> torch.Tensor:
         rows = None if plan_row is None else np.asarray(plan_row).reshape(1, -1)
-        logits = self._run(cache, np.array([token]), rows, np.array([pos]), np.array([slot]))
+        kp = None if plan_pos is None else np.asarray(plan_pos).reshape(1, -1)
+        logits = self._run(cache, np.array([token]), rows, np.array([pos]), np.array([slot]), kp)
         return torch.from_numpy(logits[-1]).float()            # attn_out: not available from the graph
 
 

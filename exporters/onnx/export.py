@@ -6,6 +6,11 @@ The graph (one graph for chunked prefill and one-token decode: T, S and K are dy
     inputs   input_ids  (1, T) int64        token ids
              positions  (T,) int64           token positions (RoPE computed in the graph from them)
              rows       (1, T, K) int32      plan rows, indices into [past rows ; new rows] (see below), -1 padded
+             rope_delta (1, T, K) int32      only with the RoPE clamp (ModelConfig.rope_clamp = w > 0):
+                                             max(0, position - key position - w) per entry, 0 on padding
+                                             (kernels/torch_sparse.rope_deltas; the caller computes it)
+             rope       (P, hs/2, 2) float32 only with the clamp: the RoPE cos/sin table, P > max(rope_delta)
+                                             (asa_runtime.model.rope_cache(P, hs, theta))
              past_k.{l}, past_v.{l}  (1, Hkv, S, hs)   cache rows the rows may name, read-only
     outputs  logits     (1, 1, V)  (or (1, T, V) when exported with all_logits)
              new_k.{l}, new_v.{l}  (1, Hkv, T, hs)     this call's K/V rows (RoPE applied to k)
@@ -17,6 +22,11 @@ reads (for a decode step: the <= K planned slots, not the whole cache), so a dec
 cache size, not O(S). The caller passing the whole cache as past (rows = slots, new token t at S + t) is
 also valid. Dense models (plan mode "none") take the rows 0..p0-1 as past and mask by position in the graph
 (plain SDPA, no custom op); `rows` is then unused.
+
+The RoPE clamp: each node then gets the two optional inputs of op_contract.py (rope_delta in the layer's plan
+layout: a layer-dependent plan's narrow layers narrow it in the graph like their rows); the graph does not
+know w, the caller's rope_delta carries it (asa_runtime/backends/onnx_backend.py computes it from the plan
+rows as token positions). A model without the clamp exports exactly as before (no such inputs, 4-input nodes).
 
 The wrapper calls the model's own modules (tok_embeddings, each Block's forward, norm, output): one forward,
 no copy of the attention or MLP math; only the RoPE angles are computed here, from positions, with the
@@ -67,6 +77,11 @@ def rope_from_positions(positions, hs: int, theta: float):
     return torch.stack([ang.cos(), ang.sin()], -1)
 
 
+def has_clamp(cfg) -> bool:
+    """Whether cfg's export takes the RoPE clamp's inputs (a sparse model with rope_clamp > 0)."""
+    return bool(getattr(cfg, "rope_clamp", 0)) and not cfg.plan.dense
+
+
 class DecoderGraph(nn.Module):
     """The traced module: the model's modules over [past; new] caches, see the module docstring."""
 
@@ -75,9 +90,28 @@ class DecoderGraph(nn.Module):
         self.model = model
         self.all_logits = all_logits
         self.dense = model.cfg.plan.dense
+        self.clamp = has_clamp(model.cfg)
+
+    def layer_clamps(self, rows, rope_delta, rope) -> list:
+        """Each layer's (rope_delta, rope) in its plan's layout (Attention.forward's `clamp`), or Nones."""
+        m, p = self.model, self.model.cfg.plan
+        if not self.clamp:
+            return [None] * len(m.layers)
+        if not p.narrow_k:
+            return [(rope_delta, rope)] * len(m.layers)
+        # narrow_rows picks entries by the row's padding: the deltas, -1 padded like the rows, narrow alike
+        from asa_runtime.model import narrow_rows
+
+        padded = torch.where(rows >= 0, rope_delta, torch.full_like(rope_delta, -1))
+        narrow = narrow_rows(padded, p.narrow_k, p.sinks).clamp_min(0)
+        return [(rope_delta if i in p.wide_layers else narrow, rope) for i in range(len(m.layers))]
 
     def forward(self, input_ids, positions, rows, *past):
+        # the name `past` stays: torch.export names the dynamic dims after it (an unclamped export as before)
         m, cfg = self.model, self.model.cfg
+        rope_delta = rope = None
+        if self.clamp:                                           # past = (rope_delta, rope, *caches)
+            rope_delta, rope, *past = past
         caches = [_PastCache(past[2 * i], past[2 * i + 1]) for i in range(cfg.n_layer)]
         rc = rope_from_positions(positions, cfg.head_dim, cfg.rope_theta)   # (T, hs/2, 2)
         keys, mask = rows, None
@@ -86,27 +120,36 @@ class DecoderGraph(nn.Module):
             S = past[0].shape[2] + input_ids.shape[1]
             mask = torch.arange(S, device=positions.device)[None, :] <= positions[:, None]   # (T, S)
         x = m.tok_embeddings(input_ids)                          # (1, T, d)
-        for layer, c, lk in zip(m.layers, caches, m.layer_keys(keys)):   # a layer-dependent plan narrows in the graph
-            x = layer(x, rc, lk, None, mask, c)
+        clamps = self.layer_clamps(rows, rope_delta, rope)
+        for layer, c, lk, cl in zip(m.layers, caches, m.layer_keys(keys), clamps):   # narrowing in the graph
+            x = layer(x, rc, lk, None, mask, c, cl)
         if not self.all_logits:
             x = x[:, -1:]                                        # (1, 1, d)
         logits = m.output(m.norm(x)).float()                     # (1, T or 1, V)
         return (logits, *[t for c in caches for t in c.new])
 
 
-def io_names(n_layer: int) -> tuple[list[str], list[str]]:
+ROPE_INPUTS = ("rope_delta", "rope")     # the graph inputs of the RoPE clamp (op_contract.ROPE_INPUT_NAMES)
+
+
+def io_names(n_layer: int, clamp: bool = False) -> tuple[list[str], list[str]]:
     past = [f"past_{kv}.{i}" for i in range(n_layer) for kv in ("k", "v")]
     new = [f"new_{kv}.{i}" for i in range(n_layer) for kv in ("k", "v")]
-    return ["input_ids", "positions", "rows", *past], ["logits", *new]
+    return ["input_ids", "positions", "rows", *(ROPE_INPUTS if clamp else ()), *past], ["logits", *new]
 
 
-def _sample_inputs(cfg, dtype, T=3, S=5):
+def _sample_inputs(cfg, dtype, T=3, S=5, P=7):
     Hkv, hs, K = cfg.n_kv_head, cfg.head_dim, max(cfg.plan.k, 2)
     ids = torch.zeros(1, T, dtype=torch.long)
     pos = torch.arange(S, S + T)
     rows = torch.full((1, T, K), -1, dtype=torch.int32)
     rows[0, :, 0] = torch.arange(S, S + T, dtype=torch.int32)
     past = [torch.zeros(1, Hkv, S, hs, dtype=dtype) for _ in range(2 * cfg.n_layer)]
+    if has_clamp(cfg):
+        from asa_runtime.model import rope_cache
+
+        rope = (torch.zeros(1, T, K, dtype=torch.int32), rope_cache(P, hs, cfg.rope_theta))   # (P, hs/2, 2)
+        return (ids, pos, rows, *rope, *past)
     return (ids, pos, rows, *past)
 
 
@@ -120,16 +163,19 @@ def build_graph(model, dtype: str = "float32", all_logits: bool = False):
     model = model.to(DTYPES[dtype]).eval()
     wrapper = DecoderGraph(model, all_logits).eval()
     args = _sample_inputs(model.cfg, DTYPES[dtype])
-    ins, outs = io_names(model.cfg.n_layer)
+    ins, outs = io_names(model.cfg.n_layer, wrapper.clamp)
     D = torch.export.Dim.DYNAMIC
-    shapes = ({1: D}, {0: D}, {1: D, 2: D}, tuple({2: D} for _ in range(2 * model.cfg.n_layer)))   # *past
+    rest = tuple({2: D} for _ in range(2 * model.cfg.n_layer))                       # *past
+    if wrapper.clamp:
+        rest = ({1: D, 2: D}, {0: D}, *rest)                                          # rope_delta, rope
+    shapes = ({1: D}, {0: D}, {1: D, 2: D}, rest)
     with torch.no_grad(), _quiet():
         prog = torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=shapes, input_names=ins,
                                  output_names=outs, opset_version=graph_op.OPSET, optimize=True,
                                  custom_translation_table=graph_op.TRANSLATIONS, verbose=False)
     proto = prog.model_proto
     if any(n.domain == C.DOMAIN for n in proto.graph.node):
-        proto.functions.append(graph_op.function_proto())
+        proto.functions.append(graph_op.function_proto(rope=wrapper.clamp))
     return proto
 
 
@@ -209,7 +255,8 @@ def export(model_path, out, *, dtype: str | None = None, progress: bool = True,
         for p in an_files:
             if p.is_file():
                 shutil.copyfile(p, tmp / ANALYZER_DIR / p.name)
-        ins, outs = io_names(cfg.n_layer)
+        clamp = has_clamp(cfg)
+        ins, outs = io_names(cfg.n_layer, clamp)
         config = {
             "format": F.FORMAT,
             "model": cfg.to_dict(),
@@ -219,7 +266,8 @@ def export(model_path, out, *, dtype: str | None = None, progress: bool = True,
                       "ops": {} if cfg.plan.dense else {f"{C.DOMAIN}.{C.OP_TYPE}": C.VERSION},
                       "inputs": ins, "outputs": outs, "all_logits": all_logits,
                       "layout": "rows index [past ; new]; outputs are the new K/V rows only "
-                                "(exporters/onnx/export.py)"},
+                                "(exporters/onnx/export.py)",
+                      **({"rope_clamp": cfg.rope_clamp} if clamp else {})},
             "source": F.source_hashes(path),
             "source_name": path.name,
             "tokenizer": {**(raw.get("tokenizer") or {}), "file": TOKENIZER},
@@ -256,4 +304,5 @@ class _Progress:
             self.bar.close()
 
 
-__all__ = ["DecoderGraph", "build_graph", "check_graph", "export", "io_names", "rope_from_positions"]
+__all__ = ["ROPE_INPUTS", "DecoderGraph", "build_graph", "check_graph", "export", "has_clamp", "io_names",
+           "rope_from_positions"]

@@ -74,11 +74,13 @@ def _input_ranges(model: onnx.ModelProto, shapes, dims):
     return ranges
 
 
-def decoder_shapes(model: onnx.ModelProto, T=(1, 1, 512), S=(1, 2048, 32768), K=(1, 64, 256)) -> dict:
+def decoder_shapes(model: onnx.ModelProto, T=(1, 1, 512), S=(1, 2048, 32768), K=(1, 64, 256), P=None) -> dict:
     """{input: (min, opt, max)} for the exported decoder graph (exporters/onnx/export.py's I/O:
-    input_ids (1, T), positions (T,), rows (1, T, K), past_k.l / past_v.l (1, Hkv, S, hs)); static dims
-    keep their size, dynamic ones take the range of their role."""
-    roles = {"input_ids": (None, T), "positions": (T,), "rows": (None, T, K)}
+    input_ids (1, T), positions (T,), rows (1, T, K), past_k.l / past_v.l (1, Hkv, S, hs), and with the RoPE
+    clamp rope_delta (1, T, K) and rope (P, hs/2, 2), P = the largest delta + 1, default the range of S);
+    static dims keep their size, dynamic ones take the range of their role."""
+    roles = {"input_ids": (None, T), "positions": (T,), "rows": (None, T, K), "rope_delta": (None, T, K),
+             "rope": (P or S, None, None)}
     shapes = {}
     for vi in model.graph.input:
         role = roles.get(vi.name) or ((None, None, S, None) if vi.name.startswith(("past_k.", "past_v.")) else None)
@@ -164,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=512, help="largest prefill chunk T")
     ap.add_argument("--max-past", type=int, default=32768, help="largest number of past cache rows S")
     ap.add_argument("--max-k", type=int, default=256, help="largest plan row width K")
+    ap.add_argument("--max-position", type=int, default=None,
+                    help="largest token position (bounds the table of a model with the RoPE clamp; "
+                         "default --max-past)")
     a = ap.parse_args(argv)
     src = Path(a.onnx)
     src = src / "model.onnx" if src.is_dir() else src
@@ -171,8 +176,9 @@ def main(argv=None) -> int:
         proto = onnx.load(str(src), load_external_data=False) if src.is_file() else None
         if proto is None:
             raise EngineBuildError(f"no ONNX file at {src}")
+        pmax = a.max_position or a.max_past
         shapes = decoder_shapes(proto, T=(1, 1, a.max_tokens), S=(1, min(2048, a.max_past), a.max_past),
-                                K=(1, min(64, a.max_k), a.max_k))
+                                K=(1, min(64, a.max_k), a.max_k), P=(1, min(2048, pmax), pmax))
         res = build_engine(src, shapes=shapes)
         write_engine(res.engine, a.out)
     except Exception as e:     # EngineBuildError, OSError, onnx's DecodeError ...: one line, never a traceback

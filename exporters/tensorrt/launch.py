@@ -36,14 +36,16 @@ def wrap(ptr: int, shape, dtype_name: str, device: str) -> torch.Tensor:
 
 
 def sparse_attention_into(shapes, dtype_names, ptrs, out_ptr: int, stream: int, scale, device: str = "cuda"):
-    """shapes/dtype_names/ptrs: of q (B, Hq, T, D), k_cache, v_cache (B, Hkv, S, D), rows (B, T, K);
-    writes (B, Hq, T, D) at out_ptr. stream: the CUDA stream TensorRT enqueues on (ignored on cpu)."""
+    """shapes/dtype_names/ptrs: of q (B, Hq, T, D), k_cache, v_cache (B, Hkv, S, D), rows (B, T, K), and with
+    the RoPE clamp rope_delta (B, T, K) int32 and rope (P, D/2, 2) float32; writes (B, Hq, T, D) at out_ptr.
+    stream: the CUDA stream TensorRT enqueues on (ignored on cpu)."""
     from kernels import sparse_attention
 
-    q, k, v, rows = (wrap(p, s, d, device) for p, s, d in zip(ptrs, shapes, dtype_names))
+    q, k, v, rows, *rope = (wrap(p, s, d, device) for p, s, d in zip(ptrs, shapes, dtype_names))
     out = wrap(out_ptr, shapes[0], dtype_names[0], device)
+    kw = dict(rope_delta=rope[0], rope=rope[1]) if rope else {}
     if device == "cpu":
-        out.copy_(sparse_attention(q, k, v, rows, scale=scale))
+        out.copy_(sparse_attention(q, k, v, rows, scale=scale, **kw))
         return
     with torch.cuda.stream(torch.cuda.ExternalStream(int(stream), device=q.device)):
-        out.copy_(sparse_attention(q, k, v, rows, scale=scale))
+        out.copy_(sparse_attention(q, k, v, rows, scale=scale, **kw))

@@ -8,11 +8,14 @@ body first, which the parser would otherwise inline). Written against the Python
 - build time (tested on CPU-only CI: engines are built from a one-node graph and the exported model):
   output shape = q's shape, output type = q's type; q, k_cache, v_cache and the output share one of
   float32 / float16, rows are int32, all in linear (row-major) layout; configure_plugin checks ranks and
-  the GQA head ratio wherever the dims are known.
+  the GQA head ratio wherever the dims are known. A node of a model with the RoPE clamp has 6 inputs (+
+  rope_delta int32 (B, T, K), rope float32 (P, D/2, 2): exporters/onnx/op_contract.py); a node has 4 or 6.
 - run time (enqueue): the project's own kernel on TensorRT's stream (exporters/tensorrt/launch.py: Triton
-  on CUDA when it imports, else the torch reference). UNTESTED inside a TensorRT engine: TensorRT-RTX runs
-  engines only on compute capability 8.0, 8.6, 8.9 and 12.x GPUs and we have none (our H200 is 9.0);
-  the same enqueue code is tested on host buffers (CI) and on CUDA buffers with torch (the H200).
+  on CUDA when it imports, else the torch reference; with the RoPE clamp and a far key in the call, the torch
+  gathers, as kernels.sparse_attention does, after a host sync that checks for far keys). UNTESTED inside a
+  TensorRT engine, with or without the clamp: TensorRT-RTX runs engines only on compute capability 8.0, 8.6,
+  8.9 and 12.x GPUs and we have none (our H200 is 9.0); the same enqueue code is tested on host buffers (CI)
+  and on CUDA buffers with torch (the H200).
 
 Engines hold no Python code: a process that deserializes one must call register() first.
 """
@@ -29,8 +32,9 @@ from .libs import load_trt
 trt = load_trt()          # raises TensorRTUnavailable (one line) where TensorRT-RTX cannot be used
 
 N_INPUTS = len(oc.INPUT_NAMES)
+N_INPUTS_ROPE = len(oc.ALL_INPUT_NAMES)     # with the RoPE clamp's rope_delta and rope
 FLOAT_TYPES = (trt.DataType.FLOAT, trt.DataType.HALF)
-RANKS = (4, 4, 4, 3)                        # q, k_cache, v_cache, rows
+RANKS = (4, 4, 4, 3, 3, 3)                  # q, k_cache, v_cache, rows, [rope_delta, rope]
 
 
 class PluginConfigError(ValueError):
@@ -42,12 +46,15 @@ config_errors: list[str] = []
 
 
 def check_dims(dims: list[tuple[int, ...]]) -> None:
-    """Contract checks on (q, k_cache, v_cache, rows) dims; -1 marks a dim not known yet."""
-    names = oc.INPUT_NAMES
+    """Contract checks on (q, k_cache, v_cache, rows[, rope_delta, rope]) dims; -1: a dim not known yet."""
+    if len(dims) not in (N_INPUTS, N_INPUTS_ROPE):
+        raise PluginConfigError(f"asa.SparseAttention takes {N_INPUTS} inputs or {N_INPUTS_ROPE} (with the "
+                                f"RoPE clamp's rope_delta and rope), got {len(dims)}")
+    names = oc.ALL_INPUT_NAMES
     for name, d, r in zip(names, dims, RANKS):
         if len(d) != r:
             raise PluginConfigError(f"asa.SparseAttention: {name} must have rank {r}, got dims {d}")
-    q, k, v, rows = dims
+    q, k, v, rows = dims[:4]
 
     def clash(a, b):
         return a >= 0 and b >= 0 and a != b
@@ -60,6 +67,13 @@ def check_dims(dims: list[tuple[int, ...]]) -> None:
         raise PluginConfigError(f"asa.SparseAttention: Hq={q[1]} is not a multiple of Hkv={k[1]}")
     if clash(rows[0], q[0]) or clash(rows[1], q[2]):
         raise PluginConfigError(f"asa.SparseAttention: rows {rows} must be (B, T, K) for q {q}")
+    if len(dims) == N_INPUTS_ROPE:
+        delta, rope = dims[4:]
+        if any(clash(a, b) for a, b in zip(delta, rows)):
+            raise PluginConfigError(f"asa.SparseAttention: rope_delta {delta} must have the shape of rows "
+                                    f"{rows}")
+        if clash(rope[2], 2) or (rope[1] >= 0 and q[3] >= 0 and rope[1] * 2 != q[3]):
+            raise PluginConfigError(f"asa.SparseAttention: rope {rope} must be (P, D/2, 2) for q {q}")
 
 
 class SparseAttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
@@ -96,8 +110,10 @@ class SparseAttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3On
         desc = in_out[pos].desc
         if desc.format != trt.TensorFormat.LINEAR:
             return False
-        if pos == 3:                                            # rows
+        if pos in (3, 4) and pos < num_inputs:                  # rows, rope_delta
             return desc.type == trt.DataType.INT32
+        if pos == 5 and pos < num_inputs:                       # rope: the float32 table, whatever q's type
+            return desc.type == trt.DataType.FLOAT
         if pos == 0:
             return desc.type in FLOAT_TYPES
         return desc.type == in_out[0].desc.type                 # k_cache, v_cache, out follow q
@@ -105,8 +121,6 @@ class SparseAttentionPlugin(trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3On
     def configure_plugin(self, inp, out):
         dims = [tuple(int(x) for x in t.desc.dims) for t in inp]      # -1 where a dim is dynamic
         try:
-            if len(dims) != N_INPUTS:
-                raise PluginConfigError(f"asa.SparseAttention takes {N_INPUTS} inputs, got {len(dims)}")
             check_dims(dims)
         except PluginConfigError as e:
             config_errors.append(str(e))

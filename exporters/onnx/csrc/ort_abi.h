@@ -26,7 +26,7 @@ struct OrtApi;  // opaque: read through OrtFns below
 // ONNX TensorProto element types (the values are the ONNX standard's)
 enum AsaElemType : int { kElemUndefined = 0, kElemFloat = 1, kElemInt32 = 6, kElemFloat16 = 10 };
 enum AsaErrorCode : int { kOrtOk = 0, kOrtFail = 1, kOrtInvalidArgument = 2 };
-enum AsaIOCharacteristic : int { kRequired = 0 };
+enum AsaIOCharacteristic : int { kRequired = 0, kOptional = 1 };
 enum AsaMemType : int { kMemDefault = 0 };
 
 struct OrtApiBase {

@@ -1,7 +1,8 @@
 // ONNX Runtime custom-op library: the asa.SparseAttention kernel (domain "asa", op "SparseAttention",
 // since version 1), float32 and float16, CPU. Registered on a SessionOptions by
 // exporters/onnx/custom_ops.py (register_custom_ops_library), which also builds this file.
-// A registered kernel takes precedence over the node's ONNX function body.
+// A registered kernel takes precedence over the node's ONNX function body. Inputs 4 and 5 (rope_delta, rope:
+// the RoPE clamp) are optional: a node has 4 inputs, or 6 with the clamp.
 #include <cmath>
 #include <exception>
 #include <mutex>
@@ -56,13 +57,19 @@ std::string dims_str(const std::vector<int64_t>& d) {
 OrtStatus* compute(const Kernel& kern, OrtKernelContext* ctx) {
   size_t n_in = 0;
   if (OrtStatus* s = g_ort.KernelContext_GetInputCount(ctx, &n_in)) return s;
-  if (n_in != 4) return error("expects 4 inputs (q, k_cache, v_cache, rows), got " + std::to_string(n_in));
-  const OrtValue* in[4];
-  std::vector<int64_t> dims[4];
-  int elem[4];
-  void* data[4];
-  for (size_t i = 0; i < 4; ++i) {
+  if (n_in != 4 && n_in != 6)
+    return error("expects 4 inputs (q, k_cache, v_cache, rows) or 6 (+ rope_delta, rope), got " +
+                 std::to_string(n_in));
+  const OrtValue* in[6] = {};
+  std::vector<int64_t> dims[6];
+  int elem[6] = {};
+  void* data[6] = {};
+  for (size_t i = 0; i < n_in; ++i) {
     if (OrtStatus* s = g_ort.KernelContext_GetInput(ctx, i, &in[i])) return s;
+    if (!in[i]) {  // an omitted optional input
+      if (i < 4) return error("input " + std::to_string(i) + " is missing");
+      continue;
+    }
     if (OrtStatus* s = shape_of(in[i], &dims[i], &elem[i])) return s;
     // inputs are read only; the C API of this version has one accessor for both directions
     if (OrtStatus* s = g_ort.GetTensorMutableData(const_cast<OrtValue*>(in[i]), &data[i])) return s;
@@ -84,6 +91,22 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* ctx) {
   if (d.K == 0 && d.B * d.T > 0) return error("rows has K=0: every row needs at least one valid slot");
   std::string bad = asa::check_rows(rows, d);
   if (!bad.empty()) return error(bad);
+  asa::Rope rope;
+  if ((in[4] != nullptr) != (in[5] != nullptr))
+    return error("rope_delta and rope go together (the RoPE clamp): give both or neither");
+  if (in[4]) {
+    const auto &dd = dims[4], &td = dims[5];
+    if (dd != rd) return error("rope_delta " + dims_str(dd) + " must have the shape of rows " + dims_str(rd));
+    if (td.size() != 3 || td[1] * 2 != d.D || td[2] != 2)
+      return error("rope " + dims_str(td) + " must be (P, D/2, 2) for D=" + std::to_string(d.D));
+    if (elem[4] != kElemInt32 || elem[5] != kElemFloat)
+      return error("element types do not match the contract (rope_delta int32, rope float32)");
+    d.P = td[0];
+    rope.delta = static_cast<const int32_t*>(data[4]);
+    rope.table = static_cast<const float*>(data[5]);
+    bad = asa::check_deltas(rope.delta, d);
+    if (!bad.empty()) return error(bad);
+  }
 
   OrtValue* out_v = nullptr;
   if (OrtStatus* s = g_ort.KernelContext_GetOutput(ctx, 0, qd.data(), 4, &out_v)) return s;
@@ -93,10 +116,11 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* ctx) {
   const float scale = kern.has_scale ? kern.scale : 1.0f / std::sqrt(float(d.D));
   if (kern.elem == kElemFloat) {
     asa::sparse_attention(static_cast<const float*>(data[0]), static_cast<const float*>(data[1]),
-                          static_cast<const float*>(data[2]), rows, static_cast<float*>(out), d, scale);
+                          static_cast<const float*>(data[2]), rows, rope, static_cast<float*>(out), d, scale);
   } else {
     asa::sparse_attention(static_cast<const asa::Half*>(data[0]), static_cast<const asa::Half*>(data[1]),
-                          static_cast<const asa::Half*>(data[2]), rows, static_cast<asa::Half*>(out), d, scale);
+                          static_cast<const asa::Half*>(data[2]), rows, rope, static_cast<asa::Half*>(out), d,
+                          scale);
   }
   return nullptr;
 }
@@ -104,12 +128,15 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* ctx) {
 // ---- OrtCustomOp callbacks --------------------------------------------------------------------------
 const char* op_name(const OrtCustomOp*) { return kOpType; }
 const char* op_ep(const OrtCustomOp*) { return nullptr; }  // nullptr = the CPU execution provider
-size_t op_n_in(const OrtCustomOp*) { return 4; }
+size_t op_n_in(const OrtCustomOp*) { return 6; }  // q, k_cache, v_cache, rows, [rope_delta, rope]
 size_t op_n_out(const OrtCustomOp*) { return 1; }
 int op_in_type(const OrtCustomOp* op, size_t i) {
-  return i == 3 ? kElemInt32 : reinterpret_cast<const OpDef*>(op)->elem;
+  if (i == 3 || i == 4) return kElemInt32;  // rows, rope_delta
+  if (i == 5) return kElemFloat;            // rope (float32 for both op dtypes)
+  return reinterpret_cast<const OpDef*>(op)->elem;
 }
 int op_out_type(const OrtCustomOp* op, size_t) { return reinterpret_cast<const OpDef*>(op)->elem; }
+int op_in_characteristic(const OrtCustomOp*, size_t i) { return i >= 4 ? kOptional : kRequired; }
 int op_required(const OrtCustomOp*, size_t) { return kRequired; }
 int op_mem_default(const OrtCustomOp*, size_t) { return kMemDefault; }
 int op_arity_one(const OrtCustomOp*) { return 1; }
@@ -164,7 +191,7 @@ OpDef make_op(int elem) {
   o.GetOutputTypeCount = op_n_out;
   o.KernelCompute = op_compute;
   o.KernelDestroy = op_destroy;
-  o.GetInputCharacteristic = op_required;
+  o.GetInputCharacteristic = op_in_characteristic;
   o.GetOutputCharacteristic = op_required;
   o.GetInputMemoryType = op_mem_default;
   o.GetVariadicInputMinArity = op_arity_one;

@@ -1,5 +1,7 @@
 // asa.SparseAttention on CPU: the math, independent of onnxruntime (contract: exporters/onnx/op_contract.py).
 //   q (B, Hq, T, D), k/v (B, Hkv, S, D), rows (B, T, K) int32 cache slots (-1 = padding) -> out (B, Hq, T, D)
+//   optional, the RoPE clamp: delta (B, T, K) int32 and rope (P, D/2, 2) float32 cos/sin: each gathered key
+//   with delta != 0 is rotated (interleaved pairs, float32) by rope[delta] before its scores (delta 0: as is).
 // One work item is a (b, kv head, t) triple: its Hq/Hkv query heads share the gathered key and value rows,
 // which are read once per item while still in L1. Scores are kept per item (K floats per head), softmax
 // is exact (max-subtracted, two passes over K scores), accumulation is float32 for both dtypes.
@@ -18,7 +20,23 @@ namespace asa {
 
 struct Dims {
   int64_t B, Hq, Hkv, T, S, D, K;
+  int64_t P = 0;  // rows of the RoPE clamp's table (0: no clamp)
 };
+
+// The RoPE clamp's inputs; both null without the clamp.
+struct Rope {
+  const int32_t* delta = nullptr;  // (B, T, K)
+  const float* table = nullptr;    // (P, D/2, 2)
+};
+
+// x (D floats, interleaved pairs) rotated by cs (D/2 cos/sin pairs) into y.
+inline void rotate(const float* x, const float* cs, float* y, int64_t D) {
+  for (int64_t i = 0; i < D; i += 2) {
+    const float c = cs[i], s = cs[i + 1], x0 = x[i], x1 = x[i + 1];
+    y[i] = x0 * c - x1 * s;
+    y[i + 1] = x1 * c + x0 * s;
+  }
+}
 
 // IEEE half <-> float, portable (no F16C needed), round-to-nearest-even like numpy.
 inline float half_to_float(uint16_t h) {
@@ -98,19 +116,33 @@ inline std::string check_rows(const int32_t* rows, const Dims& d) {
   return "";
 }
 
+// Empty string when every rope_delta entry indexes the table (0 <= delta < P), else a one-line reason.
+inline std::string check_deltas(const int32_t* delta, const Dims& d) {
+  for (int64_t i = 0; i < d.B * d.T * d.K; ++i)
+    if (delta[i] < 0 || delta[i] >= d.P)
+      return "rope_delta (b=" + std::to_string(i / (d.T * d.K)) + ", t=" + std::to_string(i / d.K % d.T) +
+             ", j=" + std::to_string(i % d.K) + ") is " + std::to_string(delta[i]) +
+             ", outside the rope table's [0, " + std::to_string(d.P) + ")";
+  return "";
+}
+
 template <class T>
-void attend_items(const T* q, const T* k, const T* v, const int32_t* rows, T* out, const Dims& d, float scale,
-                  int64_t begin, int64_t end) {
+void attend_items(const T* q, const T* k, const T* v, const int32_t* rows, const Rope& rope, T* out,
+                  const Dims& d, float scale, int64_t begin, int64_t end) {
   const int64_t g = d.Hq / d.Hkv, D = d.D, K = d.K;
   const size_t gD = size_t(g * D), gK = size_t(g * K), nD = size_t(D), nK = size_t(K);
-  std::vector<float> qf(gD), acc(gD), sc(gK), kf(nD), vf(nD);   // per-thread scratch
-  std::vector<int64_t> slots(nK);
+  std::vector<float> qf(gD), acc(gD), sc(gK), kf(nD), vf(nD), kr(nD);   // per-thread scratch
+  std::vector<int64_t> slots(nK), deltas(nK, 0);
   for (int64_t it = begin; it < end; ++it) {
     const int64_t t = it % d.T, bh = it / d.T, hk = bh % d.Hkv, b = bh / d.Hkv;
     const int32_t* r = rows + (b * d.T + t) * K;
+    const int32_t* dl = rope.delta ? rope.delta + (b * d.T + t) * K : nullptr;
     int64_t n = 0;
     for (int64_t j = 0; j < K; ++j)
-      if (r[j] >= 0) slots[size_t(n++)] = r[j];
+      if (r[j] >= 0) {
+        if (dl) deltas[size_t(n)] = dl[j];
+        slots[size_t(n++)] = r[j];
+      }
     const T* kb = k + (b * d.Hkv + hk) * d.S * D;                 // (S, D) of this kv head
     const T* vb = v + (b * d.Hkv + hk) * d.S * D;
     for (int64_t gi = 0; gi < g; ++gi) {
@@ -126,6 +158,10 @@ void attend_items(const T* q, const T* k, const T* v, const int32_t* rows, T* ou
       } else {
         to_float(krow, kf.data(), D);
         kp = kf.data();
+      }
+      if (const int64_t dj = deltas[size_t(j)]) {                 // the RoPE clamp: a far key, turned
+        rotate(kp, rope.table + dj * D, kr.data(), D);
+        kp = kr.data();
       }
       for (int64_t gi = 0; gi < g; ++gi) sc[size_t(gi * K + j)] = dot(&qf[size_t(gi * D)], kp, D);
     }
@@ -165,21 +201,21 @@ inline int thread_count(int64_t items, int64_t macs) {
 }
 
 template <class T>
-void sparse_attention(const T* q, const T* k, const T* v, const int32_t* rows, T* out, const Dims& d,
-                      float scale) {
+void sparse_attention(const T* q, const T* k, const T* v, const int32_t* rows, const Rope& rope, T* out,
+                      const Dims& d, float scale) {
   const int64_t items = d.B * d.Hkv * d.T;
   const int nt = thread_count(items, d.B * d.Hq * d.T * d.K * d.D);
   if (nt == 1) {
-    attend_items(q, k, v, rows, out, d, scale, 0, items);
+    attend_items(q, k, v, rows, rope, out, d, scale, 0, items);
     return;
   }
   std::vector<std::thread> pool;
   const int64_t per = (items + nt - 1) / nt;
   for (int i = 1; i < nt; ++i) {
     const int64_t b = i * per, e = std::min(items, b + per);
-    if (b < e) pool.emplace_back([=] { attend_items(q, k, v, rows, out, d, scale, b, e); });
+    if (b < e) pool.emplace_back([=] { attend_items(q, k, v, rows, rope, out, d, scale, b, e); });
   }
-  attend_items(q, k, v, rows, out, d, scale, 0, std::min(items, per));
+  attend_items(q, k, v, rows, rope, out, d, scale, 0, std::min(items, per));
   for (auto& th : pool) th.join();
 }
 
