@@ -39,6 +39,12 @@ def costs(results: Path = RESULTS) -> dict[str, dict]:
     if pol.is_file():
         for n, r in json.loads(pol.read_text())["policies"].items():
             out[n] = {"keys": r["mean_keys_layers"], "kv": r["kv_bound"]["max"]}
+    # a model no policies run measured: the batch's own plan statistics (the same measures, on the book sequences)
+    for f in (results / "asa_v2_results.json", *sorted(results.glob("*/asa_v2_results.json"))):
+        for n, m in json.loads(f.read_text())["models"].items() if f.is_file() else ():
+            keys = m.get("mean_keys_layers", m.get("reach", {}).get("mean_keys"))
+            if n not in out and n != "asa_small" and keys and m.get("summary", {}).get("final"):
+                out[n] = {"keys": keys, "kv": m.get("kv_bound", {}).get("max")}
     # a causal dense model reads (t + 1) keys at position t: (ctx + 1) / 2 on average over a window
     out["dense"] = {"keys": (TRAIN_CTX + 1) / 2, "kv": None}
     return out
