@@ -133,6 +133,7 @@ MODELS = {s.name: s for s in (
     Spec("coh4_w256_wide2_s1", "full", {**COH4_W64, "window": 256, "k": 288, "narrow_k": 68, "wide_layers": (3, 7)},
          seed=1, label="coh4 + window 256, k 288, in layers 3, 7; sinks + nearest 64 elsewhere, seed 1"),
     Spec("local_w256", "local", {"window": 256, "k": 288}, label="local only, window 256, k 288"),
+    Spec("local_w256_s1", "local", {"window": 256, "k": 288}, seed=1, label="local only, window 256, k 288, seed 1"),
     # one size above asa-small: the finalist policy and its dense twin
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
     Spec("coh4_w64_m", "full", COH4_W64, args=MEDIUM_ARGS,

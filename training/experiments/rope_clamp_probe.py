@@ -94,10 +94,6 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=131072, help="held-out tokens per context (from the start)")
     ap.add_argument("--out", default=str(REPO / "training" / "results" / "asa_v2" / "rope_clamp" / "full"))
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--books", action="store_true",
-                    help="instead of --contexts: the evaluation's book sequences (32k tokens each; by position and "
-                         "the far-context measure, training/far_context.py), for each of --clamps")
-    ap.add_argument("--max-books", type=int, default=0, help="book sequences (0: all; a cap for quick checks)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -122,28 +118,6 @@ def main(argv=None):
 
     res = {"model": a.model, "plan": cfg.to_dict(), "max_tokens": a.max_tokens, "check_max_nll_gap": gap,
            "ppl": {}, "seconds": {}}
-    if a.books:                                      # the evaluation's books, as asa_v2.held_out reads them
-        from training import far_context as fc
-        from training.long_context import book_eval, book_sequences
-
-        books = book_sequences(ids, prep.meta["eos_id"], 32768, min_len=1024)
-        books = books[: a.max_books] if a.max_books else books
-        res["max_books"] = a.max_books
-        lower = fc.lowercase_vocabulary(fc.words(ids, pieces))
-        plans = plan_sequences(cfg, pieces, [b[:-1] for b in books], 2)
-        res["books"] = {}
-        for c in clamps:
-            t = time.time()
-            patch(c)
-            r = book_eval(model, Method(), books, pieces, "cpu", plans, lower)
-            M.Attention.forward = original
-            r["seconds"] = round(time.time() - t, 1)
-            res["books"][str(c or "none")] = r
-            far = r["far_context"]
-            print(f"books, far keys at {c or 'their true distance'}: " + ", ".join(
-                f"{k} {b} {far[k][b]['continuation']['loss']:.3f}" for k in ("name", "rare")
-                for b in ("gap > 2048",) if b in far.get(k, {})) + f" ({r['seconds']} s)", flush=True)
-        ctxs = []
     for L in ctxs:
         wins = context_windows(ids, L, a.max_tokens)
         plans = plan_sequences(cfg, pieces, [w[:-1] for w in wins], 2)
