@@ -68,6 +68,7 @@ class Spec:
     compile: bool = False        # CUDA only: torch.compile the decode step before the graph records it
     prefill_chunk: int | None = None   # None: the engine's default (512, sized for CPUs)
     quantize: str | None = None  # weight-only scheme passed to load ("int8"; torch backend)
+    rope_clamp: int | None = None   # ASA rows: override the model's RoPE clamp (None: the model's; 0: off)
 
 
 @dataclass
@@ -118,7 +119,8 @@ def measure_runtime(spec: Spec) -> dict:
     torch.set_num_threads(spec.threads)
     cuda = spec.device.startswith("cuda")
     lm = load(spec.model, backend=spec.backend, mode="none" if spec.mode == "dense" else None, device=spec.device,
-              dtype=spec.dtype, quantize=spec.quantize, kv_dtype=spec.kv_dtype if spec.mode != "dense" else None)
+              dtype=spec.dtype, quantize=spec.quantize, kv_dtype=spec.kv_dtype if spec.mode != "dense" else None,
+              rope_clamp=spec.rope_clamp if spec.mode != "dense" else None)
     if cuda:
         lm.backend.cuda_graph, lm.backend.compile_decode = spec.cuda_graph, spec.compile
     ids = prompt_ids(lm.tokenizer, spec.context, spec.text_file)
@@ -224,16 +226,19 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
         modes=("asa", "dense"), gguf: str | None = None, threads: int = 1, text_file: str | None = None,
         progress: bool = True, device: str = "cpu", dtype: str | None = None,
         cuda_graphs=(True,), compile: bool = False, prefill_chunk: int | None = None,
-        quantize=(None,)) -> list[Row]:
+        quantize=(None,), rope_clamps=(None,)) -> list[Row]:
     """gguf: the dense GGUF of the same weights (with `<name>.tokenizer.json` beside it) to run llama.cpp on;
     None leaves llama.cpp out. On CUDA, `cuda_graphs=(False, True)` measures eager and graphed decode.
     quantize: weight schemes for the asa-run torch rows (None: the model's dtype), one row set each; a
-    quantized row's backend reads e.g. "torch f16"."""
+    quantized row's backend reads e.g. "torch f16". rope_clamps: RoPE clamps of the ASA rows (None: the model's),
+    one row set each; an overridden row's backend reads e.g. "torch rope_clamp=0"."""
     from tqdm import tqdm
 
     found = systems(model, list(backends), list(modes), gguf is not None)
     found = [{**d, "quantize": q} if d["backend"] == "torch" else d
              for d in found for q in (quantize if d["backend"] == "torch" else (None,))]
+    found = [{**d, "rope_clamp": c} if d["mode"] == "asa" and d["system"] == "asa-run" else d
+             for d in found for c in (rope_clamps if d["mode"] == "asa" and d["system"] == "asa-run" else (None,))]
     if device.startswith("cuda"):
         found = [{**d, "device": device, "dtype": dtype, "cuda_graph": g, "compile": compile and g,
                   "prefill_chunk": prefill_chunk} for d in found if d["system"] == "asa-run" for g in cuda_graphs]
@@ -252,7 +257,8 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
             bar.update()
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
         spread = {k: [min(r[k] for r in results), max(r[k] for r in results)] for k in results[0]}
-        label = sysd["backend"] + (f" {spec.quantize}" if spec.quantize else "")
+        label = sysd["backend"] + (f" {spec.quantize}" if spec.quantize else "") \
+            + (f" rope_clamp={spec.rope_clamp}" if spec.rope_clamp is not None else "")
         rows.append(Row(system=sysd["system"], backend=label, mode=sysd["mode"], context=c,
                         n_gen=n_gen, repeats=repeats, spread=spread, device=spec.device,
                         cuda_graph=spec.device.startswith("cuda") and spec.cuda_graph, compile=spec.compile,

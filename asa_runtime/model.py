@@ -163,7 +163,8 @@ class Attention(nn.Module):
         return apply_rope(q, rc), apply_rope(k, rc), v
 
     def forward(self, x, rc, keys, slots, attn_mask, cache: KVCache | None, clamp=None):
-        """clamp: (rope_delta in the plan's layout, RoPE table) when the RoPE clamp applies (Transformer.forward)."""
+        """clamp: when the RoPE clamp applies (Transformer.layer_clamps): (rope_delta, RoPE table) for plan rows,
+        (query positions, w, RoPE table) for a UnionPlan."""
         B, T, _ = x.shape
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q, k, v = self.project(x, rc)
@@ -373,7 +374,8 @@ class Transformer(nn.Module):
         return [wide if i in p.wide_layers else narrow for i in range(len(self.layers))]
 
     def layer_clamps(self, keys, key_pos, input_pos, cached: bool) -> list:
-        """Each layer's RoPE clamp for Attention.forward: (rope_delta in its plan's layout, the RoPE table), or
+        """Each layer's RoPE clamp for Attention.forward: (rope_delta (B, T, K), the RoPE table) for plan rows,
+        (query positions, w, the RoPE table) for a UnionPlan, or
         None where no planned key is more than cfg.rope_clamp tokens back (always inside the training length
         when rope_clamp >= max_seq_len: training never takes this path's rotations)."""
         w, n = self.cfg.rope_clamp, len(self.layers)
@@ -381,11 +383,11 @@ class Transformer(nn.Module):
             return [None] * n
 
         def one(k, kp):
-            if isinstance(k, UnionPlan):
+            if isinstance(k, UnionPlan):                            # union_attention takes (q_pos, w, rope)
                 if k.pos is None:
                     raise ValueError("the RoPE clamp needs the union's token positions (UnionPlan.from_rows "
                                      "positions=)")
-                d = k.deltas(input_pos, w)
+                return (input_pos, w, self.rope) if bool(k.deltas(input_pos, w).any()) else None
             else:
                 if kp is None:
                     if cached:

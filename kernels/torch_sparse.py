@@ -39,13 +39,11 @@ def rope_deltas(q_pos: torch.Tensor, key_pos: torch.Tensor, w: int) -> torch.Ten
 def rotate(x: torch.Tensor, delta: torch.Tensor, rope: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """x (..., D) rotated like RoPE (interleaved pairs) by the angles of positions delta (x.shape[:-1],
     broadcastable, >= 0): rope (P, D/2, 2) cos/sin, model.rope_cache's table. inverse: by -delta. float32
-    (float64 for float64 x)."""
+    (float64 for float64 x). One complex multiplication (a real-arithmetic version was 5x slower on the CPU)."""
     dt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cs = rope[delta].to(dt)                                           # (..., D/2, 2)
-    cos, sin = cs[..., 0], cs[..., 1] * (-1 if inverse else 1)
-    xs = x.to(dt).reshape(*x.shape[:-1], -1, 2)
-    out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], -1)
-    return out.flatten(-2)
+    r = torch.view_as_complex(rope.to(dt)[delta].contiguous())       # (..., D/2)
+    xc = torch.view_as_complex(x.to(dt).reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(xc * (r.conj() if inverse else r)).flatten(-2)
 
 
 def _chunk_scores(q, k, keys, s, e, scale, cdt, delta=None, rope=None):
@@ -169,23 +167,28 @@ class UnionPlan:
         return len(np.unique(rows[rows >= 0])) <= 2 * len(rows) + 1024
 
 
-def union_attention(q, k, v, plan: UnionPlan, rope_delta=None, rope=None):
-    """q: (1, Hq, T, D); k, v: (1, Hkv, S, D) the cache; returns (1, Hq, T, D) in q's dtype. rope_delta (T, U)
-    (UnionPlan.deltas) with rope: the RoPE clamp; its few far pairs enter as an additive mask holding the
-    change of their score, so the union stays one SDPA."""
+def union_attention(q, k, v, plan: UnionPlan, q_pos=None, w: int = 0, rope=None):
+    """q: (1, Hq, T, D); k, v: (1, Hkv, S, D) the cache; returns (1, Hq, T, D) in q's dtype. q_pos (T,), w and
+    rope: the RoPE clamp (needs plan.pos). Its far pairs enter as an additive mask holding the change of their
+    score, so the union stays one SDPA; the far scores are (R(w) q_raw) . k_raw, two small matmuls over the
+    union's columns that hold a far key (q rotated back by p - w, each key by its own position)."""
     ku, vu = k.index_select(2, plan.slots), v.index_select(2, plan.slots)   # (1, Hkv, |U|, D)
     mask = plan.mask
-    if rope_delta is not None:
-        t, u = torch.nonzero(rope_delta, as_tuple=True)                  # the far (query, key) pairs
-        if len(t):
-            Hq, Hkv, D = q.shape[1], k.shape[1], q.shape[-1]
-            kf = ku[0][:, u].float()                                     # (Hkv, F, D)
-            kr = rotate(kf, rope_delta[t, u][None], rope.float())         # scored at distance w
-            qf = q[0][:, t].float().view(Hkv, Hq // Hkv, len(t), D)
-            change = torch.einsum("hgfd,hfd->hgf", qf, kr - kf).reshape(Hq, len(t)) * D ** -0.5
+    if w and q_pos is not None:
+        far = plan.deltas(q_pos, w) > 0                                  # (T, U)
+        cols = torch.nonzero(far.any(0)).squeeze(1)                      # (Uf,) columns with a far pair
+        if len(cols):
+            Hq, Hkv, T, D = q.shape[1], k.shape[1], q.shape[2], q.shape[-1]
+            g = Hq // Hkv
+            rope = rope.float()
+            kc = ku[0][:, cols].float()                                  # (Hkv, Uf, D) rotated at their positions
+            kraw = rotate(kc, plan.pos[cols], rope, inverse=True)       # un-rotated
+            qf = q[0].float().view(Hkv, g, T, D)
+            qw = rotate(qf, (q_pos - w).clamp_min(0), rope, inverse=True)   # R(w - p) q = R(w) q_raw
+            change = (torch.einsum("hgtd,hud->hgtu", qw, kraw) - torch.einsum("hgtd,hud->hgtu", qf, kc)) * D ** -0.5
             bias = torch.zeros(Hq, *mask.shape, dtype=torch.float32, device=q.device)
             bias.masked_fill_(~mask, float("-inf"))
-            bias[:, t, u] = change
+            bias[:, :, cols] += torch.where(far[:, cols], change.reshape(Hq, T, len(cols)), 0.0)
             mask = bias[None].to(q.dtype)                                # (1, Hq, T, U)
     return F.scaled_dot_product_attention(q, ku.to(q.dtype), vu.to(q.dtype), attn_mask=mask,
                                           enable_gqa=q.shape[1] != k.shape[1])

@@ -70,6 +70,9 @@ def gguf_for(model: str) -> str:
               "(pip install 'asa-runtime[llamacpp]').")
 @click.option("--quantize", "quantize", default="none", show_default=True,
               help="Weight schemes of the torch rows (comma list of none, int8, f16): one set of rows each.")
+@click.option("--rope-clamp", "rope_clamps", default="model", show_default=True,
+              help="RoPE clamps of the ASA rows (comma list of model = the model's own, or integers; 0 = off): one "
+                   "set of rows each.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("-f", "--text-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Prompt text (UTF-8) instead of the built-in paragraphs.")
@@ -81,8 +84,8 @@ def gguf_for(model: str) -> str:
               help="Write the table here (atomically) as well as to stdout.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Save a plot (PNG): tokens/s and peak memory against context (needs matplotlib).")
-def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quantize, threads, text_file, device,
-              output, out_file, plot_file):
+def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quantize, rope_clamps, threads, text_file,
+              device, output, out_file, plot_file):
     """Latency table: prompt and generation tokens/s, time to first token, peak memory, per system."""
     from asa_runtime import benchmark
 
@@ -90,6 +93,12 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quant
     bks = _names(backends, BACKENDS, "--backend")
     mds = _names(modes, ("asa", "dense"), "--mode")
     qs = [None if q == "none" else q for q in _names(quantize, ("none", "int8", "f16"), "--quantize")]
+    clamps = []
+    for c in rope_clamps.split(","):
+        c = c.strip()
+        if c != "model" and not (c.isdigit() and c.isascii()):
+            raise click.UsageError(f"--rope-clamp: {c!r} is neither 'model' nor an integer >= 0")
+        clamps.append(None if c == "model" else int(c))
     gguf = None
     try:
         if device == "cuda":
@@ -107,7 +116,7 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quant
             gguf = gguf_for(model)
         gpu = dict(device="cuda", dtype="bfloat16", prefill_chunk=4096) if device == "cuda" else {}
         rows = benchmark.run(model, ctx, n_gen=n_gen, repeats=repeats, backends=bks, modes=mds, gguf=gguf,
-                             threads=threads, text_file=text_file, quantize=qs, **gpu)
+                             threads=threads, text_file=text_file, quantize=qs, rope_clamps=clamps, **gpu)
     except click.ClickException:
         raise
     except (RuntimeError, *USER_ERRORS) as e:
