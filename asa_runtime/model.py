@@ -53,9 +53,13 @@ def apply_rope(x: torch.Tensor, rc: torch.Tensor) -> torch.Tensor:
 
 
 def _turn(kg: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
-    """Gathered keys (1, Hkv, n, hs) times the complex rotations far (n, hs/2): float32 (the RoPE clamp)."""
-    kc = torch.view_as_complex(kg.float().reshape(*kg.shape[:-1], -1, 2).contiguous())
-    return torch.view_as_real(kc * far).flatten(-2)
+    """Gathered keys (1, Hkv, n, hs), a fresh tensor (index_select's), with its first len(far) keys turned by the
+    complex rotations far (nf, hs/2): float32 (the RoPE clamp; far keys lead an ascending row)."""
+    kf = kg.float()
+    nf = far.shape[0]
+    kc = torch.view_as_complex(kf[..., :nf, :].reshape(*kf.shape[:-2], nf, -1, 2).contiguous())
+    kf[..., :nf, :] = torch.view_as_real(kc * far).flatten(-2)
+    return kf
 
 
 def _mv(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -187,8 +191,8 @@ class Attention(nn.Module):
         """One token of one sequence on 1-D vectors. h: (d,); rot: (hs/2,) complex cos + i sin of the
         position; idx: (n,) planned slots, or None for the dense baseline (slots 0..pos are positions).
         Static shapes (a CUDA graph replays it): pos and slot 0-d tensors, mask (n,) bool over idx (padded
-        to the plan width) or, with idx None, over every cache slot. far: (n, hs/2) complex rotations of the
-        RoPE clamp for idx's keys (1 for a near key), or None."""
+        to the plan width) or, with idx None, over every cache slot. far: (nf, hs/2) complex rotations of the
+        RoPE clamp for idx's first nf keys (Transformer._far), or None."""
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         nqk = (H + Hkv) * hs
         dt = h.dtype
@@ -431,7 +435,7 @@ class Transformer(nn.Module):
         if p.narrow_k and idx is not None:                         # the narrow layers' part of the row
             if mask is None:
                 keep = narrow_keep(len(idx), p.narrow_k, p.sinks, len(idx), idx.device)
-                narrow = (idx[keep], None, keep, None if far is None else far[keep])
+                narrow = (idx[keep], None, keep, None if far is None else far[keep[: len(far)]])
             else:                                                  # static shapes: narrow the mask instead
                 narrow = (idx, mask & narrow_keep(mask.sum(), p.narrow_k, p.sinks, len(mask), mask.device), None,
                           far)
@@ -447,8 +451,9 @@ class Transformer(nn.Module):
         return _mv(self.output, self.norm.forward(x)).float()      # (V,)
 
     def _far(self, idx, pos, key_pos, static: bool):
-        """decode_one's RoPE clamp: (n, hs/2) complex rotations that move idx's keys more than w back to
-        distance w (1 for the others), or None when off or (eager) when no key is that far."""
+        """decode_one's RoPE clamp: complex rotations (nf, hs/2) that move idx's keys more than w back to
+        distance w, or None when off or (eager) when no key is that far. Static: one per entry (1 for a near
+        key). Eager: only for the far keys, which lead the row (rows ascend), so only they are turned."""
         w = self.cfg.rope_clamp
         if not w or idx is None:
             return None
@@ -457,9 +462,14 @@ class Transformer(nn.Module):
         if key_pos is None:
             raise ValueError("the RoPE clamp needs the plan row's token positions (key_pos)")
         delta = (pos - key_pos.to(idx.device) - w).clamp_min(0)   # (n,); padding is masked anyway
-        if not static and not bool(delta.any()):
-            return None
-        return torch.view_as_complex(self.rope.index_select(0, delta.long()).contiguous())   # (n, hs/2)
+        if not static:
+            far = delta > 0
+            nf = int(far.sum())
+            if nf == 0:
+                return None
+            if bool(far[:nf].all()):                               # the usual case: a prefix of the row
+                delta = delta[:nf]
+        return torch.view_as_complex(self.rope.index_select(0, delta.long()).contiguous())   # (nf or n, hs/2)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

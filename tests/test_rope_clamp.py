@@ -180,3 +180,31 @@ def test_session_refuses_nothing_new_for_dense(tiny_tokenizer):
     assert s.step(3).shape[0] == cfg.vocab_size
     with pytest.raises(GenerationError):
         s.feed([])
+
+
+def test_decode_turns_far_keys_wherever_they_sit_in_the_row(tiny_tokenizer):
+    """Far keys lead an ascending row (only that prefix is turned); a row in another order takes the general
+    path and gives the same logits (attention does not depend on the order of its keys)."""
+    model = _model(tiny_tokenizer, 6)
+    n = 40
+    ids = _ids(tiny_tokenizer, n)
+    cache = model.make_cache(64)
+    rows = torch.from_numpy(WindowPlanner(lookback=30).plan([None] * (n - 1)).astype(np.int64))[None]
+    with torch.no_grad():
+        model(torch.tensor([ids[:n - 1]]), rows, torch.arange(n - 1), cache=cache, key_pos=rows)
+        row = torch.tensor([0, 1, 10, 20, 30, 35, 36, 37, 38, 39])          # 0, 1, 10, 20, 30 are > 6 back
+        snap = [(c.k.clone(), c.v.clone()) for c in cache]
+        a = model.decode_one(ids[-1], row, n - 1, n - 1, cache, key_pos=row)
+        for c, (k, v) in zip(cache, snap):
+            c.k.copy_(k)
+            c.v.copy_(v)
+        perm = torch.tensor([5, 0, 9, 2, 7, 1, 3, 8, 4, 6])
+        b = model.decode_one(ids[-1], row[perm], n - 1, n - 1, cache, key_pos=row[perm])
+        model.cfg.rope_clamp = 0
+        for c, (k, v) in zip(cache, snap):
+            c.k.copy_(k)
+            c.v.copy_(v)
+        off = model.decode_one(ids[-1], row, n - 1, n - 1, cache)
+        model.cfg.rope_clamp = 6
+    assert (a - b).abs().max() < 1e-4
+    assert (a - off).abs().max() > 1e-3
