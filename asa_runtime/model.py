@@ -168,7 +168,7 @@ class Attention(nn.Module):
 
     def forward(self, x, rc, keys, slots, attn_mask, cache: KVCache | None, clamp=None):
         """clamp: when the RoPE clamp applies (Transformer.layer_clamps): (rope_delta, RoPE table) for plan rows,
-        (query positions, w, RoPE table) for a UnionPlan."""
+        (UnionPlan.clamp, RoPE table) for a UnionPlan."""
         B, T, _ = x.shape
         H, Hkv, hs = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
         q, k, v = self.project(x, rc)
@@ -379,7 +379,7 @@ class Transformer(nn.Module):
 
     def layer_clamps(self, keys, key_pos, input_pos, cached: bool) -> list:
         """Each layer's RoPE clamp for Attention.forward: (rope_delta (B, T, K), the RoPE table) for plan rows,
-        (query positions, w, the RoPE table) for a UnionPlan, or
+        (UnionPlan.clamp, the RoPE table) for a UnionPlan, or
         None where no planned key is more than cfg.rope_clamp tokens back (always inside the training length
         when rope_clamp >= max_seq_len: training never takes this path's rotations)."""
         w, n = self.cfg.rope_clamp, len(self.layers)
@@ -387,11 +387,12 @@ class Transformer(nn.Module):
             return [None] * n
 
         def one(k, kp):
-            if isinstance(k, UnionPlan):                            # union_attention takes (q_pos, w, rope)
+            if isinstance(k, UnionPlan):                            # union_attention takes (UnionClamp, rope)
                 if k.pos is None:
                     raise ValueError("the RoPE clamp needs the union's token positions (UnionPlan.from_rows "
                                      "positions=)")
-                return (input_pos, w, self.rope) if bool(k.deltas(input_pos, w).any()) else None
+                c = k.clamp(input_pos, w)
+                return None if c is None else (c, self.rope)
             else:
                 if kp is None:
                     if cached:

@@ -131,6 +131,17 @@ def sparse_attention_torch(q, k, v, keys, scale=None, chunk: int = CHUNK, rope_d
     return _SparseAttnTorch.apply(q, k, v, keys.long(), float(scale), int(chunk), rope_delta, rope)
 
 
+@dataclass(frozen=True)
+class UnionClamp:
+    """A chunk's RoPE clamp over its union (UnionPlan.clamp): the union's columns holding a far key, which of
+    their pairs are far, and the plan as an additive mask (0 planned, -inf not)."""
+    q_pos: torch.Tensor     # (T,) query positions
+    w: int
+    cols: torch.Tensor      # (Uf,) int64
+    far: torch.Tensor       # (T, Uf) bool
+    base: torch.Tensor      # (T, U) float32
+
+
 # ---- the union layout: a chunk of plan rows as one masked dense attention (CPU prefill) ------------
 @dataclass(frozen=True)
 class UnionPlan:
@@ -161,34 +172,41 @@ class UnionPlan:
         """(T, U) rope_deltas over the union (0 where unplanned)."""
         return rope_deltas(q_pos, torch.where(self.mask, self.pos[None, :], -1), w)
 
+    def clamp(self, q_pos: torch.Tensor, w: int) -> "UnionClamp | None":
+        """What union_attention needs for the RoPE clamp, computed once per chunk for every layer; None when no
+        planned key is more than w back."""
+        far = self.deltas(q_pos, w) > 0                                  # (T, U)
+        cols = torch.nonzero(far.any(0)).squeeze(1)                      # (Uf,) columns holding a far pair
+        if not len(cols):
+            return None
+        base = torch.zeros(self.mask.shape, dtype=torch.float32, device=self.mask.device)
+        base.masked_fill_(~self.mask, float("-inf"))
+        return UnionClamp(q_pos, w, cols, far[:, cols], base)
+
+
     @staticmethod
     def worth_it(rows: np.ndarray) -> bool:
         """Whether the union is small enough to beat the gathers (it is not for e.g. mode random)."""
         return len(np.unique(rows[rows >= 0])) <= 2 * len(rows) + 1024
 
 
-def union_attention(q, k, v, plan: UnionPlan, q_pos=None, w: int = 0, rope=None):
-    """q: (1, Hq, T, D); k, v: (1, Hkv, S, D) the cache; returns (1, Hq, T, D) in q's dtype. q_pos (T,), w and
-    rope: the RoPE clamp (needs plan.pos). Its far pairs enter as an additive mask holding the change of their
-    score, so the union stays one SDPA; the far scores are (R(w) q_raw) . k_raw, two small matmuls over the
-    union's columns that hold a far key (q rotated back by p - w, each key by its own position)."""
+def union_attention(q, k, v, plan: UnionPlan, clamp: UnionClamp | None = None, rope=None):
+    """q: (1, Hq, T, D); k, v: (1, Hkv, S, D) the cache; returns (1, Hq, T, D) in q's dtype. clamp (UnionPlan.clamp)
+    and rope: the RoPE clamp. Its far pairs enter as an additive mask holding the change of their score, so the
+    union stays one SDPA; the far scores are (R(w) q_raw) . k_raw, two small matmuls over the columns holding a
+    far key (q turned back by p - w, each of those keys by its own position)."""
     ku, vu = k.index_select(2, plan.slots), v.index_select(2, plan.slots)   # (1, Hkv, |U|, D)
     mask = plan.mask
-    if w and q_pos is not None:
-        far = plan.deltas(q_pos, w) > 0                                  # (T, U)
-        cols = torch.nonzero(far.any(0)).squeeze(1)                      # (Uf,) columns with a far pair
-        if len(cols):
-            Hq, Hkv, T, D = q.shape[1], k.shape[1], q.shape[2], q.shape[-1]
-            g = Hq // Hkv
-            rope = rope.float()
-            kc = ku[0][:, cols].float()                                  # (Hkv, Uf, D) rotated at their positions
-            kraw = rotate(kc, plan.pos[cols], rope, inverse=True)       # un-rotated
-            qf = q[0].float().view(Hkv, g, T, D)
-            qw = rotate(qf, (q_pos - w).clamp_min(0), rope, inverse=True)   # R(w - p) q = R(w) q_raw
-            change = (torch.einsum("hgtd,hud->hgtu", qw, kraw) - torch.einsum("hgtd,hud->hgtu", qf, kc)) * D ** -0.5
-            bias = torch.zeros(Hq, *mask.shape, dtype=torch.float32, device=q.device)
-            bias.masked_fill_(~mask, float("-inf"))
-            bias[:, :, cols] += torch.where(far[:, cols], change.reshape(Hq, T, len(cols)), 0.0)
-            mask = bias[None].to(q.dtype)                                # (1, Hq, T, U)
+    if clamp is not None:
+        Hq, Hkv, T, D = q.shape[1], k.shape[1], q.shape[2], q.shape[-1]
+        c, rope = clamp, rope.float()
+        kc = ku[0][:, c.cols].float()                                     # (Hkv, Uf, D) at their positions
+        kraw = rotate(kc, plan.pos[c.cols], rope, inverse=True)
+        qf = q[0].float().view(Hkv, Hq // Hkv, T, D)
+        qw = rotate(qf, (c.q_pos - c.w).clamp_min(0), rope, inverse=True)   # R(w - p) q = R(w) q_raw
+        change = (torch.einsum("hgtd,hud->hgtu", qw, kraw) - torch.einsum("hgtd,hud->hgtu", qf, kc)) * D ** -0.5
+        bias = c.base.expand(Hq, -1, -1).clone()                         # (Hq, T, U)
+        bias[:, :, c.cols] += torch.where(c.far, change.reshape(Hq, T, -1), 0.0)
+        mask = bias[None].to(q.dtype)                                     # (1, Hq, T, U)
     return F.scaled_dot_product_attention(q, ku.to(q.dtype), vu.to(q.dtype), attn_mask=mask,
                                           enable_gqa=q.shape[1] != k.shape[1])
