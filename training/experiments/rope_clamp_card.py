@@ -67,6 +67,28 @@ def section(w: int, results: Path = RESULTS, model_dir: Path = CARD.parent) -> s
                    + (f"is {100 * (mine / best - 1):.1f}% behind the best bounded dense baseline ({best:.2f}, "
                       f"which reads up to 2048 keys per query against this plan's {cfg['plan']['k']})."
                       if mine > best else f"beats every bounded dense baseline (best {best:.2f})."))
+    far = ""
+    served_batch = results / "local_w256" / "asa_v2_results.json"     # session 13: the shipped model, clamped
+    if served_batch.is_file():
+        b = json.loads(served_batch.read_text())["models"]
+        mine = res["models"][name]["methods"]["model"]["far_context"]
+
+        def loss(fc, kind):
+            e = fc.get(kind, {}).get("gap > 2048")
+            return e["continuation"]["loss"] if e else None
+        srv = b["asa_small"]["methods"]["model"]["far_context"]
+        ctl = b.get("local_w256", {}).get("methods", {}).get("model", {}).get("far_context", {})
+        gpu = json.loads(served_batch.read_text())["setup"].get("gpu", "GPU")
+        dev_ctx = b["asa_small"]["methods"]["model"]["by_context"]
+        shared = sorted((L for L in cl if L in dev_ctx), key=int)
+        same = all(abs(dev_ctx[L]["ppl"] - cl[L]) < 0.005 for L in shared)
+        agree = (f"its perplexities by context {'equal' if same else 'differ from'} the column above at "
+                 f"{', '.join(shared)}" + ("" if same else ": " + ", ".join(f"{dev_ctx[L]['ppl']:.2f}" for L in shared)))
+        far = (f"\n\nFar context as served (the batch in `asa_v2/local_w256/` evaluated this model with its clamp, by the "
+               f"runtime on an {gpu}; {agree}): loss on names recurring "
+               f"more than 2048 tokens after their last mention {f(loss(srv, 'name'))} nats (unclamped "
+               f"{f(loss(mine, 'name'))}; the local-only control at window 256, {f(loss(ctl, 'name'))}), on rare words "
+               f"{f(loss(srv, 'rare'))} ({f(loss(mine, 'rare'))}; {f(loss(ctl, 'rare'))}).")
     return f"""{BEGIN}
 ## As served: far keys scored at distance {w} (rope_clamp {w})
 
@@ -80,7 +102,7 @@ the runtime's to 8e-6 in NLL), "unclamped" from the device evaluation.
 |---|---|---|{"---|" * len(DENSE)}
 {chr(10).join(rows)}
 
-{verdict}
+{verdict}{far}
 {END}"""
 
 
