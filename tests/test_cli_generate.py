@@ -146,3 +146,17 @@ def test_invalid_unicode_and_unwritable_prompt_cache(tmp_path, tiny_dense_checkp
     r = run("-m", tiny_dense_checkpoint, "-p", PROMPT, "-n", 2, "--prompt-cache", tmp_path / "no" / "dir" / "c")
     assert_one_line_error(r, "does not exist or is not writable")
     assert not (tmp_path / "no").exists()
+
+
+@needs_analyzer
+def test_rope_clamp_option(tiny_checkpoint):
+    """--rope-clamp overrides the model's (off in the tiny model): 0 changes nothing, 8 changes what the far
+    sinks score once the text is longer than 8 tokens; a value below -1 is a one-line error."""
+    args = ("-m", tiny_checkpoint, "-p", PARAGRAPHS[0], "-n", 30, "--temp", 0, "--ctx-size", 128)
+    plain, off, clamped = run(*args), run(*args, "--rope-clamp", 0), run(*args, "--rope-clamp", 8)
+    assert plain.exit_code == off.exit_code == clamped.exit_code == 0
+    assert plain.stdout == off.stdout
+    assert clamped.stdout != plain.stdout
+    assert_one_line_error(run(*args, "--rope-clamp", -2), "rope-clamp")
+    with pytest.raises(Exception, match="rope_clamp must be an integer"):
+        load(tiny_checkpoint, rope_clamp=-1)
