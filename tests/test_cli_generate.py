@@ -9,7 +9,7 @@ from conftest import PARAGRAPHS
 from test_generate import needs_analyzer
 
 from asa_runtime.cli import main
-from asa_runtime.generate import generate, load
+from asa_runtime.generate import GenerationError, generate, load
 
 PROMPT = "The old lighthouse keeper"
 
@@ -158,5 +158,5 @@ def test_rope_clamp_option(tiny_checkpoint):
     assert plain.stdout == off.stdout
     assert clamped.stdout != plain.stdout
     assert_one_line_error(run(*args, "--rope-clamp", -2), "rope-clamp")
-    with pytest.raises(Exception, match="rope_clamp must be an integer"):
+    with pytest.raises(GenerationError, match="rope_clamp must be an integer"):
         load(tiny_checkpoint, rope_clamp=-1)
