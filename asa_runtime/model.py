@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import sparse_attention
-from kernels.torch_sparse import UnionPlan, rope_deltas, rotate, union_attention
+from kernels.torch_sparse import UnionPlan, rope_deltas, union_attention
 
 from .cache_state import state_rows
 from .config import ModelConfig
@@ -361,8 +361,9 @@ class Transformer(nn.Module):
         elif isinstance(keys, tuple) and not self.cfg.plan.narrow_k:
             raise ValueError("a (wide, narrow) pair of plans is for a layer-dependent plan (narrow_k)")
         x = self.tok_embeddings(idx)                               # (B, T, d)
-        clamps = self.layer_clamps(keys, key_pos, input_pos, cache is not None)
-        for i, (layer, lk, cl) in enumerate(zip(self.layers, self.layer_keys(keys), clamps)):
+        lks = self.layer_keys(keys)
+        clamps = self.layer_clamps(lks, key_pos, input_pos, cache is not None)
+        for i, (layer, lk, cl) in enumerate(zip(self.layers, lks, clamps)):
             x = layer(x, rc, lk, slots, attn_mask, None if cache is None else cache[i], cl)
         if last_only:
             x = x[:, -1:]                                          # (B, 1, d)
@@ -377,42 +378,37 @@ class Transformer(nn.Module):
         wide, narrow = keys if isinstance(keys, tuple) else (keys, narrow_rows(keys, p.narrow_k, p.sinks))
         return [wide if i in p.wide_layers else narrow for i in range(len(self.layers))]
 
-    def layer_clamps(self, keys, key_pos, input_pos, cached: bool) -> list:
-        """Each layer's RoPE clamp for Attention.forward: (rope_delta (B, T, K), the RoPE table) for plan rows,
-        (UnionPlan.clamp, the RoPE table) for a UnionPlan, or
-        None where no planned key is more than cfg.rope_clamp tokens back (always inside the training length
-        when rope_clamp >= max_seq_len: training never takes this path's rotations)."""
+    def layer_clamps(self, lks: list, key_pos, input_pos, cached: bool) -> list:
+        """Each layer's RoPE clamp for Attention.forward, given its plan (layer_keys): (rope_delta (B, T, K), the
+        RoPE table) for plan rows, (UnionPlan.clamp, the RoPE table) for a UnionPlan, or None where no planned key
+        is more than cfg.rope_clamp tokens back (always inside the training length when rope_clamp >=
+        max_seq_len: training never takes this path's rotations). Computed once per distinct plan."""
         w, n = self.cfg.rope_clamp, len(self.layers)
-        if not w or keys is None or int(input_pos[-1]) <= w:     # no key can be that far back
+        if not w or lks[0] is None or int(input_pos[-1]) <= w:   # no key can be that far back
             return [None] * n
+        if key_pos is not None:
+            kps = self.layer_keys(key_pos)                         # narrowed like the rows
+        elif cached and not isinstance(lks[0], UnionPlan):         # a UnionPlan carries its own positions
+            raise ValueError("the RoPE clamp needs the plan rows as token positions (key_pos) when the rows "
+                             "hold cache slots")
+        else:
+            kps = lks                                              # no cache: the rows are positions
 
         def one(k, kp):
-            if isinstance(k, UnionPlan):                            # union_attention takes (UnionClamp, rope)
+            if isinstance(k, UnionPlan):
                 if k.pos is None:
                     raise ValueError("the RoPE clamp needs the union's token positions (UnionPlan.from_rows "
                                      "positions=)")
                 c = k.clamp(input_pos, w)
                 return None if c is None else (c, self.rope)
-            else:
-                if kp is None:
-                    if cached:
-                        raise ValueError("the RoPE clamp needs the plan rows as token positions (key_pos) "
-                                         "when the rows hold cache slots")
-                    kp = k                                          # no cache: the rows are positions
-                d = rope_deltas(input_pos, kp.to(k.device), w)
+            d = rope_deltas(input_pos, kp.to(k.device), w)
             return (d, self.rope) if bool(d.any()) else None
 
-        p = self.cfg.plan
-        if not p.narrow_k:
-            return [one(keys, key_pos)] * n
-        if isinstance(keys, tuple):                                # (wide, narrow) unions: own positions
-            wide, narrow = one(keys[0], None), one(keys[1], None)
-        else:
-            kp = key_pos if key_pos is not None else (None if cached else keys)
-            wide = one(keys, kp)
-            narrow = one(narrow_rows(keys, p.narrow_k, p.sinks),
-                         None if kp is None else narrow_rows(kp, p.narrow_k, p.sinks))
-        return [wide if i in p.wide_layers else narrow for i in range(n)]
+        done = {}
+        for k, kp in zip(lks, kps):
+            if id(k) not in done:
+                done[id(k)] = one(k, kp)
+        return [done[id(k)] for k in lks]
 
     def decode_one(self, token, idx: torch.Tensor | None, pos, slot, cache: ModelCache,
                    attn_out: list | None = None, mask: torch.Tensor | None = None,

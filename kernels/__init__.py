@@ -18,9 +18,9 @@ per plan tensor; decode gathers), "auto" = Triton on CUDA tensors when Triton im
 MLX arrays go through kernels/mlx_sparse.py.
 
 rope_delta (B, Nq, K) with rope (P, D/2, 2): the RoPE clamp (ModelConfig.rope_clamp; kernels/torch_sparse.py
-`rope_deltas`). The Triton kernels do not rotate keys: rows with a far key (delta > 0) run the torch gathers,
-also on CUDA (slower than the kernels; such rows appear only past the clamp distance, i.e. past 2048 tokens
-for asa-small).
+`rope_deltas`). The Triton kernels do not rotate keys: a call with rope_delta runs the torch gathers, also on
+CUDA (slower than the kernels; the model passes it only when a key is farther back than the clamp, i.e. past
+2048 tokens for asa-small).
 """
 from __future__ import annotations
 
@@ -68,8 +68,6 @@ def sparse_attention(q, k, v, keys, scale=None, backend: str = "auto", rope_delt
         backend = os.environ.get("ASA_SPARSE_BACKEND", "auto")   # e.g. force "torch" to rule out a kernel
     if backend not in BACKENDS:
         raise ValueError(f"unknown sparse attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    if rope_delta is not None and not bool((rope_delta > 0).any()):
-        rope_delta = None                                          # no far key: nothing to rotate
     if rope_delta is None and (backend == "triton" or (backend == "auto" and q.is_cuda and triton_available())):
         return _triton()(q, k, v, keys, scale=scale)
     return sparse_attention_torch(q, k, v, keys, scale=scale, rope_delta=rope_delta, rope=rope)

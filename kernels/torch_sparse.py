@@ -168,14 +168,10 @@ class UnionPlan:
             pos = torch.from_numpy(upos).to(device)
         return cls(torch.from_numpy(U.astype(np.int64)).to(device), torch.from_numpy(mask).to(device), pos)
 
-    def deltas(self, q_pos: torch.Tensor, w: int) -> torch.Tensor:
-        """(T, U) rope_deltas over the union (0 where unplanned)."""
-        return rope_deltas(q_pos, torch.where(self.mask, self.pos[None, :], -1), w)
-
     def clamp(self, q_pos: torch.Tensor, w: int) -> "UnionClamp | None":
         """What union_attention needs for the RoPE clamp, computed once per chunk for every layer; None when no
         planned key is more than w back."""
-        far = self.deltas(q_pos, w) > 0                                  # (T, U)
+        far = self.mask & (q_pos[:, None] - self.pos[None, :] > w)       # (T, U) planned pairs more than w back
         cols = torch.nonzero(far.any(0)).squeeze(1)                      # (Uf,) columns holding a far pair
         if not len(cols):
             return None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import PARAGRAPHS, TEST_PLAN, WindowPlanner
+from conftest import TEST_PLAN, WindowPlanner
 from kernel_cases import rel_err
 from parity import assert_parity, greedy_run
 from test_generate import needs_analyzer

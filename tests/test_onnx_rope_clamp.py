@@ -29,26 +29,16 @@ from asa_runtime.config import PRESETS, ModelConfig, PlanConfig  # noqa: E402
 from asa_runtime.errors import BackendError  # noqa: E402
 from asa_runtime.generate import generate, load  # noqa: E402
 from asa_runtime.model import Transformer  # noqa: E402
-from exporters.onnx import custom_ops  # noqa: E402
 from exporters.onnx import folder as F  # noqa: E402
 from exporters.onnx import graph_op  # noqa: E402
 from exporters.onnx import op_contract as C  # noqa: E402
 from exporters.onnx.export import io_names  # noqa: E402
+from test_onnx_backend import KERNELS, onnx_cache  # noqa: E402,F401 (onnx_cache: autouse, a temporary cache)
 
 W = 20
 TOL = 1e-3
 N_PROMPT, N_STEPS = 100, 20
-KERNEL_OK, KERNEL_WHY = custom_ops.available()
-KERNELS = ["0", pytest.param("1", marks=pytest.mark.skipif(not KERNEL_OK, reason=f"no kernel: {KERNEL_WHY}"))]
 NARROW = dict(narrow_k=6, wide_layers=(1,))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("asa-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ASA_CACHE_DIR", str(root))
-        yield root
 
 
 def _checkpoint(path, tokenizer, **plan):

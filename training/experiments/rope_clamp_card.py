@@ -1,8 +1,8 @@
 """Write the "as served" section of the shipped asa-small's card: perplexity by context with the RoPE clamp the
 package config sets (ModelConfig.rope_clamp), beside the unclamped device evaluation and the dense baselines.
 
-The numbers come from the committed probe runs (training/experiments/rope_clamp_probe.py, CPU; its clamped
-attention equals the runtime's to 8e-6 in NLL, tests/test_rope_clamp.py checks the runtime's paths), the
+The numbers come from the committed probe runs (training/experiments/rope_clamp_probe.py, CPU; since session 13
+it runs the runtime's own clamp, and the GPU evaluation of the shipped model gives the same numbers), the
 device evaluation of the shipped model (asa_v2 results) and batch 1's dense baselines. Run after
 `asa_v2_ship` (which writes the rest of the card):
 
@@ -95,8 +95,8 @@ def section(w: int, results: Path = RESULTS, model_dir: Path = CARD.parent) -> s
 The package config sets `rope_clamp: {w}`: a planned key more than {w} tokens back (a sink, a cohesion mention)
 is scored as if exactly {w} back, so no key sits at a relative position the model never saw in training
 (`--rope-clamp 0` turns it off; REPORT.md, "Past the training length"). Inside the training length nothing
-changes. Same windows as above; "served" past {w} from `rope_clamp_probe` (CPU, whose clamped attention equals
-the runtime's to 8e-6 in NLL), "unclamped" from the device evaluation.
+changes. Same windows as above; "served" past {w} from `rope_clamp_probe` (CPU),
+"unclamped" from the device evaluation.
 
 | context | unclamped | served (rope_clamp {w}) | {" | ".join(f"dense twin, {m} (batch 1)" for m in DENSE)} |
 |---|---|---|{"---|" * len(DENSE)}
