@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from asa_runtime.backends.cuda_graph import far_bucket, far_prefix
 from asa_runtime.config import PRESETS, ModelConfig, PlanConfig
 from asa_runtime.model import Transformer
 
@@ -26,14 +27,17 @@ def _model(mode: str, rope_clamp: int = 0) -> Transformer:
     return m
 
 
-@pytest.mark.parametrize("mode,clamp", [("full", 0), ("full", 5), ("none", 0)])
-def test_static_decode_step_matches_the_eager_step(mode, clamp):
+@pytest.mark.parametrize("mode,clamp,prefix", [("full", 0, False), ("full", 5, False), ("full", 5, True),
+                                               ("none", 0, False)])
+def test_static_decode_step_matches_the_eager_step(mode, clamp, prefix):
+    """prefix: the graph's way with a clamp, only the row's first far_bucket(far_prefix) positions handed over."""
     m = _model(mode, clamp)
     S, K = 24, 8
     eager, static = m.make_cache(S), m.make_cache(S)
     m.rope_table(S)
     rng = np.random.default_rng(1)
     ar = torch.arange(K if mode != "none" else S)
+    seen = set()
     with torch.inference_mode():
         for pos in range(S):
             tok = int(rng.integers(97))
@@ -50,12 +54,33 @@ def test_static_decode_step_matches_the_eager_step(mode, clamp):
             kp = dict(key_pos=idx) if clamp else {}               # slots are positions here (no eviction)
             a = m.decode_one(tok, idx, pos, pos, eager, **kp)
             kp = dict(key_pos=pad) if clamp else {}
+            if prefix:
+                nf = far_prefix(keys, pos, clamp)
+                seen.add(nf)
+                kp = dict(key_pos=pad[: far_bucket(nf, K)])
             b = m.decode_one(torch.tensor(tok), pad, torch.tensor(pos), torch.tensor(pos), static, mask=mask, **kp)
             # masked vs unmasked SDPA round differently (weights x5: logits ~1e2); a wrong key gives O(1) errors
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     for ce, cs in zip(eager, static):
         torch.testing.assert_close(cs.k, ce.k)
         torch.testing.assert_close(cs.v, ce.v)
+    if prefix:
+        assert {0, 1, 2, 3} <= seen                              # rows with none, one and several far keys
+
+
+def test_far_prefix_holds_every_far_key():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        pos, w = int(rng.integers(1, 300)), int(rng.integers(1, 50))
+        row = rng.choice(pos + 1, size=min(pos + 1, int(rng.integers(1, 40))), replace=False)
+        if rng.random() < 0.5:
+            row = np.sort(row)
+        n = far_prefix(row, pos, w)
+        assert (row[n:] >= pos - w).all() and (n == 0 or row[n - 1] < pos - w)
+        b = far_bucket(n, len(row))
+        assert n <= b <= len(row) and (b == 0 or b & (b - 1) == 0 or b == len(row))
+    assert far_prefix(np.array([0, 1, 40, 95, 99]), 100, 50) == 3 and far_prefix(np.array([60, 99]), 100, 50) == 0
+    assert [far_bucket(n, 288) for n in (0, 1, 3, 32, 33, 287)] == [0, 1, 4, 32, 64, 288]
 
 
 def test_static_step_masks_padding_instead_of_reading_it():

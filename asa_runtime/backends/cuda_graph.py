@@ -5,9 +5,12 @@ the speed. A CUDA graph records the step once and replays it with one launch. A 
 addresses, so the step runs `Transformer.decode_one` in its static form (the same forward: see its
 docstring): the token, position, slot and plan row travel in one int64 device buffer, the plan row padded to
 the plan width K with slot 0 and masked, the dense baseline masked over every cache slot. With a RoPE clamp
-(ModelConfig.rope_clamp) the row's token positions follow it in the buffer.
+(ModelConfig.rope_clamp) the row's token positions follow it in the buffer, and the step turns only the row's
+first F keys, F = far_prefix(...) rounded up to a power of two: far keys lead an ascending row and are few
+(asa-small: the sinks and some cohesion mentions, <= 32 of 288), and turning every key cost 13% of an H100's
+graphed decode. The host knows the row, so it picks the graph: one per F bucket, captured on first use.
 
-One graph per (cache, plan width): the cache's tensors are baked into it. Compaction (`move_slots`) copies in
+One graph per (cache, plan width, F): the cache's tensors are baked into it. Compaction (`move_slots`) copies in
 place, so a graph stays valid for its cache's life. Not used when the attention weights are asked for
 (`attn_out`: the bonds view), which runs the eager step.
 """
@@ -28,38 +31,39 @@ class GraphedDecode:
         self.host = torch.zeros(n, dtype=torch.int64).pin_memory()
         self.buf = torch.zeros(n, dtype=torch.int64, device=dev)
         self.ar = torch.arange(width or cache.n_slots, device=dev)
-        self.graph = None
-        self.rope_ptr = None                                    # the RoPE table the graph reads
-        self.out = None
+        self.graphs: dict = {}                                  # F -> (graph, its output)
+        self.rope_ptr = None                                    # the RoPE table the graphs read
 
-    def _step(self) -> torch.Tensor:
+    def _step(self, nfar: int = 0) -> torch.Tensor:
         b = self.buf
         key_pos = None
         if self.width:                                          # sparse: the padded plan row, masked
             idx, mask = b[4: 4 + self.width], self.ar < b[3]
             if self.clamp:
-                key_pos = b[4 + self.width:]
+                key_pos = b[4 + self.width: 4 + self.width + nfar]   # the first nfar keys' positions
         else:                                                   # dense: every slot up to the position
             idx, mask = None, self.ar <= b[1]
         return self.model.decode_one(b[0], idx, b[1], b[2], self.cache, mask=mask, key_pos=key_pos)
 
-    def _capture(self) -> None:
-        # warm-up on a side stream first (cuBLAS / SDPA pick their kernels); it runs the real first step, so
-        # its cache write is the one the replay repeats
+    def _capture(self, nfar: int):
+        # warm-up on a side stream first (cuBLAS / SDPA pick their kernels); it runs the real step, so its
+        # cache write is the one the replay repeats
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                self.fn()
+                self.fn(nfar)
         torch.cuda.current_stream().wait_stream(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self.fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(nfar)
+        return graph, out
 
     def __call__(self, token: int, plan_row: np.ndarray | None, pos: int, slot: int,
                  plan_pos: np.ndarray | None = None) -> torch.Tensor:
         h = self.host.numpy()
         h[0], h[1], h[2] = token, pos, slot
+        nfar = 0
         if self.width:
             n = int(np.count_nonzero(plan_row >= 0))            # padding (-1) is trailing
             h[3] = n
@@ -70,13 +74,29 @@ class GraphedDecode:
                     raise ValueError("the RoPE clamp needs the plan row's token positions (plan_pos)")
                 h[4 + self.width: 4 + self.width + n] = plan_pos[:n]
                 h[4 + self.width + n:] = pos                    # padding: distance 0, masked out
+                nfar = far_bucket(far_prefix(plan_pos[:n], pos, self.model.cfg.rope_clamp), self.width)
         self.buf.copy_(self.host)                               # synchronous: the host buffer is reused
         rope = self.model.rope_table(pos + 1)                   # grown outside the capture, if at all
-        if self.graph is None or rope.data_ptr() != self.rope_ptr:   # (re)grown, here or by another session
+        if rope.data_ptr() != self.rope_ptr:                    # (re)grown, here or by another session
             self.rope_ptr = rope.data_ptr()
-            self._capture()
-        self.graph.replay()
-        return self.out.clone()                                 # the next replay overwrites self.out
+            self.graphs.clear()
+        g = self.graphs.get(nfar)
+        if g is None:
+            g = self.graphs[nfar] = self._capture(nfar)
+        g[0].replay()
+        return g[1].clone()                                     # the next replay overwrites the output
+
+
+def far_prefix(positions: np.ndarray, pos: int, w: int) -> int:
+    """How many leading entries of a plan row hold every key the RoPE clamp turns (more than w tokens before
+    pos): the last such entry's index + 1, 0 if none. Exact for any order; rows ascend, so it is their count."""
+    far = np.flatnonzero(np.asarray(positions) < pos - w)
+    return int(far[-1]) + 1 if far.size else 0
+
+
+def far_bucket(n: int, width: int) -> int:
+    """n rounded up to a power of two (0 stays 0), at most width: few graphs, each turning a fixed prefix."""
+    return 0 if n <= 0 else min(width, 1 << (n - 1).bit_length())
 
 
 def graphed_decoder(model, cache, plan_row: np.ndarray | None, compile: bool = False) -> GraphedDecode:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,15 @@ def main(argv=None):
     ap.add_argument("--max-tokens", type=int, default=131072, help="held-out tokens per context (from the start)")
     ap.add_argument("--out", default=str(REPO / "training" / "results" / "asa_v2" / "rope_clamp" / "full"))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--plan", default="", help="serve-time plan changes, e.g. window=512,k=544 (the weights are "
+                    "the model's; only the keys each query reads change)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     ck = load_checkpoint(resolve(a.model), device="cpu", dtype=torch.float32)
     model, cfg = ck.model.eval(), ck.config.plan
+    if a.plan:
+        cfg = replace(cfg, **{k: int(v) for k, v in (kv.split("=") for kv in a.plan.split(","))})
     prep = Prepared.open(Path(a.prep))
     pieces = prep.tokenizer().pieces
     ids = np.asarray(prep.tokens("valid"), dtype=np.int64)
