@@ -62,8 +62,8 @@ def main(argv=None):
         wins = context_windows(ids, L, a.max_tokens)
         plans = {L: plan_sequences(cfg, pieces, [w[:-1] for w in wins], 2)}
         for c in clamps:
-            if c is not None and c >= L:
-                continue
+            if c is not None and c >= L and None in clamps:
+                continue                                   # the clamp changes nothing here: 'none' is the same run
             t = time.time()
             model.cfg.rope_clamp = c or 0
             r = by_context(model, Method(), ids, [L], a.max_tokens, "cpu", plans, log=lambda *_: None)[str(L)]
