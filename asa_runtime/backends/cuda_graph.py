@@ -6,7 +6,7 @@ addresses, so the step runs `Transformer.decode_one` in its static form (the sam
 docstring): the token, position, slot and plan row travel in one int64 device buffer, the plan row padded to
 the plan width K with slot 0 and masked, the dense baseline masked over every cache slot. With a RoPE clamp
 (ModelConfig.rope_clamp) the row's token positions follow it in the buffer, and the step turns only the row's
-first F keys, F = far_prefix(...) rounded up to a power of two: far keys lead an ascending row and are few
+first F keys, F = far_prefix(...) rounded up to a power of four: far keys lead an ascending row and are few
 (asa-small: the sinks and some cohesion mentions, <= 32 of 288), and turning every key cost 13% of an H100's
 graphed decode. The host knows the row, so it picks the graph: one per F bucket, captured on first use.
 
@@ -95,8 +95,14 @@ def far_prefix(positions: np.ndarray, pos: int, w: int) -> int:
 
 
 def far_bucket(n: int, width: int) -> int:
-    """n rounded up to a power of two (0 stays 0), at most width: few graphs, each turning a fixed prefix."""
-    return 0 if n <= 0 else min(width, 1 << (n - 1).bit_length())
+    """n rounded up to a power of four (0 stays 0), at most width: few graphs (<= 8 for any plan width up to
+    4096, within torch.compile's recompile limit when the step is compiled), each turning a fixed prefix."""
+    if n <= 0:
+        return 0
+    b = 1
+    while b < n:
+        b *= 4
+    return min(width, b)
 
 
 def graphed_decoder(model, cache, plan_row: np.ndarray | None, compile: bool = False) -> GraphedDecode:
