@@ -134,6 +134,10 @@ MODELS = {s.name: s for s in (
          seed=1, label="coh4 + window 256, k 288, in layers 3, 7; sinks + nearest 64 elsewhere, seed 1"),
     Spec("local_w256", "local", {"window": 256, "k": 288}, label="local only, window 256, k 288"),
     Spec("local_w256_s1", "local", {"window": 256, "k": 288}, seed=1, label="local only, window 256, k 288, seed 1"),
+    # session 14's serve-time probe (rope_clamp_probe --plan cohesion=8,k=320): asa-small v3 (trained with 4
+    # mentions) scores 0.2-0.45% better when served 8; trained with 8 is the next policy to try (UNTRAINED)
+    Spec("coh8_w256", "full", {**COH4_W64, "cohesion": 8, "window": 256, "k": 320},
+         label="ASA full + lexical cohesion 8, window 256, k 320"),
     # one size above asa-small: the finalist policy and its dense twin
     Spec("dense_m", "none", args=MEDIUM_ARGS, label="dense twin, medium (48M)"),
     Spec("coh4_w64_m", "full", COH4_W64, args=MEDIUM_ARGS,

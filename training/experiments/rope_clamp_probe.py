@@ -50,7 +50,10 @@ def main(argv=None):
     ck = load_checkpoint(resolve(a.model), device="cpu", dtype=torch.float32)
     model, cfg = ck.model.eval(), ck.config.plan
     if a.plan:
-        cfg = replace(cfg, **{k: int(v) for k, v in (kv.split("=") for kv in a.plan.split(","))})
+        try:
+            cfg = replace(cfg, **{k: int(v) for k, v in (kv.split("=") for kv in a.plan.split(","))})
+        except (ValueError, TypeError) as e:
+            ap.error(f"--plan {a.plan!r}: {e} (expected name=integer pairs of PlanConfig, comma-separated)")
     prep = Prepared.open(Path(a.prep))
     pieces = prep.tokenizer().pieces
     ids = np.asarray(prep.tokens("valid"), dtype=np.int64)
