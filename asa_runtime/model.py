@@ -419,8 +419,8 @@ class Transformer(nn.Module):
         graph (asa_runtime/backends/cuda_graph.py): token, pos and slot are 0-d device tensors, idx is
         padded and mask (n,) marks its valid entries (dense: idx None, mask over every slot); call
         rope_table(ctx) before, so the table is not grown inside a capture. key_pos: idx's token positions
-        (same shape; static: a prefix holding every far key will do), needed when the RoPE clamp
-        (cfg.rope_clamp) applies."""
+        (same shape; static: empty when no key is far, the graph without rotations), needed when the RoPE
+        clamp (cfg.rope_clamp) applies."""
         if mask is None:
             rot = torch.view_as_complex(self.rope_table(pos + 1)[pos].contiguous())   # (hs/2,)
         else:
@@ -450,10 +450,9 @@ class Transformer(nn.Module):
 
     def _far(self, idx, pos, key_pos, static: bool):
         """decode_one's RoPE clamp: complex rotations (nf, hs/2) that move idx's keys more than w back to
-        distance w, or None when off or (eager) when no key is that far. Static: one per entry of key_pos (1 for
-        a near key), which may be a prefix of the row holding every far key (the CUDA graph's, cuda_graph.
-        far_prefix; empty: none is far). Eager: only for the far keys, which lead the row (rows ascend), so
-        only they are turned."""
+        distance w, or None when off or when no key is that far (eager: found here; static: key_pos empty,
+        the host found it, cuda_graph.any_far). Static: one per entry (1 for a near key). Eager: only for the
+        far keys, which lead the row (rows ascend), so only they are turned."""
         w = self.cfg.rope_clamp
         if not w or idx is None:
             return None

@@ -7,7 +7,8 @@ docstring): the token, position, slot and plan row travel in one int64 device bu
 the plan width K with slot 0 and masked, the dense baseline masked over every cache slot. With a RoPE clamp
 (ModelConfig.rope_clamp) the row's token positions follow it in the buffer; while no planned key is more
 than w back (short contexts) the step replays a graph without the clamp's rotations, after that one that
-turns the whole row (static shapes). The host, which holds the row, picks (far_prefix / far_bucket).
+turns the whole row (static shapes). The host, which holds the row, picks (any_far). Graphs that turned only
+a prefix of the row holding every far key were measured slower on an H100 (device_log session 14).
 
 One graph per (cache, plan width, clamp on or not): the cache's tensors are baked into it. Compaction
 (`move_slots`) copies in place, so a graph stays valid for its cache's life. Not used when the attention weights are asked for
@@ -30,39 +31,40 @@ class GraphedDecode:
         self.host = torch.zeros(n, dtype=torch.int64).pin_memory()
         self.buf = torch.zeros(n, dtype=torch.int64, device=dev)
         self.ar = torch.arange(width or cache.n_slots, device=dev)
-        self.graphs: dict = {}                                  # F -> (graph, its output)
+        self.graphs: dict = {}                                  # turn far keys? -> (graph, its output)
         self.rope_ptr = None                                    # the RoPE table the graphs read
 
-    def _step(self, nfar: int = 0) -> torch.Tensor:
+    def _step(self, turn: bool = False) -> torch.Tensor:
         b = self.buf
         key_pos = None
         if self.width:                                          # sparse: the padded plan row, masked
             idx, mask = b[4: 4 + self.width], self.ar < b[3]
             if self.clamp:
-                key_pos = b[4 + self.width: 4 + self.width + nfar]   # the first nfar keys' positions
+                # empty: no key is far, the step without the clamp's rotations
+                key_pos = b[4 + self.width:] if turn else b[:0]
         else:                                                   # dense: every slot up to the position
             idx, mask = None, self.ar <= b[1]
         return self.model.decode_one(b[0], idx, b[1], b[2], self.cache, mask=mask, key_pos=key_pos)
 
-    def _capture(self, nfar: int):
+    def _capture(self, turn: bool):
         # warm-up on a side stream first (cuBLAS / SDPA pick their kernels); it runs the real step, so its
         # cache write is the one the replay repeats
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for _ in range(2):
-                self.fn(nfar)
+                self.fn(turn)
         torch.cuda.current_stream().wait_stream(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self.fn(nfar)
+            out = self.fn(turn)
         return graph, out
 
     def __call__(self, token: int, plan_row: np.ndarray | None, pos: int, slot: int,
                  plan_pos: np.ndarray | None = None) -> torch.Tensor:
         h = self.host.numpy()
         h[0], h[1], h[2] = token, pos, slot
-        nfar = 0
+        turn = False
         if self.width:
             n = int(np.count_nonzero(plan_row >= 0))            # padding (-1) is trailing
             h[3] = n
@@ -73,31 +75,22 @@ class GraphedDecode:
                     raise ValueError("the RoPE clamp needs the plan row's token positions (plan_pos)")
                 h[4 + self.width: 4 + self.width + n] = plan_pos[:n]
                 h[4 + self.width + n:] = pos                    # padding: distance 0, masked out
-                nfar = far_bucket(far_prefix(plan_pos[:n], pos, self.model.cfg.rope_clamp), self.width)
+                turn = any_far(plan_pos[:n], pos, self.model.cfg.rope_clamp)
         self.buf.copy_(self.host)                               # synchronous: the host buffer is reused
         rope = self.model.rope_table(pos + 1)                   # grown outside the capture, if at all
         if rope.data_ptr() != self.rope_ptr:                    # (re)grown, here or by another session
             self.rope_ptr = rope.data_ptr()
             self.graphs.clear()
-        g = self.graphs.get(nfar)
+        g = self.graphs.get(turn)
         if g is None:
-            g = self.graphs[nfar] = self._capture(nfar)
+            g = self.graphs[turn] = self._capture(turn)
         g[0].replay()
         return g[1].clone()                                     # the next replay overwrites the output
 
 
-def far_prefix(positions: np.ndarray, pos: int, w: int) -> int:
-    """How many leading entries of a plan row hold every key the RoPE clamp turns (more than w tokens before
-    pos): the last such entry's index + 1, 0 if none. Exact for any order; rows ascend, so it is their count."""
-    far = np.flatnonzero(np.asarray(positions) < pos - w)
-    return int(far[-1]) + 1 if far.size else 0
-
-
-def far_bucket(n: int, width: int) -> int:
-    """The prefix a graph turns: 0 while no key is far (short contexts: the step without the clamp), else the
-    whole row. Measured on an H100 (device_log session 14): graphs for power-of-four prefixes were slower
-    (-19% against -4 to -11% for the whole row at 8k), so one extra graph, not several."""
-    return 0 if n <= 0 else width
+def any_far(positions: np.ndarray, pos: int, w: int) -> bool:
+    """Whether the RoPE clamp turns any of these keys (one more than w tokens before pos)."""
+    return bool((np.asarray(positions) < pos - w).any())
 
 
 def graphed_decoder(model, cache, plan_row: np.ndarray | None, compile: bool = False) -> GraphedDecode:
