@@ -129,6 +129,27 @@ def test_setup_round_trips_and_specs_change_one_thing(tmp_path):
     w64 = asa_v2.MODELS["w64"].plan_config().to_dict()
     assert {k: w64[k] for k in base if base[k] != w64[k]} == {"window": 64, "k": 96}
     assert asa_v2.Setup().evaluated() == ["dense", "local", "w64", "asa_small"]
+    assert asa_v2.Setup(shipped=False).evaluated() == ["dense", "local", "w64"]
+
+
+@pytest.mark.slow       # ~10 s: one evaluation of the w64 model on CPU
+def test_serve_clamp_evaluates_full_models_as_served(done, tmp_path):
+    """--serve-clamp: a trained full-mode model is evaluated with the clamp (the far keys it changes make the
+    long contexts differ from the model as trained; inside the clamp nothing changes); the setup keeps it."""
+    import dataclasses
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(done.runs, runs)
+    s = dataclasses.replace(done, runs=runs, serve_clamp=8, shipped=False)
+    s.save()
+    assert asa_v2.Setup.load(runs).serve_clamp == 8 and not asa_v2.Setup.load(runs).shipped
+    plain = json.loads((done.runs / "eval" / "w64.json").read_text())
+    served = asa_v2.evaluate_model(s, "w64", device="cpu")
+    assert plain["rope_clamp"] == 0 and served["rope_clamp"] == 8
+    a, b = plain["methods"]["model"]["by_context"], served["methods"]["model"]["by_context"]
+    assert a["16"]["ppl"] != b["16"]["ppl"] or a["64"]["ppl"] != b["64"]["ppl"]
+    assert asa_v2.evaluate_model(s, "local", device="cpu")["rope_clamp"] == 0     # only full-mode models
 
 
 def test_second_seeds_and_the_scale_point_change_only_what_they_say(tmp_path):

@@ -165,6 +165,9 @@ class Setup:
     shipped_dir: str = ""            # asa-small's folder ("" = the package's)
     workers: int = 0                 # plan processes (0: all CPUs but 2)
     max_books: int = 0               # book sequences evaluated (0: all; a cap for quick checks)
+    serve_clamp: int = 0             # evaluate trained full-mode models with this rope_clamp (the product
+                                     # serves asa-small with 2048); 0: as trained
+    shipped: bool = True             # evaluate the shipped asa-small beside the trained models
 
     @classmethod
     def load(cls, runs: Path) -> "Setup":
@@ -179,7 +182,7 @@ class Setup:
         (self.runs / "setup.json").write_text(json.dumps(d, indent=1) + "\n")
 
     def evaluated(self) -> list[str]:
-        return [n for n in self.train if n in MODELS] + ["asa_small"]
+        return [n for n in self.train if n in MODELS] + (["asa_small"] if self.shipped else [])
 
     def n_workers(self) -> int:
         return self.workers or max(1, (os.cpu_count() or 3) - 2)
@@ -412,6 +415,8 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
         model_dir = s.runs / name / "model"
     ck = load_checkpoint(model_dir, device="cpu")          # to the GPU after the plans: fork before CUDA
     model, plan_cfg = ck.model.eval(), ck.config.plan
+    if s.serve_clamp and spec.mode == "full" and not spec.shipped and not ck.config.rope_clamp:
+        model.cfg.rope_clamp = s.serve_clamp              # as the product would serve it (asa-small's config)
     prep = Prepared.open(s.prep)
     sha = json.loads((Path(model_dir) / "config.json").read_text())["tokenizer"]["sha256"]
     if sha != prep.meta["tokenizer_sha256"]:
@@ -419,7 +424,7 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
     pieces, ids, books, lower, targets = held_out(s, prep)
     t0 = time.time()
     res = {"name": name, "label": spec.label, "model_dir": str(model_dir), "plan": plan_cfg.to_dict(),
-           "device": device, "methods": {}}
+           "rope_clamp": model.cfg.rope_clamp, "device": device, "methods": {}}
     if plan_cfg.dense:
         methods = [Method()] + [m for w in s.dense_windows
                                 for m in (Method("window", w), Method("sinks", w - SINKS, SINKS))]
@@ -510,7 +515,7 @@ def markdown(res: dict) -> str:
              "held-out ppl (every 2048 window) | steps | stopped | train s |", "|---|---|---|---|---|---|---|---|---|"]
     for n, r in ms.items():
         p = r["plan"]
-        plan = plan_label(p)
+        plan = plan_label(p) + (f", RoPE clamp {r['rope_clamp']}" if r.get("rope_clamp") else "")
         reach = r.get("reach", {})
         if "mean_keys_layers" in r:                 # averaged over layers (a layer-dependent plan's narrow ones)
             reach = {**reach, "mean_keys": r["mean_keys_layers"]}
@@ -699,6 +704,9 @@ def main(argv=None):
     ap.add_argument("--wait-s", type=float, default=420, help="finish: how long to wait for the supervisor")
     ap.add_argument("--model", help="evaluate: which model")
     ap.add_argument("--foreground", action="store_true", help="start: supervise in this process (tests)")
+    ap.add_argument("--serve-clamp", type=int, default=0, help="start: evaluate the trained full-mode models "
+                    "with this rope_clamp, as asa-small is served (2048); 0: as trained")
+    ap.add_argument("--no-shipped", action="store_true", help="start: do not re-evaluate the shipped asa-small")
     ap.add_argument("--out", default="runs/asa_v2_out")
     ap.add_argument("--export", default="", help="finish: also export this model's fp16 weights to OUT/asa-small "
                     "('best': the trained ASA model with the lowest held-out perplexity)")
@@ -715,7 +723,10 @@ def main(argv=None):
         if bad:
             raise SystemExit(f"--train: unknown model(s) {bad}; choose from "
                              f"{[n for n in MODELS if not MODELS[n].shipped]}")
-        s = Setup(prep=Path(a.prep), runs=runs, train=train, max_steps=a.max_steps)
+        if a.serve_clamp < 0:
+            raise SystemExit("--serve-clamp: must be >= 0")
+        s = Setup(prep=Path(a.prep), runs=runs, train=train, max_steps=a.max_steps, serve_clamp=a.serve_clamp,
+                  shipped=not a.no_shipped)
     if a.phase == "pack":
         pack(s)
     elif a.phase == "unpack":
