@@ -291,3 +291,28 @@ def test_a_model_ships_only_if_better_at_2048_and_at_the_longest_context():
     assert "does not beat" in refusal(res, "coh4_w64_st256", 38.41)
     del res["models"]["asa_small"]                                              # no re-evaluation: 2048 decides
     assert refusal(res, "coh4_w256_wide2", 38.41) is None
+
+
+def test_a_batch_without_the_shipped_model_borrows_its_evaluation_only_if_it_is_that_model(tmp_path):
+    """ship --shipped-eval: a --no-shipped batch takes the shipped model's columns from another batch's results,
+    and only when that evaluation is of the shipped plan and RoPE clamp (else the comparison is of another model)."""
+    from training.experiments.asa_v2_ship import with_shipped_eval
+
+    plan = {"mode": "full", "k": 288, "window": 256}
+    shipped_cfg = {"plan": plan, "rope_clamp": 2048}
+    res = {"models": {"coh4_w256_s1": {"plan": plan}}}
+    with pytest.raises(SystemExit, match="--shipped-eval"):
+        with_shipped_eval(res, shipped_cfg, None)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"models": {"asa_small": {"plan": plan, "by": 1}}}))
+    got = with_shipped_eval(res, shipped_cfg, other)
+    assert got["models"]["asa_small"]["by"] == 1 and got["models"]["asa_small"]["evaluated_in"]
+    assert "asa_small" not in res["models"]                                   # the batch's dict is not edited
+    other.write_text(json.dumps({"models": {"asa_small": {"plan": {**plan, "window": 64}}}}))
+    with pytest.raises(SystemExit, match="not the shipped model"):
+        with_shipped_eval(res, shipped_cfg, other)
+    other.write_text(json.dumps({"models": {"asa_small": {"plan": plan, "rope_clamp": 0}}}))
+    with pytest.raises(SystemExit, match="not the shipped model"):
+        with_shipped_eval(res, shipped_cfg, other)
+    own = {"models": {**res["models"], "asa_small": {"plan": plan}}}
+    assert with_shipped_eval(own, shipped_cfg, None) is own                   # its own evaluation wins

@@ -26,6 +26,12 @@ def test_seeds_pool_and_models_without_a_cost_are_left_out():
     assert c["ppl"] == pytest.approx(38.2) and (c["ppl_min"], c["ppl_max"]) == (38.0, 38.4)
     assert c["long"] == {32768: pytest.approx(31.5)} and pts["local_w64"]["long"] == {}
     assert [p["name"] for p in F.pooled(ppl, cost)] == ["local_w64", "coh4_w64", "dense"]   # by keys
+    # a seed evaluated as served (RoPE clamp) is not averaged with one evaluated as trained: the served one wins
+    long["coh4_w64_s1"] = {8192: 27.0, 32768: 27.5, "clamp": 2048}
+    c = {p["name"]: p for p in F.pooled(ppl, cost, long)}["coh4_w64"]
+    assert c["long"] == {8192: 27.0, 32768: 27.5} and (c["long_seeds"], c["long_clamp"], c["seeds"]) == (1, 2048, 2)
+    row = next(r for r in F.long_table([c], {}) if "coh4" in r or "cohesion" in r)
+    assert "RoPE clamp 2048; 1 of 2 seeds" in row
 
 
 def test_pareto_keeps_only_points_no_cheaper_one_beats():

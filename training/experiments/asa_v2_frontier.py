@@ -76,6 +76,8 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
                 continue
             bc = m.get("methods", {}).get("model", {}).get("by_context", {})
             models[n] = {c: bc[str(c)]["ppl"] for c in LONG if str(c) in bc}
+            if m.get("rope_clamp"):                 # evaluated as served (asa_v2 --serve-clamp): not pooled with
+                models[n]["clamp"] = m["rope_clamp"]   # a seed evaluated as trained
     return models, base
 
 
@@ -101,11 +103,17 @@ def pooled(ppl: dict[str, float], cost: dict[str, dict], long: dict[str, dict[in
         names.sort(key=lambda n: asa_v2.MODELS[n].seed)
         vals = [ppl[n] for n in names]
         c = next(cost[n] for n in names if n in cost)
+        # long context: the seeds evaluated the same way (the RoPE clamp changes every figure past 2048); the
+        # served form (the largest clamp) when the seeds differ
+        ev = [n for n in names if long and long.get(n)]
+        clamp = max((long[n].get("clamp", 0) for n in ev), default=0)
+        ev = [n for n in ev if long[n].get("clamp", 0) == clamp]
         pts.append({"name": names[0], "models": names, "label": c.get("label") or asa_v2.MODELS[names[0]].label,
                     "ppl": sum(vals) / len(vals), "ppl_min": min(vals), "ppl_max": max(vals), "seeds": len(vals),
                     "keys": c["keys"], "kv": c["kv"],
-                    "long": {c: sum(long[n][c] for n in names) / len(names) for c in LONG
-                             if long and all(c in long.get(n, {}) for n in names)}})
+                    "long": {c: sum(long[n][c] for n in ev) / len(ev) for c in LONG
+                             if ev and all(c in long[n] for n in ev)},
+                    "long_seeds": len(ev), "long_clamp": clamp})
     return sorted(pts, key=lambda p: p["keys"])
 
 
@@ -142,7 +150,9 @@ def fit(front: list[dict], dense_ppl: float) -> dict | None:
 def long_table(pts: list[dict], base: dict[str, dict]) -> list[str]:
     """Past the training length: every policy with long-context figures and the dense twin's bounded-KV
     baselines, by KV rows (what a long session holds)."""
-    rows = [(p["label"], p["kv"], p["long"]) for p in pts if p["long"] and p["name"] != "dense"]
+    rows = [(p["label"] + (f" (served: RoPE clamp {p['long_clamp']}" if p.get("long_clamp") else " (as trained")
+             + (f"; {p['long_seeds']} of {p['seeds']} seeds)" if p.get("long_seeds", p["seeds"]) != p["seeds"] else ")"),
+             p["kv"], p["long"]) for p in pts if p["long"] and p["name"] != "dense"]
     rows += [(n, b["kv"], {c: b[c] for c in LONG if c in b}) for n, b in base.items()]
     if not rows:
         return []

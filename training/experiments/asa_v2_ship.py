@@ -126,19 +126,21 @@ def _verdicts(me: dict, v1: dict, local: dict | None, dense: dict) -> tuple[str,
     """The card's three judgements, written from the numbers so they stay true for whichever model ships."""
     p, q = me["plan"], v1["plan"]
     changes = [f"{k} {q.get(k)} -> {p.get(k)}" for k in ("window", "k", "sinks", "stride") if p.get(k) != q.get(k)]
-    if p.get("cohesion"):
+    if p.get("cohesion") != q.get("cohesion"):
         changes.append(f"lexical-cohesion keys (up to {p['cohesion']} earlier mentions of each lemma or proper noun)")
     kv = me["kv_bound"]
     longest = max(me["methods"]["model"]["by_context"], key=int)
-    mine, win = _ppl(me, longest), dense["by_context"].get("window 512", {}).get(longest)
-    if win is None:
+    mine = _ppl(me, longest)
+    bounded = {m: v[longest] for m, v in dense["by_context"].items() if m != "no window" and v.get(longest)}
+    if not bounded:
         versus_window = "no windowed dense baseline at this length."
-    elif win < mine:
-        versus_window = (f"at {longest} tokens the dense twin with a 512-token window ({win:.2f}) beats this model "
-                         f"({mine:.2f}) with a KV cache of 512 rows, against this plan's {kv['max']} "
-                         f"(max over {kv['tokens']} tokens).")
     else:
-        versus_window = f"at {longest} tokens this model ({mine:.2f}) beats the dense twin with a 512-token window ({win:.2f})."
+        won = [f"{m} ({v:.2f})" for m, v in bounded.items() if mine < v]
+        lost = [f"{m} ({v:.2f})" for m, v in bounded.items() if mine >= v]
+        versus_window = (f"at {longest} tokens this model ({mine:.2f}, up to {kv['max']} KV rows over "
+                         f"{kv['tokens']} tokens) " + (f"beats the dense twin with {', '.join(won)}" if won else "")
+                         + ("; " if won and lost else "")
+                         + (f"loses to the dense twin with {', '.join(lost)}" if lost else "") + ".")
     if p.get("cohesion"):
         from asa_runtime.linguistics.planner import COHESION_LEMMAS
 
@@ -156,7 +158,7 @@ def _verdicts(me: dict, v1: dict, local: dict | None, dense: dict) -> tuple[str,
         nm, nr = _far(me, "name", "gap > 2048"), _far(ref, "name", "gap > 2048")
         rm, rr = _far(me, "rare", "gap > 2048"), _far(ref, "rare", "gap > 2048")
         uses_far = (f"The plan holds the last mention for {100 * held:.0f}% of the words that recur more than 2048 "
-                    f"tokens later. It uses that only in part (one seed): on names recurring past 2048 the loss "
+                    f"tokens later. This model (one seed; the REPORT gives every seed): on names recurring past 2048 the loss "
                     f"is {nm:.2f} against {nr:.2f} for {ref['label']}, on rare words {rm:.2f} against {rr:.2f}.")
     return "; ".join(changes), versus_window, uses_far
 
@@ -209,7 +211,17 @@ def card(name: str, res: dict, batch1: dict, samples: dict, params: int, replace
     gap2048 = 100 * (held_out_ppl(me) / dense["valid_ppl"] - 1)
     target = "reached" if gap2048 <= 2 else "not reached at this size"
     gpu = gpu or res["setup"].get("gpu") or "H200"
+    shared = [L for L in ctx if _ppl(v1, L) is not None]
+    better = ("better at every context length measured" if all(_ppl(me, L) < _ppl(v1, L) for L in shared)
+              else "better at the training length and at the longest context measured")
+    from training.experiments.asa_v2 import MODELS
+    seed = MODELS[name].seed if name in MODELS else 0
+    v1_from = (f"\nThe previous model's columns are its evaluation in {v1['evaluated_in']} (this batch did not "
+               f"re-evaluate it; same code, held-out text and contexts).\n" if v1.get("evaluated_in") else "")
     changes, versus_window, uses_far = _verdicts(me, v1, controls and ms[controls[0]], dense)
+    serve_note = (f" Served with the RoPE clamp at {me['rope_clamp']} (config `rope_clamp`: a planned key more "
+                  f"than {me['rope_clamp']} tokens back is scored at that distance), as every number below was "
+                  f"measured." if me.get("rope_clamp") else "")
     smp = "\n\n".join(f"**{k}**{v}" for k, v in samples.items())
     from asa_runtime.linguistics.tagger import CausalTagger
     acc = CausalTagger.load().meta.get("test_accuracy")
@@ -222,7 +234,7 @@ word, {p['sinks']} sinks, a {p['window']}-token window, linguistically bonded wo
 pronoun antecedents{f", lexical cohesion {p['cohesion']}" if p.get('cohesion') else ""}. Weights in fp16,
 {params:,} parameters. Trained by `training/experiments/asa_v2.py` (model `{name}`; commands in its docstring),
 shipped by `training/experiments/asa_v2_ship.py`. It replaces {prev} because it is
-better at every context length measured; what changed: {changes}. Full report: `training/results/REPORT.md` and `training/results/asa_v2/`.
+{better}; what changed: {changes or "the seed (the same plan, trained again)"}.{serve_note} Full report: `training/results/REPORT.md` and `training/results/asa_v2/`.
 
 ## Data and licence
 All books of `../shared/data/english_prose` (ELTeC-eng level 1 and a Standard Ebooks selection; public domain
@@ -231,9 +243,9 @@ for training (~7 epochs). Every number below is on the 4 held-out books.
 
 ## Budget
 One {gpu}, {s['steps']} steps of 16 x 2048 tokens ({s['tokens'] / 1e6:.0f}M tokens), bf16 autocast, AdamW
-(lr 1.5e-3 cosine to 1.5e-4, warmup 300, weight decay 0.1, clip 1.0), seed 0, {s['elapsed_s']:.0f} s of
-training while sharing the GPU with {", ".join(n for n in res['setup']['train'] if n != name)}. The dense twin and the
-controls had the same data, steps, seed and schedule.
+(lr 1.5e-3 cosine to 1.5e-4, warmup 300, weight decay 0.1, clip 1.0), seed {seed}, {s['elapsed_s']:.0f} s of
+training while sharing the GPU with {", ".join(n for n in res['setup']['train'] if n != name)}. The dense twin (seed 0)
+and the controls had the same data, steps and schedule.
 
 ## Held-out perplexity (per BPE token; windows of 2048, every held-out window) and what K costs
 
@@ -246,7 +258,7 @@ At the training context it is {gap2048:.1f}% worse than its dense twin (the rese
 transcribed in training/results/asa_v2/batch1.json.
 
 ## Perplexity by context length (first ~128k held-out tokens, non-overlapping windows, every token scored)
-
+{v1_from}
 | context | {" | ".join(c for c, _ in cols)} |
 |---|{"---|" * len(cols)}
 {ctx_rows}
@@ -277,8 +289,29 @@ The tagger behind the plan reaches {acc} UPOS accuracy on EWT test (causal, no r
 """
 
 
+def with_shipped_eval(res: dict, shipped_cfg: dict, path: Path | None) -> dict:
+    """The batch's results with the shipped model's evaluation ("asa_small"): its own, or, for a batch started
+    with --no-shipped, the one in another batch's results file (checked to be of the shipped plan and clamp)."""
+    if "asa_small" in res["models"]:
+        return res
+    if path is None:
+        raise SystemExit("this batch did not evaluate the shipped asa-small (--no-shipped): pass --shipped-eval "
+                         "<asa_v2_results.json of a batch that did>")
+    other = json.loads(Path(path).read_text())["models"].get("asa_small")
+    if other is None:
+        raise SystemExit(f"{path}: no evaluation of the shipped asa-small in it")
+    if other["plan"] != shipped_cfg["plan"] or other.get("rope_clamp", shipped_cfg.get("rope_clamp", 0)) != \
+            shipped_cfg.get("rope_clamp", 0):
+        raise SystemExit(f"{path}: its asa_small is not the shipped model (plan or RoPE clamp differ)")
+    try:
+        rel = Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        rel = Path(path)
+    return {**res, "models": {**res["models"], "asa_small": {**other, "evaluated_in": str(rel)}}}
+
+
 def ship(src: Path, prep: Path = REPO / "runs" / "asa_prep", dst: Path = PACKAGE_MODEL, force: bool = False,
-         results: Path = RESULTS, gpu: str = ""):
+         results: Path = RESULTS, gpu: str = "", shipped_eval: Path | None = None):
     import torch
     from safetensors.torch import load_file
 
@@ -297,6 +330,8 @@ def ship(src: Path, prep: Path = REPO / "runs" / "asa_prep", dst: Path = PACKAGE
     cfg = json.loads((src / "asa-small" / "config.json").read_text())
     name = cfg["meta"]["asa_v2_model"]
     ppl, shipped = held_out_ppl(res["models"][name]), json.loads((dst / "config.json").read_text())
+    res = with_shipped_eval(res, shipped, shipped_eval)
+    cfg["rope_clamp"] = res["models"][name].get("rope_clamp", 0)    # served as it was evaluated
     sm = shipped.get("meta", {})
     old = shipped_ppl(sm)
     if sm.get("asa_v2_model") == name:              # the same model again (a regenerated card): keep its history
@@ -358,10 +393,13 @@ def main(argv=None):
     ap.add_argument("--force", action="store_true", help="ship even if it does not beat the shipped model")
     ap.add_argument("--results", default=str(RESULTS),
                     help="where the batch's results are installed (a batch folder: training/results/asa_v2/<batch>)")
+    ap.add_argument("--shipped-eval", default=None, help="for a batch started with --no-shipped: the "
+                    "asa_v2_results.json of a batch that evaluated the shipped asa-small")
     ap.add_argument("--gpu", default="", help="the GPU it trained on, for the card (default: the batch's recorded "
                     "GPU, else H200: batches before session 12 did not record it)")
     a = ap.parse_args(argv)
-    ship(Path(a.src), Path(a.prep), force=a.force, results=Path(a.results), gpu=a.gpu)
+    ship(Path(a.src), Path(a.prep), force=a.force, results=Path(a.results), gpu=a.gpu,
+         shipped_eval=Path(a.shipped_eval) if a.shipped_eval else None)
 
 
 if __name__ == "__main__":
