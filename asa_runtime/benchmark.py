@@ -268,7 +268,8 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
 
 
 # ---- reporting --------------------------------------------------------------------------------------------
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
+    """The machine the rows ran on; with device cuda also the GPU's name (the rows measured it, not the CPU)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -290,7 +291,12 @@ def machine() -> dict:
             versions[dist] = version(dist)
         except PackageNotFoundError:
             pass
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem and mem / 2**30,
+    gpu = None
+    if device.startswith("cuda"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"host": platform.node(), "cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "memory_gib": mem and mem / 2**30,
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "versions": versions}
 
@@ -302,7 +308,8 @@ def _fmt(v: float) -> str:
 def to_markdown(rows: list[Row], info: dict, threads: int) -> str:
     la = info.get("load_average")
     load = f"; load average {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} at the end" if la else ""
-    head = [f"# asa-run bench ({info['host']})", "",
+    head = [f"# asa-run bench ({info['host']}{', ' + info['gpu'] if info.get('gpu') else ''})", "",
+            *([f"GPU {info['gpu']} (the asa-run rows ran on it; the CPU line is the host's)", ""] if info.get("gpu") else []),
             f"CPU {info['cpu']}, {info['cores']} cores, {threads} thread(s), "
             f"{(info['memory_gib'] or 0):.1f} GiB{load}", "", "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
             "", "Medians over repeats (spread min-max in the JSON). pp: prompt tokens/s; tg: generated tokens/s "

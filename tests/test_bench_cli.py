@@ -94,6 +94,16 @@ def test_cuda_bench_tiny(tiny_checkpoint):
     r = bench("-m", tiny_checkpoint, "-p", "64", "-n", 4, "-r", 1, "--device", "cuda", "--mode", "asa,dense")
     assert r.exit_code == 0, r.output
     assert sum(1 for line in r.output.splitlines() if line.startswith("| asa-run |")) == 2
+    assert f"GPU {torch.cuda.get_device_name(0)}" in r.output          # the table names the GPU it measured
+
+
+def test_a_cpu_table_names_no_gpu_and_a_cuda_table_does():
+    from asa_runtime import benchmark
+
+    info = benchmark.machine()
+    assert info["gpu"] is None and "GPU" not in benchmark.to_markdown([], info, 1)
+    text = benchmark.to_markdown([], {**info, "gpu": "NVIDIA H200"}, 1)
+    assert text.startswith(f"# asa-run bench ({info['host']}, NVIDIA H200)") and "GPU NVIDIA H200" in text
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")

@@ -6,11 +6,16 @@ import shutil
 from training.experiments import rope_clamp_card as rc
 
 
-def _copy(tmp_path):
+def _copy(tmp_path, model="coh4_w256"):
+    """The package card and config, as if they were of `model` (v3, coh4_w256, was evaluated unclamped on the
+    device: its card gets the section)."""
     d = tmp_path / "asa-small"
     d.mkdir()
     for f in ("README.md", "config.json"):
         shutil.copy(rc.CARD.parent / f, d / f)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["meta"]["asa_v2_model"] = model
+    (d / "config.json").write_text(json.dumps(cfg))
     return d
 
 
@@ -31,4 +36,16 @@ def test_no_clamp_no_section(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg.pop("rope_clamp")
     (d / "config.json").write_text(json.dumps(cfg))
+    assert rc.BEGIN not in rc.write(d / "README.md")
+
+
+def test_a_model_evaluated_as_served_gets_no_section(tmp_path):
+    """asa-small v4 (coh4_w256_s1) was evaluated on the device with the clamp it ships with: its card's tables are
+    the served numbers, so the section is not added (and an old one is removed)."""
+    d = _copy(tmp_path)
+    assert rc.BEGIN in rc.write(d / "README.md")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["meta"]["asa_v2_model"] = "coh4_w256_s1"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert rc.evaluated_as_served("coh4_w256_s1", 2048) and not rc.evaluated_as_served("coh4_w256", 2048)
     assert rc.BEGIN not in rc.write(d / "README.md")

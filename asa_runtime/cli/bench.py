@@ -121,7 +121,7 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quant
         raise
     except (RuntimeError, *USER_ERRORS) as e:
         raise click.ClickException(one_line(e)) from None
-    info = benchmark.machine()
+    info = benchmark.machine(device)
     text = {"md": lambda: benchmark.to_markdown(rows, info, threads), "json": lambda: benchmark.to_json(rows, info),
             "csv": lambda: benchmark.to_csv(rows)}[output]()
     sys.stdout.write(text)

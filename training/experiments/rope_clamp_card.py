@@ -8,7 +8,9 @@ device evaluation of the shipped model (asa_v2 results) and batch 1's dense base
 
     python -m training.experiments.rope_clamp_card
 
-It replaces the text between the two markers below (or inserts it before "## Does it use far context?").
+It replaces the text between the two markers below (or inserts it before "## Does it use far context?"). A model
+evaluated as served on the device (asa_v2 --serve-clamp: asa-small v4 on) gets no such section: its card's own
+tables are the served numbers.
 """
 from __future__ import annotations
 
@@ -106,9 +108,21 @@ changes. Same windows as above; "served" past {w} from `rope_clamp_probe` (CPU),
 {END}"""
 
 
+def evaluated_as_served(name: str, w: int, results: Path = RESULTS) -> bool:
+    """Whether a device batch evaluated this model with the clamp it ships with (asa_v2 --serve-clamp, session 15
+    on): then the card asa_v2_ship wrote already shows the served numbers, and this section is not needed."""
+    for f in results.glob("*/asa_v2_results.json"):
+        m = json.loads(f.read_text())["models"].get(name)
+        if m and m.get("rope_clamp") == w:
+            return True
+    return False
+
+
 def write(card: Path = CARD, results: Path = RESULTS) -> str:
     cfg = json.loads((card.parent / "config.json").read_text())
     w = cfg.get("rope_clamp", 0)
+    if w and evaluated_as_served(cfg["meta"]["asa_v2_model"], w, results):
+        w = 0                                   # the card's own tables are the served ones
     text = card.read_text()
     if BEGIN in text:
         head, rest = text.split(BEGIN, 1)
