@@ -356,15 +356,18 @@ def to_markdown(res: dict, short: bool = False) -> str:
          "+lay = with that path's plan -> layout build in the same call (the layout charged to one layer); "
          f"+lay/{res['args'].get('layers', 8)} = one layout per step shared by "
          f"{res['args'].get('layers', 8)} layers (forward and backward), the training-relevant figure "
-         "(a model builds one layout per plan and step: kernels/triton_wide.WIDE_LAYOUTS).", ""]
+         "(a model builds one layout per plan and step: kernels/triton_wide.WIDE_LAYOUTS). floor: reading q, k, v "
+         "and the plan and writing o once at the measured copy rate (or the plan's matmul FLOPs, if longer); "
+         f"x/{res['args'].get('layers', 8)} / floor: the same with the layout shared by the layers.", ""]
     if res.get("checks"):
         L += ["checks (bf16 vs float64 reference, 2 heads, D=64): " + "; ".join(
             f"{c['plan']} N={c['N']}: fwd {c['fwd']:.1e} dq {c['dq']:.1e} dk {c['dk']:.1e} dv {c['dv']:.1e}"
             for c in res["checks"]), ""]
     nl_ = res["args"].get("layers", 8)
     L += ["| plan | N | D | K avg | auto | dense | narrow | n+lay | wide | w layout | w+lay | auto | flex (+mask) |"
-          f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w layout wall | "
-          "w layout GPU (graph) | n tiles | w tiles+chunks |", "|" + "---|" * 21]
+          f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w+lay/{nl_} / floor | "
+          f"n+lay/{nl_} / floor | w layout wall | "
+          "w layout GPU (graph) | n tiles | w tiles+chunks |", "|" + "---|" * 23]
     for r in res["forward"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
         wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
@@ -374,6 +377,7 @@ def to_markdown(res: dict, short: bool = False) -> str:
                  f"{_f(r['wide_layout_ms'])} | {_f(wl)} | {_f(r['auto_ms'])} | "
                  f"{_f(flex)}{' (+' + _f(r['flex_layout_ms'], 2) + ')' if flex else ''} | "
                  f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {_x(r['dense_ms'], wlL)} | "
+                 f"{_x(wlL, r['floor_ms'])} | {_x(r['narrow_ms'] + r['narrow_layout_ms'] / nl_, r['floor_ms'])} | "
                  f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r.get('wide_layout_graph_ms'))} | {r['narrow_tiles']} | "
                  f"{r['wide_tiles']}+{r['wide_chunks']} |")
     L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout (+transpose) | w+lay | "
@@ -404,6 +408,7 @@ def to_markdown(res: dict, short: bool = False) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--make-plans", default=None, help="CPU: write the plans into this folder and stop")
+    ap.add_argument("--render", default=None, help="rewrite the .md beside this wide_<tag>.json from it and stop")
     ap.add_argument("--plans", default="runs/wide_plans")
     ap.add_argument("--out", default=None, help="write wide_<tag>.json and .md here")
     ap.add_argument("--tag", default="run")
@@ -423,6 +428,15 @@ def main():
     ap.add_argument("--compile-check", action="store_true",
                     help="CPU: compile the wide kernels for sm_90 (ptxas), print registers and spills")
     args = ap.parse_args()
+    if args.render:
+        src = Path(args.render)
+        res = json.loads(src.read_text())
+        md = src.with_suffix(".md")
+        tmp = md.with_suffix(".md.tmp")
+        tmp.write_text(to_markdown(res))
+        tmp.replace(md)
+        print(f"wrote {md}")
+        return
     if args.compile_check:
         ok = all([compile_check(D, w, bm) for D in args.D for w, bm in ((4, 64), (8, 64), (4, 32))])
         raise SystemExit(0 if ok else 1)
