@@ -491,7 +491,9 @@ class WideLayoutBuilder:
     def _shape(self, B, Nq, KW, nk):
         def make():
             nqb, nkb = triton.cdiv(Nq, BQ), triton.cdiv(nk, BK)
-            return (nqb, nkb, plan_split.chunk_cap(KW, nk, BQ, BK), max(16, triton.next_power_of_2(KW)),
+            # the split pass reads the row in 32-column chunks up to KW rounded up to 32 (a power of two
+            # would add up to 7 fully masked chunks: 16 instead of 9 at k 288)
+            return (nqb, nkb, plan_split.chunk_cap(KW, nk, BQ, BK), 16 if KW <= 16 else -(-KW // 32) * 32,
                     min(1024, max(16, triton.next_power_of_2(nkb))))
         return self._memo(self._shapes, (B, Nq, KW, nk), 64, make)
 
