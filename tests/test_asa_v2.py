@@ -318,3 +318,21 @@ def test_a_batch_without_the_shipped_model_borrows_its_evaluation_only_if_it_is_
         with_shipped_eval(res, shipped_cfg, other)
     own = {"models": {**res["models"], "asa_small": {"plan": plan}}}
     assert with_shipped_eval(own, shipped_cfg, None) is own                   # its own evaluation wins
+
+
+def test_the_card_says_when_the_shipped_model_was_picked_among_seeds(tmp_path):
+    """seed_note: another trained seed of the same plan makes the card say the pick was made on the books it
+    reports; a model with one trained seed gets no such sentence."""
+    from training.experiments.asa_v2_ship import seed_note
+
+    def batch(folder, models):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "asa_v2_results.json").write_text(json.dumps({"models": {
+            n: {"summary": {"final": {"valid": {"ppl_bpe": v}}}} for n, v in models.items()}}))
+
+    batch("a", {"coh4_w256": 36.0, "coh8_w256": 35.7})
+    assert seed_note("coh4_w256", tmp_path) == "" and seed_note("not_a_model", tmp_path) == ""
+    batch("b", {"coh4_w256_s1": 35.72, "local_w256_s1": 36.9})
+    note = seed_note("coh4_w256_s1", tmp_path)
+    assert "2 trained seeds" in note and "seed 0: 36.00, seed 1: 35.72" in note and "partly that choice" in note
+    assert seed_note("coh8_w256", tmp_path) == ""

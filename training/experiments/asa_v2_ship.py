@@ -172,8 +172,26 @@ def _keys(r: dict):
     return r.get("mean_keys_layers", r.get("reach", {}).get("mean_keys"))
 
 
+def seed_note(name: str, results: Path = RESULTS) -> str:
+    """When other seeds of the same plan were trained: which, and that the pick was made on the very books the
+    card reports (there is no third split), so the shipped model's margins are partly that choice."""
+    from training.experiments.asa_v2 import MODELS
+    from training.experiments.asa_v2_frontier import group_key
+    from training.experiments.asa_v2_policies import trained_ppl
+
+    if name not in MODELS:
+        return ""
+    sib = {n: v for n, v in trained_ppl(results).items() if n in MODELS and group_key(MODELS[n]) == group_key(MODELS[name])}
+    if len(sib) < 2:
+        return ""
+    seeds = ", ".join(f"seed {MODELS[n].seed}: {v:.2f}" for n, v in sorted(sib.items(), key=lambda kv: MODELS[kv[0]].seed))
+    return (f" It was picked among {len(sib)} trained seeds of this plan (held-out {seeds}) on the same held-out "
+            f"books the numbers below come from, so its margins over the baselines are partly that choice; "
+            f"the seeds' mean is in training/results/REPORT.md.")
+
+
 def card(name: str, res: dict, batch1: dict, samples: dict, params: int, replaces: dict, version: int,
-         gpu: str = "") -> str:
+         gpu: str = "", results: Path = RESULTS) -> str:
     """replaces: {"label", "held_out_ppl"} of the asa-small this one replaces (res's "asa_small" is that model,
     evaluated beside the others)."""
     prev = replaces["label"]
@@ -234,7 +252,7 @@ word, {p['sinks']} sinks, a {p['window']}-token window, linguistically bonded wo
 pronoun antecedents{f", lexical cohesion {p['cohesion']}" if p.get('cohesion') else ""}. Weights in fp16,
 {params:,} parameters. Trained by `training/experiments/asa_v2.py` (model `{name}`; commands in its docstring),
 shipped by `training/experiments/asa_v2_ship.py`. It replaces {prev} because it is
-{better}; what changed: {changes or "the seed (the same plan, trained again)"}.{serve_note} Full report: `training/results/REPORT.md` and `training/results/asa_v2/`.
+{better}; what changed: {changes or "the seed (the same plan, trained again)"}.{serve_note}{seed_note(name, results)} Full report: `training/results/REPORT.md` and `training/results/asa_v2/`.
 
 ## Data and licence
 All books of `../shared/data/english_prose` (ELTeC-eng level 1 and a Standard Ebooks selection; public domain
