@@ -40,6 +40,11 @@ Later batches: --train with any of MODELS (second seeds, the medium scale point,
 sinks, strides, window 128, layer-dependent plans); asa_v2_policies.py measures a policy's keys, KV and reach
 without training it.
 
+Evaluated as served: `start --serve-clamp 2048` evaluates the trained full-mode models with far keys scored at
+2048 (ModelConfig.rope_clamp, the clamp asa-small ships with; nothing changes up to 2048 tokens), and
+`--no-shipped` skips re-evaluating the shipped model (the ship step then takes its evaluation from an earlier
+batch: asa_v2_ship --shipped-eval). Session 15's batch ran both.
+
 Fewer models or steps: --train dense,local (any of MODELS) and --max-steps N (N < 5170 is no longer
 asa-small's budget: the report says so).
 """
