@@ -226,12 +226,14 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
         modes=("asa", "dense"), gguf: str | None = None, threads: int = 1, text_file: str | None = None,
         progress: bool = True, device: str = "cpu", dtype: str | None = None,
         cuda_graphs=(True,), compile: bool = False, prefill_chunk: int | None = None,
-        quantize=(None,), rope_clamps=(None,)) -> list[Row]:
+        quantize=(None,), rope_clamps=(None,), warmup: bool = False) -> list[Row]:
     """gguf: the dense GGUF of the same weights (with `<name>.tokenizer.json` beside it) to run llama.cpp on;
     None leaves llama.cpp out. On CUDA, `cuda_graphs=(False, True)` measures eager and graphed decode.
     quantize: weight schemes for the asa-run torch rows (None: the model's dtype), one row set each; a
     quantized row's backend reads e.g. "torch f16". rope_clamps: RoPE clamps of the ASA rows (None: the model's),
-    one row set each; an overridden row's backend reads e.g. "torch rope_clamp=0"."""
+    one row set each; an overridden row's backend reads e.g. "torch rope_clamp=0". warmup: one untimed run of
+    each configuration before its repeats (llama-bench's warm-up): on CUDA the first process of a configuration
+    also compiles kernels and captures graphs, which would otherwise sit in the medians of few repeats."""
     from tqdm import tqdm
 
     found = systems(model, list(backends), list(modes), gguf is not None)
@@ -245,11 +247,15 @@ def run(model: str, contexts: list[int], n_gen: int = 128, repeats: int = 3, bac
     elif dtype:
         found = [{**d, "dtype": dtype} if d["system"] == "asa-run" else d for d in found]
     plan = [(sysd, c) for c in contexts for sysd in found]
-    rows, bar = [], tqdm(total=len(plan) * repeats, desc="bench", unit="run", disable=not progress,
+    rows, bar = [], tqdm(total=len(plan) * (repeats + bool(warmup)), desc="bench", unit="run", disable=not progress,
                          file=sys.stderr)
     for sysd, c in plan:
         spec = Spec(model=model, context=c, n_gen=n_gen, threads=threads, text_file=text_file, gguf=gguf,
                     **sysd)
+        if warmup:
+            bar.set_postfix_str(f"warm-up {sysd['system']} {sysd['backend']} {sysd['mode']} {c} {spec.device}")
+            run_one(spec)
+            bar.update()
         results = []
         for _ in range(repeats):
             bar.set_postfix_str(f"{sysd['system']} {sysd['backend']} {sysd['mode']} {c} {spec.device}")
@@ -312,7 +318,8 @@ def to_markdown(rows: list[Row], info: dict, threads: int) -> str:
             *([f"GPU {info['gpu']} (the asa-run rows ran on it; the CPU line is the host's)", ""] if info.get("gpu") else []),
             f"CPU {info['cpu']}, {info['cores']} cores, {threads} thread(s), "
             f"{(info['memory_gib'] or 0):.1f} GiB{load}", "", "versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-            "", "Medians over repeats (spread min-max in the JSON). pp: prompt tokens/s; tg: generated tokens/s "
+            "", "Medians over repeats" + (" after one untimed warm-up run of each configuration" if info.get("warmup")
+                                          else "") + " (spread min-max in the JSON). pp: prompt tokens/s; tg: generated tokens/s "
             "(wall clock; CPU-time figure beside it, steadier on a busy machine); TTFT: prefill + first token.",
             "", "| system | backend | mode | context | pp tok/s | tg tok/s | tg tok/s (CPU) | TTFT s | "
             "peak RSS MiB | KV MiB |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -123,3 +123,24 @@ def test_a_benchmark_child_reports_its_own_peak_not_its_parents():
     assert own < 128 << 20 < (256 << 20) <= inherited         # the bug it avoids, and the fix
     assert peak_rss_bytes() >= current_rss_bytes() >= 256 << 20
     del big
+
+
+def test_warmup_runs_each_configuration_once_untimed(tmp_path, tiny_checkpoint, monkeypatch):
+    """--warmup: one extra run per configuration, before its repeats, left out of the medians (the first, slow
+    result below would otherwise be the median of two); off by default on the CPU."""
+    from asa_runtime import benchmark
+
+    calls = []
+
+    def fake(spec, timeout=3600):
+        calls.append(spec.context)
+        t = 1.0 if len(calls) % 3 == 1 else 100.0        # every configuration's first run is slow
+        return {"pp_tps": t, "tg_tps": t, "tg_cpu_tps": t, "pp_cpu_tps": t, "ttft_s": 1 / t, "peak_rss_mib": 1.0,
+                "kv_mib": 1.0}
+
+    monkeypatch.setattr(benchmark, "run_one", fake)
+    rows = benchmark.run(tiny_checkpoint, [16, 32], n_gen=2, repeats=2, modes=("asa",), progress=False, warmup=True)
+    assert calls == [16, 16, 16, 32, 32, 32] and all(r.tg_tps == 100.0 for r in rows)
+    calls.clear()
+    benchmark.run(tiny_checkpoint, [16], n_gen=2, repeats=2, modes=("asa",), progress=False)
+    assert calls == [16, 16]

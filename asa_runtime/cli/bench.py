@@ -79,13 +79,16 @@ def gguf_for(model: str) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: the torch backend on the GPU, decode from CUDA graphs, bf16 weights (llama.cpp "
                    "rows are CPU-only and left out).")
+@click.option("--warmup/--no-warmup", default=None,
+              help="One untimed run of each configuration before its repeats (default: on with --device cuda, "
+                   "where the first run also compiles and captures; off on the CPU).")
 @click.option("-o", "--output", type=click.Choice(["md", "json", "csv"]), default="md", show_default=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the table here (atomically) as well as to stdout.")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
               help="Save a plot (PNG): tokens/s and peak memory against context (needs matplotlib).")
 def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quantize, rope_clamps, threads, text_file,
-              device, output, out_file, plot_file):
+              device, warmup, output, out_file, plot_file):
     """Latency table: prompt and generation tokens/s, time to first token, peak memory, per system."""
     from asa_runtime import benchmark
 
@@ -115,13 +118,15 @@ def bench_cmd(model, contexts, n_gen, repeats, backends, modes, llama_cpp, quant
                                            "'asa-runtime[llamacpp]'") from None
             gguf = gguf_for(model)
         gpu = dict(device="cuda", dtype="bfloat16", prefill_chunk=4096) if device == "cuda" else {}
+        use_warmup = device == "cuda" if warmup is None else warmup
         rows = benchmark.run(model, ctx, n_gen=n_gen, repeats=repeats, backends=bks, modes=mds, gguf=gguf,
-                             threads=threads, text_file=text_file, quantize=qs, rope_clamps=clamps, **gpu)
+                             threads=threads, text_file=text_file, quantize=qs, rope_clamps=clamps,
+                             warmup=use_warmup, **gpu)
     except click.ClickException:
         raise
     except (RuntimeError, *USER_ERRORS) as e:
         raise click.ClickException(one_line(e)) from None
-    info = benchmark.machine(device)
+    info = {**benchmark.machine(device), "warmup": use_warmup}
     text = {"md": lambda: benchmark.to_markdown(rows, info, threads), "json": lambda: benchmark.to_json(rows, info),
             "csv": lambda: benchmark.to_csv(rows)}[output]()
     sys.stdout.write(text)
