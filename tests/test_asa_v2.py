@@ -164,6 +164,7 @@ def test_second_seeds_and_the_scale_point_change_only_what_they_say(tmp_path):
                  ("coh4_w64_m3", "coh4_w64")):
         assert M[a].plan_config() == M[b].plan_config()
     assert (M["coh4_w64_s1"].seed, M["local_w64_s1"].seed, M["coh4_w64_m"].seed) == (1, 1, 0)
+    assert (M["coh4_w256_m3"].plan, M["coh4_w256_m3"].args) == (M["coh4_w256"].plan, M["dense_m3"].args)
     for a, b, seed in (("dense", "dense_s1", 1), ("coh8_w256", "coh8_w256_s1", 1), ("coh4_w256", "coh4_w256_s2", 2)):
         assert (M[b].mode, M[b].plan, M[b].args, M[b].seed) == (M[a].mode, M[a].plan, M[a].args, seed)
     s = asa_v2.Setup(prep=tmp_path / "asa_prep", runs=tmp_path / "asa_v2")   # a clean clone has no runs/

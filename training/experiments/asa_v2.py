@@ -158,6 +158,9 @@ MODELS = {s.name: s for s in (
     Spec("dense_m3", "none", args=MEDIUM3_ARGS, label="dense twin, medium (48M), 2300 steps (3 epochs)"),
     Spec("coh4_w64_m3", "full", COH4_W64, args=MEDIUM3_ARGS,
          label="ASA full + lexical cohesion 4, window 64, k 96, medium (48M), 2300 steps (3 epochs)"),
+    # the scale point for today's best policy (asa-small v3/v4's plan) beside dense_m3 (UNTRAINED)
+    Spec("coh4_w256_m3", "full", {**COH4_W64, "window": 256, "k": 288}, args=MEDIUM3_ARGS,
+         label="ASA full + lexical cohesion 4, window 256, k 288, medium (48M), 2300 steps (3 epochs)"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
 
