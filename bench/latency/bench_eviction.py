@@ -12,7 +12,6 @@ measured through the library by `bench_latency.py --max-kv-size` (`asa-run bench
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -79,10 +78,6 @@ def main():
     res = {"model": desc, "machine": common.machine(), "tokens": a.tokens, "chunk": a.chunk,
            "reachable_at_end": reach, "loadavg": common.loadavg(),
            "command": "python bench/latency/bench_eviction.py " + " ".join(sys.argv[1:]), "runs": rows}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"eviction-{res['machine']['host']}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# Bounded KV cache: perplexity cost ({desc})", "",
           f"{a.tokens} held-out tokens, teacher-forced in chunks of {a.chunk}; machine {res['machine']['host']} "
           f"({res['machine']['cpu']}). Keys the policy could still select at the end: {reach}.", "",
@@ -95,7 +90,7 @@ def main():
             continue
         md.append(f"| {r['max_kv_size'] or 'default (auto)'} | {r['ppl']:.4f} | {r['max_abs_logit_diff']:.2e} | "
                   f"{r['kv_cache_bytes'] / 2**20:.1f} | {r['keys_held_at_end']} | {r['evicted']} | {r['compactions']} |")
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    common.write_results(a.out, f"eviction-{res['machine']['host']}", res, "\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -123,11 +123,7 @@ def main():
     desc = next((r["model_desc"] for r in runs if "model_desc" in r), a.model)
     res = {"model": desc, "weights": a.quantize or a.dtype, "machine": common.machine(), "loadavg_start": start, "loadavg_end": common.loadavg(),
            "command": "python bench/latency/bench_latency.py " + " ".join(sys.argv[1:]), "runs": runs}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"latency-{res['machine']['host']}{('-' + a.tag) if a.tag else ''}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(markdown(res))
+    common.write_results(a.out, f"latency-{res['machine']['host']}{('-' + a.tag) if a.tag else ''}", res, markdown(res))
     print(markdown(res))
 
 

@@ -11,7 +11,6 @@ library, so this script computes them itself, in this process, on the same model
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
@@ -91,10 +90,6 @@ def main():
         r["ppl_change_pct"] = 100 * (r["ppl"] / base["ppl"] - 1)
     res = {"model": base["model"], "machine": common.machine(), "tokens": a.tokens, "loadavg": common.loadavg(),
            "command": "python bench/latency/bench_quant.py " + " ".join(sys.argv[1:]), "runs": rows}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"quant-{res['machine']['host']}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# Weight quantization: perplexity change ({base['model']})", "",
           f"{a.tokens} held-out tokens; machine {res['machine']['host']} ({res['machine']['cpu']}), "
           f"{a.threads} thread(s), load average {res['loadavg']}.", "", f"Command: `{res['command']}`", "",
@@ -106,7 +101,7 @@ def main():
         sp = (f"error: {r['speed_error']} | | |" if "speed_error" in r else
               f"{r['prompt_tps']:.0f} | {r['gen_tps']:.1f} ({r['gen_tps_cpu']:.1f}) | {r['peak_rss_bytes'] / 2**20:.0f} |")
         md.append(f"| {r['variant']} | {r['ppl']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['weight_bytes'] / 2**20:.1f} | {sp}")
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    common.write_results(a.out, f"quant-{res['machine']['host']}", res, "\n".join(md) + "\n")
     print("\n".join(md))
 
 

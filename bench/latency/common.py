@@ -147,6 +147,16 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def write_results(out: str | Path, stem: str, res: dict, md: str) -> None:
+    """out/stem.json (res) and out/stem.md, each written to a temporary file and renamed (never half-written)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out / f"{stem}.json", json.dumps(res, indent=2) + "\n"), (out / f"{stem}.md", md)):
+        tmp = path.with_name(path.name + f".{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def loadavg() -> list[float] | None:
     try:
         return [float(x) for x in open("/proc/loadavg").read().split()[:3]]

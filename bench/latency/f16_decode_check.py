@@ -9,7 +9,6 @@ Held-out book text (common.text_ids). Writes results/f16-decode-<host>.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -22,23 +21,24 @@ import common  # noqa: E402
 
 
 def run(model: str, quantize: str | None, n: int):
+    """(perplexity, decode steps per second, (n, V) logits) of n held-out tokens fed one step at a time."""
     import torch
 
-    from asa_runtime.generate import Session, load
+    from asa_runtime.generate import Session
 
-    lm = load(model, device="cpu", quantize=quantize)
+    lm, _ = common.build_model(model, "full", quantize=quantize)
     ids = common.text_ids(lm.tokenizer, n + 1, held_out=True)
     s = Session(lm, ctx_size=n + 8)
-    logits, rows, nll = s.feed(ids[:1]), [], 0.0
-    t0 = time.perf_counter()
+    logits, rows, nll, step_s = s.feed(ids[:1]), [], 0.0, 0.0
     for i in range(1, n + 1):
         lg = logits[: s.n_vocab].float()
         nll -= torch.log_softmax(lg, -1)[ids[i]].item()
         rows.append(lg)
         if i < n:
+            t = time.perf_counter()
             logits = s.step(int(ids[i]))
-    dt = time.perf_counter() - t0
-    return math.exp(nll / n), (n - 1) / dt, torch.stack(rows)
+            step_s += time.perf_counter() - t
+    return math.exp(nll / n), (n - 1) / step_s, torch.stack(rows)
 
 
 def main():
@@ -57,10 +57,6 @@ def main():
            "fp32": {"ppl": p32, "steps_per_s": s32}, "f16": {"ppl": p16, "steps_per_s": s16},
            "max_abs_logit_diff": (l32 - l16).abs().max().item(),
            "greedy_agreement": (l32.argmax(-1) == l16.argmax(-1)).float().mean().item()}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"f16-decode-{res['machine']['host']}"
-    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [f"# f16 weights on the decode path ({a.model})", "",
           f"{a.tokens} held-out tokens teacher-forced through Session.step; machine {res['machine']['host']} "
           f"({res['machine']['cpu']}), {a.threads} thread(s), load average {res['loadavg']}.", "",
@@ -70,7 +66,7 @@ def main():
           f"({s16 / s32:.2f}x) |", "",
           f"Largest logit difference {res['max_abs_logit_diff']:.4f}; the greedy token agrees at "
           f"{100 * res['greedy_agreement']:.2f}% of positions."]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    common.write_results(a.out, f"f16-decode-{res['machine']['host']}", res, "\n".join(md) + "\n")
     print("\n".join(md))
 
 
