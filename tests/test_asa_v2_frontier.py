@@ -87,3 +87,27 @@ def test_command_writes_the_table_and_refuses_without_dense(tmp_path):
     with pytest.raises(SystemExit, match="no dense twin"):
         F.main(["--results", str(res), "--out", str(tmp_path / "none"), "--no-plot"])
     assert not (tmp_path / "none").exists()
+
+
+def test_dense_baselines_pool_over_the_dense_twins_seeds(tmp_path):
+    """batch 1's dense twin (seed 0) and a later batch's dense_s1 pool into one baseline with its range; a
+    medium-preset dense model does not."""
+    (tmp_path / "batch1.json").write_text(json.dumps({"models": {"dense": {"by_context": {
+        "window 2048": {"8192": 26.82, "32768": 26.81}, "sinks 4 + 2044": {"8192": 26.81, "32768": 26.81}}}}}))
+    def by(v8, v32):
+        return {"by_context": {"8192": {"ppl": v8}, "32768": {"ppl": v32}}}
+    batch = tmp_path / "seeds3"
+    batch.mkdir()
+    (batch / "asa_v2_results.json").write_text(json.dumps({"models": {
+        "dense_s1": {"summary": {"final": True}, "methods": {"model": by(90.0, 200.0), "window:2048": by(26.92, 26.91),
+                                                             "sinks:4+2044": by(26.95, 26.97)}},
+        "dense_m": {"summary": {"final": True}, "methods": {"model": by(80.0, 190.0), "window:2048": by(20.0, 20.0)}}}}))
+    models, base = F.long_context(tmp_path)
+    w = base["dense twin, window 2048"]
+    assert w["seeds"] == 2 and w["kv"] == 2048
+    assert w[8192] == pytest.approx(26.87) and w["range"][32768] == (26.81, 26.91)
+    s = base["dense twin, sinks 4 + 2044"]
+    assert s[32768] == pytest.approx(26.89) and s["seeds"] == 2
+    assert models["dense_s1"] == {8192: 90.0, 32768: 200.0}
+    row = next(r for r in F.long_table([], base) if "window 2048" in r)
+    assert "(2 seeds)" in row and "26.87" in row

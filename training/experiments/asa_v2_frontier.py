@@ -51,21 +51,26 @@ def costs(results: Path = RESULTS) -> dict[str, dict]:
 
 
 LONG = (8192, 32768)
-DENSE_BASELINES = {"window 512": 512, "window 2048": 2048}        # batch 1's bounded dense twin: KV rows
+# the dense twin's bounded-KV baselines (label -> KV rows) and their method names in an asa_v2 results file
+DENSE_BASELINES = {"window 512": 512, "window 2048": 2048, "sinks 4 + 2044": 2048}
+DENSE_METHODS = {"window:512": "window 512", "window:2048": "window 2048", "sinks:4+2044": "sinks 4 + 2044"}
 
 
 def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
     """Perplexity by evaluation context past the training length: (trained model -> {ctx: ppl}, the dense
-    twin's bounded-KV baselines -> {"kv": rows, ctx: ppl}). A batch's re-evaluated shipped model (`asa_small`,
-    no training summary) is skipped: in batch 1 that name is v1, later it is v2 = coh4_w64 seed 0."""
-    models, base = {}, {}
+    twin's bounded-KV baselines -> {"kv": rows, "seeds": n, "range": {ctx: (min, max)}, ctx: mean}), the
+    baselines pooled over the dense twin's seeds (batch 1's seed 0, a later batch's `dense_s1`). A batch's
+    re-evaluated shipped model (`asa_small`, no training summary) is skipped: in batch 1 that name is v1,
+    later it is v2 = coh4_w64 seed 0."""
+    models, seeds = {}, {}             # seeds: baseline label -> [{ctx: ppl} per dense seed]
     b1 = results / "batch1.json"
     if b1.is_file():
         for n, m in json.loads(b1.read_text())["models"].items():
             bc = m.get("by_context") or {}
             if n == "dense":
-                base.update({f"dense twin, {w}": {"kv": kv, **{c: bc[w][str(c)] for c in LONG if str(c) in bc.get(w, {})}}
-                             for w, kv in DENSE_BASELINES.items() if w in bc})
+                for w in DENSE_BASELINES:
+                    if w in bc:
+                        seeds.setdefault(w, []).append({c: bc[w][str(c)] for c in LONG if str(c) in bc[w]})
             elif bc:
                 models[n] = {c: bc[str(c)] for c in LONG if str(c) in bc}
     for f in (results / "asa_v2_results.json", *sorted(results.glob("*/asa_v2_results.json"))):
@@ -74,10 +79,23 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
         for n, m in json.loads(f.read_text())["models"].items():
             if not m.get("summary", {}).get("final"):
                 continue
-            bc = m.get("methods", {}).get("model", {}).get("by_context", {})
+            methods = m.get("methods", {})
+            bc = methods.get("model", {}).get("by_context", {})
             models[n] = {c: bc[str(c)]["ppl"] for c in LONG if str(c) in bc}
             if m.get("rope_clamp"):                 # evaluated as served (asa_v2 --serve-clamp): not pooled with
                 models[n]["clamp"] = m["rope_clamp"]   # a seed evaluated as trained
+            spec = asa_v2.MODELS.get(n)
+            if spec is not None and spec.mode == "none" and not spec.args:     # a dense twin's other seed
+                for meth, w in DENSE_METHODS.items():
+                    mc = methods.get(meth, {}).get("by_context", {})
+                    if mc:
+                        seeds.setdefault(w, []).append({c: mc[str(c)]["ppl"] for c in LONG if str(c) in mc})
+    base = {}
+    for w, runs in seeds.items():
+        ctx = [c for c in LONG if all(c in r for r in runs)]
+        base[f"dense twin, {w}"] = {"kv": DENSE_BASELINES[w], "seeds": len(runs),
+                                    "range": {c: (min(r[c] for r in runs), max(r[c] for r in runs)) for c in ctx},
+                                    **{c: sum(r[c] for r in runs) / len(runs) for c in ctx}}
     return models, base
 
 
@@ -153,7 +171,8 @@ def long_table(pts: list[dict], base: dict[str, dict]) -> list[str]:
     rows = [(p["label"] + (f" (served: RoPE clamp {p['long_clamp']}" if p.get("long_clamp") else " (as trained")
              + (f"; {p['long_seeds']} of {p['seeds']} seeds)" if p.get("long_seeds", p["seeds"]) != p["seeds"] else ")"),
              p["kv"], p["long"]) for p in pts if p["long"] and p["name"] != "dense"]
-    rows += [(n, b["kv"], {c: b[c] for c in LONG if c in b}) for n, b in base.items()]
+    rows += [(n + (f" ({b['seeds']} seeds)" if b.get("seeds", 1) > 1 else ""), b["kv"],
+              {c: b[c] for c in LONG if c in b}) for n, b in base.items()]
     if not rows:
         return []
     rows.sort(key=lambda r: (r[1] is None, r[1] or 0))
