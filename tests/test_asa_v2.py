@@ -337,3 +337,13 @@ def test_the_card_says_when_the_shipped_model_was_picked_among_seeds(tmp_path):
     note = seed_note("coh4_w256_s1", tmp_path)
     assert "2 trained seeds" in note and "seed 0: 36.00, seed 1: 35.72" in note and "partly that choice" in note
     assert seed_note("coh8_w256", tmp_path) == ""
+
+
+def test_dense_windows_option_reaches_the_setup_and_refuses_bad_values(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(asa_v2, "start", lambda s, call_s, fg: seen.setdefault("s", s))
+    asa_v2.main(["start", "--runs", str(tmp_path / "r"), "--train", "dense_s1", "--dense-windows", "2048"])
+    assert seen["s"].dense_windows == (2048,) and seen["s"].train == ("dense_s1",)
+    for bad in ("2048,x", "4"):
+        with pytest.raises(SystemExit, match="--dense-windows"):
+            asa_v2.main(["start", "--runs", str(tmp_path / "r"), "--dense-windows", bad])

@@ -723,6 +723,9 @@ def main(argv=None):
     ap.add_argument("--serve-clamp", type=int, default=0, help="start: evaluate the trained full-mode models "
                     "with this rope_clamp, as asa-small is served (2048); 0: as trained")
     ap.add_argument("--no-shipped", action="store_true", help="start: do not re-evaluate the shipped asa-small")
+    ap.add_argument("--dense-windows", default=",".join(map(str, DENSE_WINDOWS)),
+                    help="start: KV slots of the dense twin's bounded baselines (a sliding window, and StreamingLLM "
+                         f"sinks {SINKS} + the rest), comma-separated; fewer evaluate faster")
     ap.add_argument("--out", default="runs/asa_v2_out")
     ap.add_argument("--export", default="", help="finish: also export this model's fp16 weights to OUT/asa-small "
                     "('best': the trained ASA model with the lowest held-out perplexity)")
@@ -741,8 +744,15 @@ def main(argv=None):
                              f"{[n for n in MODELS if not MODELS[n].shipped]}")
         if a.serve_clamp < 0:
             raise SystemExit("--serve-clamp: must be >= 0")
+        try:
+            windows = tuple(int(w) for w in a.dense_windows.split(",") if w)
+        except ValueError:
+            windows = (0,)
+        if any(w <= SINKS for w in windows):
+            raise SystemExit(f"--dense-windows: comma-separated integers above {SINKS} (the sinks), got "
+                             f"{a.dense_windows!r}")
         s = Setup(prep=Path(a.prep), runs=runs, train=train, max_steps=a.max_steps, serve_clamp=a.serve_clamp,
-                  shipped=not a.no_shipped)
+                  shipped=not a.no_shipped, dense_windows=windows)
     if a.phase == "pack":
         pack(s)
     elif a.phase == "unpack":
