@@ -89,12 +89,21 @@ def test_evaluations_cover_contexts_baselines_positions_and_far_context(done):
     assert local["max_distance"] <= 16 + 40 and local["mean_keys"] <= 64
     assert res["models"]["asa_small"]["plan"]["mode"] == "full"
     assert res["models"]["local"]["kv_bound"]["max"] > 0
+    # H6 on the dense model only, one entry per plan, shares in [0, 1], per layer
+    h6 = res["models"]["dense"]["h6"]
+    assert set(h6) == set(asa_v2.H6_PLANS) and not any("h6" in r for n, r in res["models"].items() if n != "dense")
+    small = h6["asa_small"]                                   # window 16 < CTX: rows the plan does not cover
+    assert small["windows"] > 0 and small["rows"] > 0 and 0 < small["density"] < 1
+    assert all(0 <= small["overall"][m][k] <= 1 for m in ("asa", "random") for k in ("mass", "count", "topk"))
+    assert len(small["layers"]) == json.loads((done.runs / "dense" / "model" / "config.json").read_text())["n_layer"]
+    assert h6["coh4_w256"]["rows"] == 0                       # window 256 > CTX: it covers every row, says nothing
 
 
 @pytest.mark.slow       # ~30 s: three trainings and four evaluations on CPU
 def test_report_and_finish_files(done, tmp_path):
     md = (done.runs / "asa_v2.md").read_text()
     assert "Perplexity by context length" in md and "dense, sinks 4 + 12" in md and "Far context" in md
+    assert "H6: where a dense model already attends" in md and "covers every row" in md
     assert "NOT asa-small's 5170" in md                    # 3 steps: the report says it is not comparable
     out = tmp_path / "out"
     asa_v2.finish(done, out, wait_s=0)

@@ -163,6 +163,10 @@ MODELS = {s.name: s for s in (
          label="ASA full + lexical cohesion 4, window 256, k 288, medium (48M), 2300 steps (3 epochs)"),
 )}
 DEFAULT_TRAIN = ("dense", "local", "w64")
+# H6 on every trained dense model: how much of its attention falls on the pairs these plans allow (the research's
+# plan, asa-small v1's, and today's asa-small v3/v4's), against a random mask of equal density: the issue asks
+# whether H6 still holds one size up; the reproduction measured it on the tiny models only
+H6_PLANS = ("asa_small", "coh4_w256")
 
 
 # ---- paths and settings (one object, so a test can point everything at a temporary folder) -----------
@@ -184,6 +188,7 @@ class Setup:
     serve_clamp: int = 0             # evaluate trained full-mode models with this rope_clamp (the product
                                      # serves asa-small with 2048); 0: as trained
     shipped: bool = True             # evaluate the shipped asa-small beside the trained models
+    h6_windows: int = 64             # a dense model's H6 (training/h6.py) on this many held-out windows; 0: skip
 
     @classmethod
     def load(cls, runs: Path) -> "Setup":
@@ -466,6 +471,8 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
         r["seconds"] = round(time.time() - t1, 1)
         res["methods"][m.name] = r
         log(f"{name} {m.name}: {r['seconds']} s")
+    if plan_cfg.dense and s.h6_windows:
+        res["h6"] = h6_summary(s, model, prep, device)
     summary = s.runs / name / "summary.json"
     if summary.is_file():
         res["summary"] = json.loads(summary.read_text())
@@ -475,6 +482,23 @@ def evaluate_model(s: Setup, name: str, device: str | None = None) -> dict:
     (out / f"{name}.json.tmp").write_text(json.dumps(res, indent=1) + "\n")
     os.replace(out / f"{name}.json.tmp", out / f"{name}.json")
     return res
+
+
+def h6_summary(s: Setup, model, prep, device: str) -> dict:
+    """H6 of a dense model for each of H6_PLANS on the training data's validation windows (held out from
+    training, like training/h6.py's default): per plan, the share of attention mass, of above-uniform pairs and
+    of each row's top 5 keys that the plan allows, overall and per layer, beside a random mask of equal density."""
+    from training.h6 import run_h6
+
+    out = {}
+    for n in H6_PLANS:
+        t = time.time()
+        r = run_h6(model, prep, split="valid", windows=s.h6_windows, device=device, batch_size=4,
+                   plan_cfg=MODELS[n].plan_config())
+        out[n] = {"label": MODELS[n].label, "windows": r["windows"], "rows": r["rows"], "density": r["density"],
+                  "overall": r["overall"], "layers": r["layers"], "seconds": round(time.time() - t, 1)}
+        log(f"h6 {n}: mass {r['overall']['asa']['mass']:.3f} vs random {r['overall']['random']['mass']:.3f}")
+    return out
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -584,6 +608,24 @@ def markdown(res: dict) -> str:
                          for b, h in sorted(x.get("targets_reaching_last_mention", {}).items()))
         lines.append(f"| {r['label']} | {x['max_distance']} | {x['distance_p999']:.0f} | "
                      f"{100 * x['rows_reaching_256']:.2f}% | {100 * x['rows_reaching_2048']:.2f}% | {hits} |")
+    h6 = [(r["label"], h) for r in ms.values() for h in r.get("h6", {}).values()]
+    if h6:
+        lines += ["", "## H6: where a dense model already attends", "",
+                  "Share of the dense model's attention on the pairs a plan allows (training/h6.py), against a "
+                  "random mask with the same keys per row; validation windows; rows the plan covers whole left out. "
+                  "mass: attention mass; top 5: of each row's 5 most attended keys.", "",
+                  "| dense model | plan | windows | density | mass (random) | above uniform (random) | top 5 (random) "
+                  "| mass by layer |", "|---|---|---|---|---|---|---|---|"]
+        for label, h in h6:
+            if not h["rows"]:
+                lines.append(f"| {label} | {h['label']} | {h['windows']} | – | the plan covers every row of these "
+                             f"windows: nothing to compare | | | |")
+                continue
+            o = h["overall"]
+            cell = lambda k: f"{100 * o['asa'][k]:.1f}% ({100 * o['random'][k]:.1f}%)"
+            lines.append(f"| {label} | {h['label']} | {h['windows']} | {100 * h['density']:.1f}% | {cell('mass')} | "
+                         f"{cell('count')} | {cell('topk')} | "
+                         + " / ".join(f"{100 * x['asa']['mass']:.0f}" for x in h["layers"]) + " |")
     st = res["state"].get("models", {})
     bad = [n for n, m in st.items() if m.get("status") != "trained"]
     if bad:
@@ -723,6 +765,8 @@ def main(argv=None):
     ap.add_argument("--serve-clamp", type=int, default=0, help="start: evaluate the trained full-mode models "
                     "with this rope_clamp, as asa-small is served (2048); 0: as trained")
     ap.add_argument("--no-shipped", action="store_true", help="start: do not re-evaluate the shipped asa-small")
+    ap.add_argument("--h6-windows", type=int, default=Setup.h6_windows,
+                    help="start: H6 of each trained dense model on this many validation windows (0: skip)")
     ap.add_argument("--dense-windows", default=",".join(map(str, DENSE_WINDOWS)),
                     help="start: KV slots of the dense twin's bounded baselines (a sliding window, and StreamingLLM "
                          f"sinks {SINKS} + the rest), comma-separated; fewer evaluate faster")
@@ -751,8 +795,10 @@ def main(argv=None):
         if any(w <= SINKS for w in windows):
             raise SystemExit(f"--dense-windows: comma-separated integers above {SINKS} (the sinks), got "
                              f"{a.dense_windows!r}")
+        if a.h6_windows < 0:
+            raise SystemExit("--h6-windows: must be >= 0")
         s = Setup(prep=Path(a.prep), runs=runs, train=train, max_steps=a.max_steps, serve_clamp=a.serve_clamp,
-                  shipped=not a.no_shipped, dense_windows=windows)
+                  shipped=not a.no_shipped, dense_windows=windows, h6_windows=a.h6_windows)
     if a.phase == "pack":
         pack(s)
     elif a.phase == "unpack":
