@@ -25,6 +25,8 @@ def test_seeds_pool_and_models_without_a_cost_are_left_out():
     assert c["models"] == ["coh4_w64", "coh4_w64_s1"] and c["seeds"] == 2
     assert c["ppl"] == pytest.approx(38.2) and (c["ppl_min"], c["ppl_max"]) == (38.0, 38.4)
     assert c["long"] == {32768: pytest.approx(31.5)} and pts["local_w64"]["long"] == {}
+    assert c["long_range"] == {32768: (31.0, 32.0)}
+    assert any("31.50** (31.00-32.00)" in r for r in F.long_table([c], {}))     # the best is bold, then its range
     assert [p["name"] for p in F.pooled(ppl, cost)] == ["local_w64", "coh4_w64", "dense"]   # by keys
     # a seed evaluated as served (RoPE clamp) is not averaged with one evaluated as trained: the served one wins
     long["coh4_w64_s1"] = {8192: 27.0, 32768: 27.5, "clamp": 2048}
@@ -78,7 +80,7 @@ def test_command_writes_the_table_and_refuses_without_dense(tmp_path):
     assert "Closest to the dense twin" in md and "Log-linear fit through the 3" in md
     # past the training length: 8k only where every seed has it; the best figure per column in bold
     assert "| dense twin, window 512 | 512 | **27.20** | **27.30** |" in md
-    assert "| 3,455 | – | 31.50 |" in md
+    assert "| 3,455 | – | 31.50 (31.00-32.00) |" in md
     assert "asa-small v1 | 107 | –" not in md                              # v1 has no long-context figures here
     fit = json.loads((out / "frontier.json").read_text())["fit"]
     assert math.exp((math.log(F.TARGET_GAP) - fit["intercept"]) / fit["exponent"]) == pytest.approx(
@@ -110,4 +112,17 @@ def test_dense_baselines_pool_over_the_dense_twins_seeds(tmp_path):
     assert s[32768] == pytest.approx(26.89) and s["seeds"] == 2
     assert models["dense_s1"] == {8192: 90.0, 32768: 200.0}
     row = next(r for r in F.long_table([], base) if "window 2048" in r)
-    assert "(2 seeds)" in row and "26.87" in row
+    assert "(2 seeds)" in row and "26.87** (26.82-26.92)" in row
+
+
+def test_a_shipped_seed_evaluated_as_served_counts_for_that_seed(tmp_path):
+    """session 13's batch (folder local_w256) re-evaluated the shipped v3 = coh4_w256 seed 0 served with clamp
+    2048: those figures replace the seed's as-trained ones from the batch that trained it."""
+    def by(v8, v32):
+        return {"by_context": {"8192": {"ppl": v8}, "32768": {"ppl": v32}}}
+    for folder, models in (("policy_batch", {"coh4_w256": {"summary": {"final": True}, "methods": {"model": by(28.5, 29.4)}}}),
+                           ("local_w256", {"asa_small": {"methods": {"model": by(26.96, 27.01)}}})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "asa_v2_results.json").write_text(json.dumps({"models": models}))
+    models, _ = F.long_context(tmp_path)
+    assert models == {"coh4_w256": {8192: 26.96, 32768: 27.01, "clamp": 2048}}

@@ -54,6 +54,10 @@ LONG = (8192, 32768)
 # the dense twin's bounded-KV baselines (label -> KV rows) and their method names in an asa_v2 results file
 DENSE_BASELINES = {"window 512": 512, "window 2048": 2048, "sinks 4 + 2044": 2048}
 DENSE_METHODS = {"window:512": "window 512", "window:2048": "window 2048", "sinks:4+2044": "sinks 4 + 2044"}
+# a batch folder whose re-evaluated shipped model (`asa_small`) was a trained seed served as shipped: that seed's
+# name and the RoPE clamp it was served with (session 13's batch evaluated v3 = coh4_w256 seed 0 with clamp 2048;
+# its record predates the rope_clamp field). Its figures count as that seed's served long-context figures.
+SHIPPED_EVALS = {"local_w256": ("coh4_w256", 2048)}
 
 
 def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], dict[str, dict]]:
@@ -62,7 +66,7 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
     baselines pooled over the dense twin's seeds (batch 1's seed 0, a later batch's `dense_s1`). A batch's
     re-evaluated shipped model (`asa_small`, no training summary) is skipped: in batch 1 that name is v1,
     later it is v2 = coh4_w64 seed 0."""
-    models, seeds = {}, {}             # seeds: baseline label -> [{ctx: ppl} per dense seed]
+    models, seeds, served = {}, {}, {}  # seeds: baseline label -> [{ctx: ppl} per dense seed]
     b1 = results / "batch1.json"
     if b1.is_file():
         for n, m in json.loads(b1.read_text())["models"].items():
@@ -77,6 +81,10 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
         if not f.is_file():
             continue
         for n, m in json.loads(f.read_text())["models"].items():
+            if n == "asa_small" and f.parent.name in SHIPPED_EVALS:
+                seed, clamp = SHIPPED_EVALS[f.parent.name]
+                bc = m.get("methods", {}).get("model", {}).get("by_context", {})
+                served[seed] = {**{c: bc[str(c)]["ppl"] for c in LONG if str(c) in bc}, "clamp": clamp}
             if not m.get("summary", {}).get("final"):
                 continue
             methods = m.get("methods", {})
@@ -90,6 +98,7 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
                     mc = methods.get(meth, {}).get("by_context", {})
                     if mc:
                         seeds.setdefault(w, []).append({c: mc[str(c)]["ppl"] for c in LONG if str(c) in mc})
+    models.update(served)              # served as shipped: replaces the seed's as-trained figures
     base = {}
     for w, runs in seeds.items():
         ctx = [c for c in LONG if all(c in r for r in runs)]
@@ -131,6 +140,8 @@ def pooled(ppl: dict[str, float], cost: dict[str, dict], long: dict[str, dict[in
                     "keys": c["keys"], "kv": c["kv"],
                     "long": {c: sum(long[n][c] for n in ev) / len(ev) for c in LONG
                              if ev and all(c in long[n] for n in ev)},
+                    "long_range": {c: (min(long[n][c] for n in ev), max(long[n][c] for n in ev)) for c in LONG
+                                   if len(ev) > 1 and all(c in long[n] for n in ev)},
                     "long_seeds": len(ev), "long_clamp": clamp})
     return sorted(pts, key=lambda p: p["keys"])
 
@@ -170,20 +181,22 @@ def long_table(pts: list[dict], base: dict[str, dict]) -> list[str]:
     baselines, by KV rows (what a long session holds)."""
     rows = [(p["label"] + (f" (served: RoPE clamp {p['long_clamp']}" if p.get("long_clamp") else " (as trained")
              + (f"; {p['long_seeds']} of {p['seeds']} seeds)" if p.get("long_seeds", p["seeds"]) != p["seeds"] else ")"),
-             p["kv"], p["long"]) for p in pts if p["long"] and p["name"] != "dense"]
+             p["kv"], p["long"], p.get("long_range", {})) for p in pts if p["long"] and p["name"] != "dense"]
     rows += [(n + (f" ({b['seeds']} seeds)" if b.get("seeds", 1) > 1 else ""), b["kv"],
-              {c: b[c] for c in LONG if c in b}) for n, b in base.items()]
+              {c: b[c] for c in LONG if c in b}, b.get("range", {}) if b.get("seeds", 1) > 1 else {})
+             for n, b in base.items()]
     if not rows:
         return []
     rows.sort(key=lambda r: (r[1] is None, r[1] or 0))
     best = {c: min(r[2][c] for r in rows if c in r[2]) for c in LONG if any(c in r[2] for r in rows)}
-    out = ["", "Past the training length (perplexity by evaluation context; seeds pooled; the dense twin with a "
-           "sliding window is the fair bounded-KV baseline):", "",
+    out = ["", "Past the training length (perplexity by evaluation context; seeds pooled: mean (min-max); the dense "
+           "twin with a sliding window is the fair bounded-KV baseline):", "",
            "| model | KV rows (32k) | " + " | ".join(f"ppl @ {c // 1024}k" for c in LONG) + " |",
            "|---|---|" + "---|" * len(LONG)]
-    for label, kv, lc in rows:
+    for label, kv, lc, rg in rows:
         cells = [("**" if lc.get(c) == best.get(c) else "") + (f"{lc[c]:.2f}" if c in lc else "–") +
-                 ("**" if lc.get(c) == best.get(c) else "") for c in LONG]
+                 ("**" if lc.get(c) == best.get(c) else "") +
+                 (f" ({rg[c][0]:.2f}-{rg[c][1]:.2f})" if c in rg else "") for c in LONG]
         out.append(f"| {label} | {'grows' if kv is None else f'{kv:,}'} | " + " | ".join(cells) + " |")
     return out
 
