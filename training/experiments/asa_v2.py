@@ -45,6 +45,10 @@ Evaluated as served: `start --serve-clamp 2048` evaluates the trained full-mode 
 `--no-shipped` skips re-evaluating the shipped model (the ship step then takes its evaluation from an earlier
 batch: asa_v2_ship --shipped-eval). Session 15's batch ran both.
 
+A dense model's evaluation also runs H6 (training/h6.py: its attention mass on the pairs asa-small v1's and v3/v4's
+plans allow, against random masks of equal density; --h6-windows N validation windows, 0 skips it), and
+--dense-windows 2048 keeps only the 2048-slot bounded baselines (window, sinks 4 + 2044) when time is short.
+
 Fewer models or steps: --train dense,local (any of MODELS) and --max-steps N (N < 5170 is no longer
 asa-small's budget: the report says so).
 """
