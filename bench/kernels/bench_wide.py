@@ -348,6 +348,17 @@ def _x(a, b):
     return "-" if a is None or b is None or b == 0 else f"{a / b:.1f}"
 
 
+def tile_traffic(r: dict, tiles: int, block_k: int = 64, elem: int = 2) -> float:
+    """Bytes a tile kernel names over the floor's bytes (a forward row of the results): every (query block,
+    key block) tile or gathered chunk of `block_k` keys reads its K and V rows once per head, q is read and o
+    written once. Above 1 by the re-reads of shared key blocks (window, sinks); a kernel gets below it only
+    through L2 hits. The floor: q, k, v and o once plus the plan (int32), as floor_ms counts them."""
+    N, D, H = r["N"], r["D"], r["H"]
+    named = (tiles * block_k * 2 + 2 * N) * D * H * elem
+    floor = 4 * N * D * H * elem + N * r["K"] * 4
+    return named / floor
+
+
 def to_markdown(res: dict, short: bool = False) -> str:
     L = [f"# Wide-plan kernels: {res['device']} (torch {res['torch']}, triton {res['triton']})", "",
          f"ceilings measured in the run: copy {res['ceilings']['copy_GBps']:.0f} GB/s, bf16 matmul "
@@ -358,7 +369,10 @@ def to_markdown(res: dict, short: bool = False) -> str:
          f"{res['args'].get('layers', 8)} layers (forward and backward), the training-relevant figure "
          "(a model builds one layout per plan and step: kernels/triton_wide.WIDE_LAYOUTS). floor: reading q, k, v "
          "and the plan and writing o once at the measured copy rate (or the plan's matmul FLOPs, if longer); "
-         f"x/{res['args'].get('layers', 8)} / floor: the same with the layout shared by the layers.", ""]
+         f"x/{res['args'].get('layers', 8)} / floor: the same with the layout shared by the layers. "
+         "n / w tile bytes: the bytes the narrow / wide kernel's tiles and chunks name (K and V once per tile and "
+         "head, q and o once) over the floor's bytes (bench_wide.tile_traffic): a kernel beats it only through L2 "
+         "hits.", ""]
     if res.get("checks"):
         L += ["checks (bf16 vs float64 reference, 2 heads, D=64): " + "; ".join(
             f"{c['plan']} N={c['N']}: fwd {c['fwd']:.1e} dq {c['dq']:.1e} dk {c['dk']:.1e} dv {c['dv']:.1e}"
@@ -367,7 +381,8 @@ def to_markdown(res: dict, short: bool = False) -> str:
     L += ["| plan | N | D | K avg | auto | dense | narrow | n+lay | wide | w layout | w+lay | auto | flex (+mask) |"
           f" x dense (w+lay) | x flex (w+lay) | w+lay / floor | x dense (w+lay/{nl_}) | w+lay/{nl_} / floor | "
           f"n+lay/{nl_} / floor | w layout wall | "
-          "w layout GPU (graph) | n tiles | w tiles+chunks |", "|" + "---|" * 23]
+          "w layout GPU (graph) | n tiles | w tiles+chunks | n tile bytes / floor | w tile bytes / floor |",
+          "|" + "---|" * 25]
     for r in res["forward"]:
         wl = r["wide_ms"] + r["wide_layout_ms"]
         wlL = r["wide_ms"] + r["wide_layout_ms"] / nl_
@@ -379,7 +394,8 @@ def to_markdown(res: dict, short: bool = False) -> str:
                  f"{_x(r['dense_ms'], wl)} | {_x(flex, wl)} | {_x(wl, r['floor_ms'])} | {_x(r['dense_ms'], wlL)} | "
                  f"{_x(wlL, r['floor_ms'])} | {_x(r['narrow_ms'] + r['narrow_layout_ms'] / nl_, r['floor_ms'])} | "
                  f"{_f(r.get('wide_layout_wall_ms'))} | {_f(r.get('wide_layout_graph_ms'))} | {r['narrow_tiles']} | "
-                 f"{r['wide_tiles']}+{r['wide_chunks']} |")
+                 f"{r['wide_tiles']}+{r['wide_chunks']} | {tile_traffic(r, r['narrow_tiles']):.2f} | "
+                 f"{tile_traffic(r, r['wide_tiles'] + r['wide_chunks']):.2f} |")
     L += ["", "| fwd+bwd plan | N | D | dense | narrow | n+lay | wide | w layout (+transpose) | w+lay | "
           f"x dense (w+lay) | x dense (n+lay) | w+lay / floor | w+lay/{nl_} (one layout per step, {nl_} layers) | "
           f"x dense (w+lay/{nl_}) | w layout wall | w layout GPU (graph) | w fused dk/dv | w separate dk/dv |",
