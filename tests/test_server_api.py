@@ -400,3 +400,40 @@ def test_serve_cli_bad_input_is_one_line():
     assert "warning: binding 0.0.0.0 without --api-key" in r.output
     r = CliRunner().invoke(main, ["serve", "--port", "99999"])
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+
+
+# ---- llama-server's /tokenize and /detokenize --------------------------------------------------------
+def test_tokenize_and_detokenize_round_trip(client, lm):
+    text = "The lighthouse keeper said: “naïve” — 42 ships."
+    r = client.post("/tokenize", json={"content": text})
+    assert r.status_code == 200
+    ids = r.json()["tokens"]
+    assert ids == lm.tokenizer.encode(text) and len(ids) > 5
+    assert client.post("/detokenize", json={"tokens": ids}).json() == {"content": text}
+    pieces = client.post("/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == ids
+    assert [p["piece"] for p in pieces] == [lm.tokenizer.pieces[i] for i in ids]
+    # the same ids a completion's prompt gets: its usage counts them
+    done = client.post("/v1/completions", json={"model": MODEL, "prompt": text, "max_tokens": 1, "temperature": 0})
+    assert done.json()["usage"]["prompt_tokens"] == len(ids)
+    assert client.post("/tokenize", json={"content": ""}).json() == {"tokens": []}
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/tokenize", {}, "content"),
+    ("/tokenize", {"content": 5}, "content"),
+    ("/tokenize", {"content": "x" * 4_000_001}, "content"),
+    ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ("/detokenize", {"tokens": [1, 99999]}, "tokens"),
+    ("/detokenize", {"tokens": [-1]}, "tokens"),
+])
+def test_tokenize_bad_requests(client, path, body, param):
+    _error(client.post(path, json=body), 400, param=param)
+
+
+def test_tokenize_needs_the_api_key(lm):
+    with serve(lm, api_key="sekrit") as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        _error(c.post("/tokenize", json={"content": "a"}), 401, "invalid_api_key")
+        _error(c.post("/detokenize", json={"tokens": [1]}), 401, "invalid_api_key")
+        ok = c.post("/tokenize", json={"content": "a"}, headers={"Authorization": "Bearer sekrit"})
+        assert ok.status_code == 200 and ok.json()["tokens"]

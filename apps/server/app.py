@@ -227,6 +227,33 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
                      "chat_template": {"name": template.name, "user": template.user_name,
                                        "model": template.model_name}}}]})
 
+    async def tokenize(request: Request):
+        """llama-server's /tokenize: the ids the server would feed the model for this text (a completion's
+        prompt; chat messages get the template around them), optionally with each id's text on its own (a
+        byte of a multi-byte character shows as U+FFFD there; joined, the ids decode to the text)."""
+        try:
+            check_key(request)
+            req = oa.parse(oa.TokenizeRequest, await body(request))
+        except oa.APIError as e:
+            return _err(e)
+        ids = await asyncio.to_thread(lm.tokenizer.encode, req.content)
+        if req.with_pieces:
+            pieces = lm.tokenizer.pieces
+            return JSONResponse({"tokens": [{"id": i, "piece": pieces[i]} for i in ids]})
+        return JSONResponse({"tokens": ids})
+
+    async def detokenize(request: Request):
+        try:
+            check_key(request)
+            req = oa.parse(oa.DetokenizeRequest, await body(request))
+            n = len(lm.tokenizer.pieces)
+            bad = next((i for i in req.tokens if not 0 <= i < n), None)
+            if bad is not None:
+                raise oa.APIError(400, f"token id {bad} is outside [0, {n})", param="tokens", code="invalid_value")
+        except oa.APIError as e:
+            return _err(e)
+        return JSONResponse({"content": await asyncio.to_thread(lm.tokenizer.decode, req.tokens)})
+
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": cfg.model_id, **worker.stats()})
 
@@ -246,6 +273,8 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         Route("/v1/models", models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),           # llama-server's names and bodies
+        Route("/detokenize", detokenize, methods=["POST"]),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

@@ -103,6 +103,25 @@ class CompletionRequest(_Sampling):
         return v
 
 
+MAX_TOKENIZE_CHARS = 4_000_000          # /tokenize bodies (~1M tokens of prose); more is refused, not queued
+MAX_DETOKENIZE_IDS = 1_000_000
+
+
+class TokenizeRequest(BaseModel):
+    """llama-server's POST /tokenize: {"content", "with_pieces"}; add_special is accepted (this tokenizer adds
+    no special tokens either way)."""
+    model_config = ConfigDict(extra="ignore")
+    content: str = Field(max_length=MAX_TOKENIZE_CHARS)
+    with_pieces: bool = False
+    add_special: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    """llama-server's POST /detokenize: {"tokens": [ids]}."""
+    model_config = ConfigDict(extra="ignore")
+    tokens: list[int] = Field(max_length=MAX_DETOKENIZE_IDS)
+
+
 def parse(model_cls, data) -> BaseModel:
     """Validated request or APIError(400) naming the first bad field."""
     if not isinstance(data, dict):
