@@ -71,8 +71,30 @@ class Tokenizer:
         """For every id, the text it decodes to on its own."""
         return [self.hf.decode([i], skip_special_tokens=False) for i in range(self.vocab_size)]
 
+    @cached_property
+    def piece_bytes(self) -> list[bytes]:
+        """For every id, its bytes (a piece that is part of a multi-byte character has no text of its own:
+        `pieces` shows U+FFFD there). Byte-level BPE writes byte b as the character _BYTE_CHARS[b]; added tokens
+        (EOS) are their text."""
+        dec = {c: b for b, c in enumerate(_byte_chars())}
+        added = {t.content for t in self.hf.get_added_tokens_decoder().values()}
+        out = []
+        for i in range(self.vocab_size):
+            t = self.hf.id_to_token(i) or ""
+            out.append(t.encode() if t in added or any(c not in dec for c in t) else bytes(dec[c] for c in t))
+        return out
+
     def __len__(self) -> int:
         return self.vocab_size
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte -> printable character table, the one tokenizers' ByteLevel pre-tokenizer uses: printable
+    Latin-1 bytes stand for themselves, the other 68 bytes take the characters from U+0100 on, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 256 + 256))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+

@@ -437,3 +437,70 @@ def test_tokenize_needs_the_api_key(lm):
         _error(c.post("/detokenize", json={"tokens": [1]}), 401, "invalid_api_key")
         ok = c.post("/tokenize", json={"content": "a"}, headers={"Authorization": "Bearer sekrit"})
         assert ok.status_code == 200 and ok.json()["tokens"]
+
+
+# ---- logprobs (OpenAI chat and legacy completions) ----------------------------------------------------
+def _first_token_logprobs(lm, ids):
+    """The library's reference: log-softmax of the model's logits after the prompt."""
+    import torch
+
+    from asa_runtime.session import Session
+
+    logits, _ = Session(lm).prepare(ids)
+    return torch.log_softmax(torch.as_tensor(logits)[: lm.tokenizer.vocab_size].float(), -1)
+
+
+def test_chat_logprobs_match_the_model_and_stream_the_same(client, lm):
+    body = chat_body(LONG_RUNNER, max_tokens=8, logprobs=True, top_logprobs=3)
+    d = client.post("/v1/chat/completions", json=body).json()
+    ch = d["choices"][0]
+    content = ch["logprobs"]["content"]
+    assert len(content) == d["usage"]["completion_tokens"] == 8 and ch["finish_reason"] == "length"
+    # the bytes join to the text (the tiny random model emits broken UTF-8: both sides show it as U+FFFD)
+    assert bytes(b for e in content for b in e["bytes"]).decode("utf-8", "replace") == ch["message"]["content"]
+    for e in content:                                  # greedy: the chosen token is the most likely one
+        tops = e["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["token"] == e["token"] and tops[0]["logprob"] == pytest.approx(e["logprob"])
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert all(t["logprob"] <= 0 for t in tops)
+    tpl = TEMPLATES[ServerConfig().chat_template]
+    ref = _first_token_logprobs(lm, tpl.encode(lm.tokenizer, [{"role": "user", "content": LONG_RUNNER}]))
+    top = ref.topk(3)
+    assert [t["logprob"] for t in content[0]["top_logprobs"]] == pytest.approx(top.values.tolist(), abs=1e-4)
+    assert [bytes(t["bytes"]) for t in content[0]["top_logprobs"]] == [lm.tokenizer.piece_bytes[i]
+                                                                       for i in top.indices.tolist()]
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        chunks = [c for c in sse(r) if c != "[DONE]"]
+    streamed = [e for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                for e in c["choices"][0]["logprobs"]["content"]]
+    assert [(e["token"], round(e["logprob"], 4)) for e in streamed] == [(e["token"], round(e["logprob"], 4))
+                                                                        for e in content]
+    plain = client.post("/v1/chat/completions", json=chat_body(LONG_RUNNER, max_tokens=2)).json()
+    assert plain["choices"][0]["logprobs"] is None                        # off unless asked
+
+
+def test_completion_logprobs_legacy_shape(client, lm):
+    body = {"model": MODEL, "prompt": LONG_RUNNER, "max_tokens": 6, "temperature": 0, "logprobs": 2}
+    d = client.post("/v1/completions", json=body).json()
+    ch = d["choices"][0]
+    lp = ch["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 6
+    assert "".join(lp["tokens"]) == ch["text"]
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+    assert all(len(alts) <= 2 and max(alts.values()) == pytest.approx(tl)
+               for alts, tl in zip(lp["top_logprobs"], lp["token_logprobs"]))
+    ref = _first_token_logprobs(lm, lm.tokenizer.encode(LONG_RUNNER))
+    assert lp["token_logprobs"][0] == pytest.approx(float(ref.max()), abs=1e-4)
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        chunks = [c for c in sse(r) if c != "[DONE]" and c["choices"][0]["logprobs"]]
+    assert [c["choices"][0]["logprobs"]["text_offset"][0] for c in chunks] == lp["text_offset"]
+
+
+@pytest.mark.parametrize("path,extra,param", [
+    ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ("/v1/chat/completions", {"top_logprobs": 2}, None),
+    ("/v1/completions", {"logprobs": 6}, "logprobs"),
+])
+def test_logprobs_bad_requests(client, path, extra, param):
+    body = chat_body() if "chat" in path else {"model": MODEL, "prompt": "a"}
+    _error(client.post(path, json={**body, **extra}), 400, "invalid_value", param)

@@ -46,3 +46,15 @@ def test_pieces_decode_alone(tok):
     byte_ids = tok.encode("\u65e5")
     assert len(byte_ids) == 3 and all("\ufffd" in pieces[i] for i in byte_ids)
     assert tok.pieces is pieces  # cached
+
+
+def test_piece_bytes_join_to_the_text_even_inside_a_character(tok):
+    text = "Æsop’s “naïve” fox — 42 😀 ends."
+    ids = tok.encode(text)
+    assert b"".join(tok.piece_bytes[i] for i in ids) == text.encode()
+    # a piece that is part of a character has bytes but no text of its own
+    assert any(tok.pieces[i] == "\ufffd" and tok.piece_bytes[i] for i in ids)
+    assert tok.piece_bytes[tok.eos_id] == EOS.encode()
+    for i in range(tok.vocab_size):          # where a piece is whole text, the bytes are that text
+        if "\ufffd" not in tok.pieces[i]:
+            assert tok.piece_bytes[i].decode() == tok.pieces[i]

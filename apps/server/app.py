@@ -111,7 +111,8 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
             sampler = Sampler(SamplerConfig(**req.sampler_kwargs(cfg.sampling)))
         except (ValueError, GenerationError) as e:
             raise oa.APIError(400, str(e), code="invalid_value") from None
-        return Job(ids=ids, max_tokens=n, sampler=sampler, stops=stops, bonds=req.asa_bonds)
+        return Job(ids=ids, max_tokens=n, sampler=sampler, stops=stops, bonds=req.asa_bonds,
+                   logprobs=req.wanted_logprobs())
 
     async def run(request: Request, req, job: Job, chat: bool):
         try:
@@ -127,6 +128,7 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
     async def _stream(job: Job, cid: str, chat: bool, req):
         model = cfg.model_id
         include_usage = bool((req.stream_options or {}).get("include_usage"))
+        offset = 0                       # characters of the completion so far (legacy logprobs' text_offset)
         try:
             if chat:
                 yield json.dumps(oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
@@ -137,11 +139,17 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
                         yield json.dumps(oa.chat_chunk(cid, model, {}, **ext) if chat
                                          else oa.completion_chunk(cid, model, "", **ext))
                 elif kind == "token":
-                    if not p["text"] and p["bond"] is None:
+                    lp = p.get("logprob")
+                    if not p["text"] and p["bond"] is None and lp is None:
                         continue
                     ext = {"asa_bonds": [p["bond"]]} if p["bond"] is not None else {}
-                    yield json.dumps(oa.chat_chunk(cid, model, {"content": p["text"]}, **ext) if chat
-                                     else oa.completion_chunk(cid, model, p["text"], **ext))
+                    if chat:
+                        yield json.dumps(oa.chat_chunk(cid, model, {"content": p["text"]}, logprobs=oa.chat_logprobs(
+                            [lp], lm.tokenizer) if lp else None, **ext))
+                    else:
+                        yield json.dumps(oa.completion_chunk(cid, model, p["text"], logprobs=oa.completion_logprobs(
+                            [lp], lm.tokenizer, offset) if lp else None, **ext))
+                        offset += len(lm.tokenizer.pieces[lp["id"]]) if lp else 0
                 elif kind == "done":
                     ext = {"usage": oa.usage(p), "asa_stats": oa.asa_stats(p)}
                     yield json.dumps(oa.chat_chunk(cid, model, {}, p["finish_reason"], **ext) if chat
@@ -161,7 +169,7 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
             job.cancel()           # no-op when finished; stops the worker's loop when the client left
 
     async def _collect(request: Request, job: Job, cid: str, chat: bool):
-        parts, bonds, context = [], [], None
+        parts, bonds, context, lps = [], [], None, []
         checked = time.monotonic()
         try:
             while True:
@@ -180,14 +188,18 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
                     parts.append(p["text"])
                     if p["bond"] is not None:
                         bonds.append(p["bond"])
+                    if p.get("logprob"):
+                        lps.append(p["logprob"])
                 elif kind == "error":
                     status, msg = p
                     return _err(oa.APIError(status, msg, type_="invalid_request_error" if status < 500
                                             else "server_error"))
                 elif kind == "done":
                     b = bonds if job.bonds else None
+                    lp = None if job.logprobs is None else (oa.chat_logprobs if chat else oa.completion_logprobs)(
+                        lps, lm.tokenizer)
                     fn = oa.chat_response if chat else oa.completion_response
-                    return JSONResponse(fn(cid, cfg.model_id, "".join(parts), p, b, context))
+                    return JSONResponse(fn(cid, cfg.model_id, "".join(parts), p, b, context, lp))
         finally:
             job.cancel()
 

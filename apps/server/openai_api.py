@@ -5,6 +5,9 @@ Requests are validated with pydantic; the first problem becomes a 400 body
 fields are accepted and ignored (clients send many), except the few whose meaning we cannot honour (n > 1).
 Extensions (off by default, so OpenAI clients are unaffected): top_k, min_p, repeat_penalty,
 repeat_last_n, and `asa_bonds: true` (each generated token's plan row and attention weights).
+logprobs: chat's `logprobs` / `top_logprobs` (<= 20) and the legacy completions' `logprobs` (<= 5) report the
+model's own distribution (log-softmax of the logits, before temperature and the other samplers, as vLLM does).
+llama-server's /tokenize and /detokenize bodies are here too.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class APIError(Exception):
@@ -87,11 +90,26 @@ class _Sampling(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def wanted_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)      # the legacy API: alternatives per token
+
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -158,19 +176,40 @@ def asa_stats(done: dict) -> dict:
     return {k: done[k] for k in ("tokens_per_second", "context_used", "ctx_size", "ttft", "cached_tokens")}
 
 
-def chat_chunk(cid: str, model: str, delta: dict, finish=None, **extra) -> dict:
+def chat_logprobs(entries: list[dict], tok) -> dict:
+    """OpenAI chat `logprobs` from the worker's entries ({"id", "logprob", "top": [(id, logprob)]})."""
+    def one(i, lp):
+        b = tok.piece_bytes[i]
+        return {"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}
+    return {"content": [{**one(e["id"], e["logprob"]), "top_logprobs": [one(i, lp) for i, lp in e["top"]]}
+                        for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[dict], tok, offset: int = 0) -> dict:
+    """The legacy completions `logprobs`: tokens, their logprobs, the alternatives as {token: logprob}, and
+    each token's character offset in the completion text (from `offset`, the characters streamed before)."""
+    tokens = [tok.pieces[e["id"]] for e in entries]
+    offsets, at = [], offset
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{tok.pieces[i]: lp for i, lp in e["top"]} for e in entries], "text_offset": offsets}
+
+
+def chat_chunk(cid: str, model: str, delta: dict, finish=None, logprobs=None, **extra) -> dict:
     return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}], **extra}
 
 
-def completion_chunk(cid: str, model: str, text: str, finish=None, **extra) -> dict:
+def completion_chunk(cid: str, model: str, text: str, finish=None, logprobs=None, **extra) -> dict:
     return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}], **extra}
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}], **extra}
 
 
-def chat_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None) -> dict:
+def chat_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None, logprobs=None) -> dict:
     msg = {"role": "assistant", "content": text}
-    choice = {"index": 0, "message": msg, "logprobs": None, "finish_reason": done["finish_reason"]}
+    choice = {"index": 0, "message": msg, "logprobs": logprobs, "finish_reason": done["finish_reason"]}
     if bonds is not None:
         choice["asa_bonds"] = bonds
         choice["asa_context"] = context
@@ -178,8 +217,9 @@ def chat_response(cid: str, model: str, text: str, done: dict, bonds=None, conte
             "choices": [choice], "usage": usage(done), "asa_stats": asa_stats(done)}
 
 
-def completion_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None) -> dict:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": done["finish_reason"]}
+def completion_response(cid: str, model: str, text: str, done: dict, bonds=None, context=None,
+                        logprobs=None) -> dict:
+    choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": done["finish_reason"]}
     if bonds is not None:
         choice["asa_bonds"] = bonds
         choice["asa_context"] = context

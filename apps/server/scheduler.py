@@ -36,6 +36,7 @@ class Job:
     sampler: object
     stops: list[str]
     bonds: bool = False
+    logprobs: int | None = None         # None: off; else each sampled token's logprob and this many alternatives
     # filled by the worker
     loop: asyncio.AbstractEventLoop | None = None
     queue: asyncio.Queue | None = None
@@ -155,6 +156,7 @@ class Worker:
             pieces = lm.tokenizer.pieces
             while finish is None:
                 token = job.sampler(logits[: session.n_vocab], history)
+                lp = _logprob(logits[: session.n_vocab], token, job.logprobs) if job.logprobs is not None else None
                 history.append(token)
                 n_gen += 1
                 if n_gen == 1:
@@ -184,7 +186,7 @@ class Worker:
                     rest, stopped = stops.push(detok.flush())
                     text += rest if stopped else rest + stops.flush()
                     finish = "stop" if stopped else "length"
-                job._emit("token", {"text": text, "bond": bond})
+                job._emit("token", {"text": text, "bond": bond, "logprob": lp})
                 if finish is None:
                     yield
             now = time.perf_counter()
@@ -198,6 +200,19 @@ class Worker:
                 self.completed_jobs += 1
         finally:
             self.pool.release(session, keep=clean or job.cancelled)
+
+
+def _logprob(logits, token: int, top: int) -> dict:
+    """The sampled token's log-probability under the model's own distribution (log-softmax of the logits, before
+    temperature, top-k/p and penalties, as vLLM reports by default) and the `top` most likely ids with theirs."""
+    import torch
+
+    lp = torch.log_softmax(torch.as_tensor(logits).float(), -1)
+    out = {"id": int(token), "logprob": float(lp[token]), "top": []}
+    if top:
+        v, i = lp.topk(min(top, lp.numel()))
+        out["top"] = [(int(a), float(b)) for a, b in zip(i.tolist(), v.tolist())]
+    return out
 
 
 def _context(session, bonds: bool):
