@@ -431,10 +431,11 @@ def test_tokenize_bad_requests(client, path, body, param):
     _error(client.post(path, json=body), 400, param=param)
 
 
-def test_tokenize_needs_the_api_key(lm):
+def test_tokenize_and_metrics_need_the_api_key(lm):
     with serve(lm, api_key="sekrit") as s, httpx.Client(base_url=s.url, timeout=30) as c:
         _error(c.post("/tokenize", json={"content": "a"}), 401, "invalid_api_key")
         _error(c.post("/detokenize", json={"tokens": [1]}), 401, "invalid_api_key")
+        _error(c.get("/metrics"), 401, "invalid_api_key")
         ok = c.post("/tokenize", json={"content": "a"}, headers={"Authorization": "Bearer sekrit"})
         assert ok.status_code == 200 and ok.json()["tokens"]
 
@@ -504,3 +505,28 @@ def test_completion_logprobs_legacy_shape(client, lm):
 def test_logprobs_bad_requests(client, path, extra, param):
     body = chat_body() if "chat" in path else {"model": MODEL, "prompt": "a"}
     _error(client.post(path, json={**body, **extra}), 400, "invalid_value", param)
+
+
+def test_metrics_count_prompt_and_generated_tokens(lm):
+    with serve(lm) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        def scrape():
+            r = c.get("/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            vals = {}
+            for line in r.text.splitlines():
+                if line and not line.startswith("#"):
+                    k, v = line.split()
+                    vals[k] = float(v)
+            return vals
+        before = scrape()
+        assert before["asa_prompt_tokens_total"] == before["asa_tokens_predicted_total"] == 0
+        body = {"model": MODEL, "prompt": LONG_RUNNER, "max_tokens": 5, "temperature": 0}
+        d = c.post("/v1/completions", json=body).json()
+        after = scrape()
+        assert after["asa_prompt_tokens_total"] == d["usage"]["prompt_tokens"]
+        assert after["asa_tokens_predicted_total"] == d["usage"]["completion_tokens"] == 5
+        assert after["asa_requests_completed_total"] == 1 and after["asa_requests_processing"] == 0
+        c.post("/v1/completions", json=body)             # the same prompt again: served from the kept session
+        again = scrape()
+        assert again["asa_prompt_tokens_total"] == 2 * d["usage"]["prompt_tokens"]
+        assert again["asa_prompt_tokens_computed_total"] < again["asa_prompt_tokens_total"]

@@ -1,4 +1,5 @@
-"""The Starlette app: OpenAI-compatible endpoints over one LoadedModel, the static chat page, /health.
+"""The Starlette app: OpenAI-compatible endpoints over one LoadedModel, llama-server's /tokenize, /detokenize and
+/metrics, the static chat page, /health.
 
     from apps.server.app import ServerConfig, create_app
     app = create_app(lm, ServerConfig(model_id="asa-small"))      # run with uvicorn (asa-run serve does)
@@ -21,7 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -266,6 +267,25 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
             return _err(e)
         return JSONResponse({"content": await asyncio.to_thread(lm.tokenizer.decode, req.tokens)})
 
+    async def metrics(request: Request):
+        """Prometheus text exposition of the worker's counters (llama-server's --metrics, under asa_ names)."""
+        try:
+            check_key(request)
+        except oa.APIError as e:
+            return _err(e)
+        st = worker.stats()
+        rows = [("asa_prompt_tokens_total", "counter", "prompt tokens of every request", st["prompt_tokens"]),
+                ("asa_prompt_tokens_computed_total", "counter", "prompt tokens computed (not served from a kept "
+                 "session's cache)", st["prompt_tokens_computed"]),
+                ("asa_tokens_predicted_total", "counter", "tokens generated", st["tokens_generated"]),
+                ("asa_requests_completed_total", "counter", "requests finished", st["completed"]),
+                ("asa_requests_cancelled_total", "counter", "requests whose client left", st["cancelled"]),
+                ("asa_sessions_created_total", "counter", "KV sessions created", st["sessions_created"]),
+                ("asa_requests_processing", "gauge", "requests generating now", st["active"]),
+                ("asa_requests_deferred", "gauge", "requests waiting for a slot", st["waiting"])]
+        text = "".join(f"# HELP {n} {h}\n# TYPE {n} {t}\n{n} {v}\n" for n, t, h, v in rows)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": cfg.model_id, **worker.stats()})
 
@@ -287,6 +307,7 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),           # llama-server's names and bodies
         Route("/detokenize", detokenize, methods=["POST"]),
+        Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=WEB), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,

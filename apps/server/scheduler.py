@@ -68,6 +68,8 @@ class Worker:
         self.cv = threading.Condition()
         self.stopping = False
         self.tokens_generated = 0
+        self.prompt_tokens = 0                    # every prompt token of every request
+        self.prompt_tokens_computed = 0           # those not served from a kept session's cache
         self.cancelled_jobs = 0
         self.completed_jobs = 0
         self.thread = threading.Thread(target=self._run, name="asa-model-worker", daemon=True)
@@ -96,6 +98,7 @@ class Worker:
         with self.cv:
             return {"active": len(self.active), "waiting": len(self.waiting), "parallel": self.parallel,
                     "queue": self.queue_max, "tokens_generated": self.tokens_generated,
+                    "prompt_tokens": self.prompt_tokens, "prompt_tokens_computed": self.prompt_tokens_computed,
                     "cancelled": self.cancelled_jobs, "completed": self.completed_jobs,
                     "sessions_created": self.pool.created}
 
@@ -146,6 +149,9 @@ class Worker:
             t0 = time.perf_counter()
             logits, computed = session.prepare(job.ids)
             cached = len(job.ids) - computed
+            with self.cv:
+                self.prompt_tokens += len(job.ids)
+                self.prompt_tokens_computed += computed
             job._emit("prompt", {"prompt_tokens": len(job.ids), "cached_tokens": cached,
                                  "prompt_seconds": time.perf_counter() - t0,
                                  "context": _context(session, job.bonds)})

@@ -1,5 +1,6 @@
 """`asa-run serve`: the local chat app -- an OpenAI-compatible API (/v1/models, /v1/chat/completions,
-/v1/completions, streaming or not), /health, and the chat page at / (apps/server, apps/web).
+/v1/completions, streaming or not, with logprobs), llama-server's /tokenize, /detokenize and /metrics, /health, and
+the chat page at / (apps/server, apps/web).
 Needs the `serve` extra (pip install -e ".[serve]"). Binds 127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
