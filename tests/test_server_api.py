@@ -380,6 +380,10 @@ def test_openai_client(srv, lm):
     assert "".join(parts) == r.choices[0].message.content
     c = cl.completions.create(model=MODEL, prompt="The old man", max_tokens=8, temperature=0, seed=1)
     assert c.choices[0].text == solo(lm, "The old man", 8)
+    lp = cl.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Where are you going?"}],
+                                    max_tokens=4, temperature=0, logprobs=True, top_logprobs=2).choices[0].logprobs
+    assert lp.content and all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes for t in lp.content)
+    assert "".join(t.token for t in lp.content) == r.choices[0].message.content[: len("".join(t.token for t in lp.content))]
     with pytest.raises(openai.NotFoundError):
         cl.completions.create(model="gpt-4", prompt="x")
     with pytest.raises(openai.BadRequestError) as e:
