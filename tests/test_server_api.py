@@ -534,3 +534,17 @@ def test_metrics_count_prompt_and_generated_tokens(lm):
         again = scrape()
         assert again["asa_prompt_tokens_total"] == 2 * d["usage"]["prompt_tokens"]
         assert again["asa_prompt_tokens_computed_total"] < again["asa_prompt_tokens_total"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(lm):
+    with serve(lm, max_body_bytes=4096) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        big = {"model": MODEL, "prompt": "x" * 5000}
+        _error(c.post("/v1/completions", json=big), 413, "request_too_large")
+        _error(c.post("/tokenize", json={"content": "y" * 5000}), 413, "request_too_large")
+
+        def chunked():                                  # no Content-Length: counted as it arrives
+            for _ in range(10):
+                yield b" " * 1000
+        _error(c.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
+        ok = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 2})
+        assert ok.status_code == 200

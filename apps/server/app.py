@@ -51,6 +51,7 @@ class ServerConfig:
     max_prompt_tokens: int | None = None   # None: context size - 1
     sampling: dict = field(default_factory=dict)   # server defaults (SamplerConfig fields)
     chat_template: str = DEFAULT_TEMPLATE  # apps/server/conversations.py TEMPLATES
+    max_body_bytes: int = 32 << 20         # larger request bodies get 413 before they are read into memory
     step_delay: float = 0.0                # tests only: seconds slept per worker step
 
 
@@ -87,7 +88,18 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
                               code="invalid_api_key")
 
     async def body(request: Request):
-        raw = await request.body()
+        limit = cfg.max_body_bytes
+        too_big = oa.APIError(413, f"request body over {limit:,} bytes", code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for c in request.stream():              # chunked bodies declare no length: count as they come
+            size += len(c)
+            if size > limit:
+                raise too_big
+            chunks.append(c)
+        raw = b"".join(chunks)
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
