@@ -416,7 +416,10 @@ def test_tokenize_and_detokenize_round_trip(client, lm):
     assert client.post("/detokenize", json={"tokens": ids}).json() == {"content": text}
     pieces = client.post("/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
     assert [p["id"] for p in pieces] == ids
-    assert [p["piece"] for p in pieces] == [lm.tokenizer.pieces[i] for i in ids]
+    # each piece is its text, or its bytes where it is only part of a character (as llama-server answers)
+    joined = b"".join(bytes(p["piece"]) if isinstance(p["piece"], list) else p["piece"].encode() for p in pieces)
+    assert joined == text.encode()
+    assert any(isinstance(p["piece"], list) for p in pieces)     # the tiny tokenizer splits “, ï, — into bytes
     # the same ids a completion's prompt gets: its usage counts them
     done = client.post("/v1/completions", json={"model": MODEL, "prompt": text, "max_tokens": 1, "temperature": 0})
     assert done.json()["usage"]["prompt_tokens"] == len(ids)

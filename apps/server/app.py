@@ -262,10 +262,16 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         except oa.APIError as e:
             return _err(e)
         ids = await asyncio.to_thread(lm.tokenizer.encode, req.content)
-        if req.with_pieces:
-            pieces = lm.tokenizer.pieces
-            return JSONResponse({"tokens": [{"id": i, "piece": pieces[i]} for i in ids]})
+        if req.with_pieces:                 # as llama-server: the text, or the bytes where it is part of a character
+            return JSONResponse({"tokens": [{"id": i, "piece": _piece(i)} for i in ids]})
         return JSONResponse({"tokens": ids})
+
+    def _piece(i: int):
+        b = lm.tokenizer.piece_bytes[i]
+        try:
+            return b.decode()
+        except UnicodeDecodeError:
+            return list(b)
 
     async def detokenize(request: Request):
         try:
