@@ -551,3 +551,18 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(lm):
         _error(c.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
         ok = c.post("/v1/completions", json={"model": MODEL, "prompt": "The", "max_tokens": 2})
         assert ok.status_code == 200
+
+
+def test_completion_echo_prepends_the_prompt(client, lm):
+    body = {"model": MODEL, "prompt": LONG_RUNNER, "max_tokens": 5, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]["text"]
+    assert echoed == LONG_RUNNER + plain
+    with client.stream("POST", "/v1/completions", json={**body, "echo": True, "stream": True}) as r:
+        chunks = [c for c in sse(r) if c != "[DONE]"]
+    assert chunks[0]["choices"][0]["text"] == LONG_RUNNER
+    assert "".join(c["choices"][0]["text"] for c in chunks) == echoed
+    ids = lm.tokenizer.encode(LONG_RUNNER)              # token-id prompts echo their text
+    by_ids = client.post("/v1/completions", json={**body, "prompt": ids, "echo": True}).json()["choices"][0]["text"]
+    assert by_ids == echoed
+    _error(client.post("/v1/completions", json={**body, "echo": True, "logprobs": 1}), 400, "invalid_value")

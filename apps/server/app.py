@@ -133,18 +133,22 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         except QueueFull as e:
             raise oa.APIError(429, str(e), type_="rate_limit_error", code="queue_full") from None
         cid = oa.new_id("chatcmpl" if chat else "cmpl")
+        echo = "" if chat or not req.echo else (req.prompt if isinstance(req.prompt, str)
+                                                else lm.tokenizer.decode(job.ids))   # the prompt, before the text
         if req.stream:
-            return EventSourceResponse(_stream(job, cid, chat, req), ping=15,
+            return EventSourceResponse(_stream(job, cid, chat, req, echo), ping=15,
                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _collect(request, job, cid, chat)
+        return await _collect(request, job, cid, chat, echo)
 
-    async def _stream(job: Job, cid: str, chat: bool, req):
+    async def _stream(job: Job, cid: str, chat: bool, req, echo: str = ""):
         model = cfg.model_id
         include_usage = bool((req.stream_options or {}).get("include_usage"))
         offset = 0                       # characters of the completion so far (legacy logprobs' text_offset)
         try:
             if chat:
                 yield json.dumps(oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
+            elif echo:
+                yield json.dumps(oa.completion_chunk(cid, model, echo))
             async for kind, p in job.events():
                 if kind == "prompt":
                     if p["context"] is not None:      # the bonds view needs the prompt's tokens once
@@ -181,8 +185,8 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         finally:
             job.cancel()           # no-op when finished; stops the worker's loop when the client left
 
-    async def _collect(request: Request, job: Job, cid: str, chat: bool):
-        parts, bonds, context, lps = [], [], None, []
+    async def _collect(request: Request, job: Job, cid: str, chat: bool, echo: str = ""):
+        parts, bonds, context, lps = [echo], [], None, []
         checked = time.monotonic()
         try:
             while True:

@@ -108,6 +108,12 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)      # the legacy API: alternatives per token
 
+    @model_validator(mode="after")
+    def _no_prompt_logprobs(self):
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs (the prompt tokens' logprobs) is not supported")
+        return self
+
     def wanted_logprobs(self) -> int | None:
         return self.logprobs
 
