@@ -506,7 +506,7 @@ def test_completion_logprobs_legacy_shape(client, lm):
 
 @pytest.mark.parametrize("path,extra,param", [
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-    ("/v1/chat/completions", {"top_logprobs": 2}, None),
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
     ("/v1/completions", {"logprobs": 6}, "logprobs"),
 ])
 def test_logprobs_bad_requests(client, path, extra, param):
@@ -565,4 +565,45 @@ def test_completion_echo_prepends_the_prompt(client, lm):
     ids = lm.tokenizer.encode(LONG_RUNNER)              # token-id prompts echo their text
     by_ids = client.post("/v1/completions", json={**body, "prompt": ids, "echo": True}).json()["choices"][0]["text"]
     assert by_ids == echoed
-    _error(client.post("/v1/completions", json={**body, "echo": True, "logprobs": 1}), 400, "invalid_value")
+
+
+def _prompt_logprobs(lm, ids):
+    """The library's reference: each prompt token's logprob under the logits of the positions before it."""
+    import torch
+
+    from asa_runtime.session import Session
+
+    every = Session(lm).feed(ids, all_logits=True)[:, : lm.tokenizer.vocab_size].float()
+    lp = torch.log_softmax(every, -1)
+    return [None] + [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
+
+
+def test_echo_with_logprobs_scores_the_prompt(client, lm):
+    """How lm-eval-harness scores text through an OpenAI completions API: echo, logprobs, max_tokens 0."""
+    text = "The old lighthouse keeper looked at the sea"
+    ids = lm.tokenizer.encode(text)
+    body = {"model": MODEL, "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
+    d = client.post("/v1/completions", json=body).json()
+    ch = d["choices"][0]
+    lp = ch["logprobs"]
+    assert ch["text"] == text and ch["finish_reason"] == "length" and d["usage"]["completion_tokens"] == 0
+    assert lp["tokens"] == [lm.tokenizer.pieces[i] for i in ids]
+    ref = _prompt_logprobs(lm, ids)
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx(ref[1:], abs=1e-4)
+    assert all(len(alts) == 1 and max(alts.values()) >= tl - 1e-6
+               for alts, tl in zip(lp["top_logprobs"][1:], lp["token_logprobs"][1:]))
+    # scoring twice gives the same numbers (the kept session is not reused half-way)
+    again = client.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["token_logprobs"]
+    assert again[1:] == pytest.approx(lp["token_logprobs"][1:], abs=1e-5)
+    # with generation after it: the prompt's entries, then the completion's, as without echo
+    gen = client.post("/v1/completions", json={**body, "max_tokens": 3}).json()["choices"][0]
+    plain = client.post("/v1/completions", json={**body, "max_tokens": 3, "echo": False}).json()["choices"][0]
+    assert gen["text"] == text + plain["text"]
+    assert gen["logprobs"]["tokens"] == lp["tokens"] + plain["logprobs"]["tokens"]
+    assert gen["logprobs"]["token_logprobs"][len(ids):] == pytest.approx(plain["logprobs"]["token_logprobs"], abs=1e-4)
+    with client.stream("POST", "/v1/completions", json={**body, "max_tokens": 3, "stream": True}) as r:
+        chunks = [c for c in sse(r) if c != "[DONE]"]
+    first = chunks[0]["choices"][0]
+    assert first["text"] == text and first["logprobs"]["tokens"] == lp["tokens"]
+    _error(client.post("/v1/completions", json={**body, "echo": False}), 400, "invalid_value")    # 0 needs echo

@@ -125,7 +125,7 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         except (ValueError, GenerationError) as e:
             raise oa.APIError(400, str(e), code="invalid_value") from None
         return Job(ids=ids, max_tokens=n, sampler=sampler, stops=stops, bonds=req.asa_bonds,
-                   logprobs=req.wanted_logprobs())
+                   logprobs=req.wanted_logprobs(), prompt_logprobs=req.wanted_prompt_logprobs())
 
     async def run(request: Request, req, job: Job, chat: bool):
         try:
@@ -147,9 +147,11 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
         try:
             if chat:
                 yield json.dumps(oa.chat_chunk(cid, model, {"role": "assistant", "content": ""}))
-            elif echo:
-                yield json.dumps(oa.completion_chunk(cid, model, echo))
             async for kind, p in job.events():
+                if kind == "prompt" and echo:           # the prompt first, with its tokens' logprobs if asked
+                    lp = oa.completion_logprobs(p["logprobs"], lm.tokenizer) if p.get("logprobs") else None
+                    offset = sum(len(t) for t in lp["tokens"]) if lp else 0
+                    yield json.dumps(oa.completion_chunk(cid, model, echo, logprobs=lp))
                 if kind == "prompt":
                     if p["context"] is not None:      # the bonds view needs the prompt's tokens once
                         ext = {"asa_context": p["context"]}
@@ -201,6 +203,7 @@ def create_app(lm, cfg: ServerConfig) -> Starlette:
                     continue
                 if kind == "prompt":
                     context = p["context"]
+                    lps.extend(p.get("logprobs") or [])
                 elif kind == "token":
                     parts.append(p["text"])
                     if p["bond"] is not None:

@@ -7,6 +7,8 @@ Extensions (off by default, so OpenAI clients are unaffected): top_k, min_p, rep
 repeat_last_n, and `asa_bonds: true` (each generated token's plan row and attention weights).
 logprobs: chat's `logprobs` / `top_logprobs` (<= 20) and the legacy completions' `logprobs` (<= 5) report the
 model's own distribution (log-softmax of the logits, before temperature and the other samplers, as vLLM does).
+Completions' `echo` puts the prompt before the text; with logprobs its tokens are scored too, and max_tokens 0
+(echo only) scores the prompt alone.
 llama-server's /tokenize and /detokenize bodies are here too.
 """
 from __future__ import annotations
@@ -87,6 +89,9 @@ class _Sampling(BaseModel):
     def wanted_tokens(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 
+    def wanted_prompt_logprobs(self) -> int | None:
+        return None
+
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
@@ -96,7 +101,7 @@ class ChatRequest(_Sampling):
     @model_validator(mode="after")
     def _top_needs_logprobs(self):
         if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
+            raise ValueError("top_logprobs: needs logprobs: true")
         return self
 
     def wanted_logprobs(self) -> int | None:
@@ -107,15 +112,23 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)      # the legacy API: alternatives per token
+    max_tokens: int | None = Field(default=None, ge=0)         # 0 with echo: score the prompt, generate nothing
 
     @model_validator(mode="after")
-    def _no_prompt_logprobs(self):
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo with logprobs (the prompt tokens' logprobs) is not supported")
+    def _zero_needs_echo(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 needs echo: true (the prompt scored, nothing generated)")
         return self
+
+    def wanted_tokens(self, default: int) -> int:
+        return 0 if self.max_tokens == 0 else super().wanted_tokens(default)
 
     def wanted_logprobs(self) -> int | None:
         return self.logprobs
+
+    def wanted_prompt_logprobs(self) -> int | None:
+        """echo with logprobs: the prompt's tokens get theirs too (how lm-eval-harness scores text)."""
+        return self.logprobs if self.echo else None
 
     @field_validator("prompt")
     @classmethod
@@ -157,6 +170,10 @@ def parse(model_cls, data) -> BaseModel:
         param = ".".join(str(x) for x in err.get("loc", ())) or None
         kind = err.get("type", "")
         msg = err.get("msg", "invalid value")
+        if param is None:       # a check across fields (model_validator) names its field first: "field: why"
+            field_, _, why = msg.removeprefix("Value error, ").partition(": ")
+            if field_ in model_cls.model_fields and why:
+                param, msg = field_, why
         if kind == "missing":
             return _raise(400, f"missing required field '{param}'", param, "missing_field")
         return _raise(400, f"invalid value for '{param}': {msg}", param, "invalid_value")
@@ -193,14 +210,16 @@ def chat_logprobs(entries: list[dict], tok) -> dict:
 
 def completion_logprobs(entries: list[dict], tok, offset: int = 0) -> dict:
     """The legacy completions `logprobs`: tokens, their logprobs, the alternatives as {token: logprob}, and
-    each token's character offset in the completion text (from `offset`, the characters streamed before)."""
+    each token's character offset in the text (from `offset`, the characters streamed before). An echoed
+    prompt's first token has no logprob (nothing precedes it): null, as OpenAI writes it."""
     tokens = [tok.pieces[e["id"]] for e in entries]
     offsets, at = [], offset
     for t in tokens:
         offsets.append(at)
         at += len(t)
     return {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{tok.pieces[i]: lp for i, lp in e["top"]} for e in entries], "text_offset": offsets}
+            "top_logprobs": [None if e["logprob"] is None else {tok.pieces[i]: lp for i, lp in e["top"]}
+                             for e in entries], "text_offset": offsets}
 
 
 def chat_chunk(cid: str, model: str, delta: dict, finish=None, logprobs=None, **extra) -> dict:

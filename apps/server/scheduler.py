@@ -37,6 +37,7 @@ class Job:
     stops: list[str]
     bonds: bool = False
     logprobs: int | None = None         # None: off; else each sampled token's logprob and this many alternatives
+    prompt_logprobs: int | None = None  # None: off; else the prompt's tokens get theirs too (echo, scoring)
     # filled by the worker
     loop: asyncio.AbstractEventLoop | None = None
     queue: asyncio.Queue | None = None
@@ -147,18 +148,27 @@ class Worker:
         clean = False
         try:
             t0 = time.perf_counter()
-            logits, computed = session.prepare(job.ids)
+            scored = None
+            if job.prompt_logprobs is None:
+                logits, computed = session.prepare(job.ids)
+            else:                           # every position's logits: the whole prompt, no cached prefix
+                session.reset()
+                every = session.feed(job.ids, all_logits=True)
+                session.mark()
+                logits, computed = every[-1], len(job.ids)
+                scored = [{"id": int(job.ids[0]), "logprob": None, "top": None}] + [
+                    _logprob(every[t - 1], job.ids[t], job.prompt_logprobs) for t in range(1, len(job.ids))]
             cached = len(job.ids) - computed
             with self.cv:
                 self.prompt_tokens += len(job.ids)
                 self.prompt_tokens_computed += computed
             job._emit("prompt", {"prompt_tokens": len(job.ids), "cached_tokens": cached,
                                  "prompt_seconds": time.perf_counter() - t0,
-                                 "context": _context(session, job.bonds)})
+                                 "context": _context(session, job.bonds), "logprobs": scored})
             yield
             detok, stops = StreamingDetokenizer(lm.tokenizer), StopMatcher(job.stops)
             eos, history = lm.tokenizer.eos_id, list(session.tokens)
-            n_gen, t_first, finish = 0, 0.0, None
+            n_gen, t_first, finish = 0, 0.0, None if job.max_tokens > 0 else "length"   # 0: scoring only
             pieces = lm.tokenizer.pieces
             while finish is None:
                 token = job.sampler(logits[: session.n_vocab], history)
@@ -196,6 +206,8 @@ class Worker:
                 if finish is None:
                     yield
             now = time.perf_counter()
+            if n_gen == 0:                  # scoring only: the first "token" is the end of the prompt
+                t_first = now
             tps = (n_gen - 1) / (now - t_first) if n_gen > 1 and now > t_first else 0.0
             job._emit("done", {"finish_reason": finish, "prompt_tokens": len(job.ids), "completion_tokens": n_gen,
                                "cached_tokens": cached, "tokens_per_second": tps,
