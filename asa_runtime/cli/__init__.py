@@ -37,6 +37,6 @@ main.command_class = OneLineCommand          # every subcommand: usage errors as
 
 
 # Subcommand modules (each defines commands with @main.command()).
-SUBCOMMANDS = ("analyze", "generate", "chat", "export", "serve", "bench")
+SUBCOMMANDS = ("analyze", "generate", "chat", "perplexity", "export", "serve", "bench")
 for _mod in SUBCOMMANDS:
     importlib.import_module(f"asa_runtime.cli.{_mod}")

@@ -42,8 +42,8 @@ def read_prompt(prompt: str | None, file: str | None) -> str:
     return prompt
 
 
-def model_options(f):
-    """Options shared by generate and chat (model, device, memory, sampling)."""
+def load_options(f):
+    """Options that load a model and size its session (generate, chat, perplexity)."""
     opts = [
         click.option("-m", "--model", "model", default="asa-small", show_default=True,
                      help="Registry name (asa-small) or model folder."),
@@ -76,6 +76,15 @@ def model_options(f):
                           "on CUDA."),
         click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads (default: torch's choice)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def model_options(f):
+    """Options shared by generate and chat (model, device, memory, sampling)."""
+    opts = [
         click.option("--temp", type=click.FloatRange(min=0), default=0.8, show_default=True,
                      help="Temperature; 0 = greedy."),
         click.option("--top-k", type=click.IntRange(min=0), default=40, show_default=True, help="0 = off."),
@@ -91,7 +100,7 @@ def model_options(f):
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    return load_options(f)
 
 
 def sampler_kwargs(o: dict) -> dict:
