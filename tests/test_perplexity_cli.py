@@ -52,6 +52,22 @@ def test_perplexity_equals_the_stepwise_reference(tmp_path, request, ckpt):
         assert running.count("[") == 3                           # the running estimate after each chunk
 
 
+def test_mode_none_scores_the_same_weights_densely(tmp_path, tiny_checkpoint):
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT)
+    dense = load(tiny_checkpoint, kv_dtype="float32", mode="none")
+    ids = dense.tokenizer.encode(TEXT)[:32]
+    want = stepwise_nll(dense, ids)
+    r = run("-m", tiny_checkpoint, "-f", f, "-c", 32, "--chunks", 1, "--all-tokens", "--mode", "none",
+            "--kv-dtype", "float32", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["mode"] == "none" and res["ppl"] == pytest.approx(math.exp(sum(want) / len(want)), rel=1e-4)
+    sparse = json.loads(run("-m", tiny_checkpoint, "-f", f, "-c", 32, "--chunks", 1, "--all-tokens",
+                            "--kv-dtype", "float32", "--json").output.strip().splitlines()[-1])
+    assert sparse["ppl"] != pytest.approx(res["ppl"], rel=1e-6)          # the plan changes what is attended
+
+
 def test_perplexity_bad_input_is_one_line(tmp_path, tiny_checkpoint):
     short = tmp_path / "s.txt"
     short.write_text("Too short.")

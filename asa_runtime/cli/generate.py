@@ -109,7 +109,7 @@ def sampler_kwargs(o: dict) -> dict:
                 seed=None if o["seed"] < 0 else o["seed"])
 
 
-def load_model(o: dict):
+def load_model(o: dict, mode: str | None = None):
     import torch
 
     from asa_runtime.generate import load
@@ -120,7 +120,7 @@ def load_model(o: dict):
         click.echo("warning: --no-verify: loading model files without checking their checksums", err=True)
     return load(o["model"], device=o["device"], quantize=o["quantize"], backend=o["backend"], dtype=o["dtype"],
                 kv_dtype=o["kv_dtype"], verify=not o.get("no_verify"),
-                rope_clamp=None if o.get("rope_clamp", -1) < 0 else o["rope_clamp"])
+                rope_clamp=None if o.get("rope_clamp", -1) < 0 else o["rope_clamp"], mode=mode)
 
 
 def use_prompt_cache(path, session):

@@ -47,14 +47,17 @@ def chunk_nll(lm, session, ids: list[int], first: int) -> list[float]:
 @click.option("--all-tokens", is_flag=True,
               help="Score every token after a chunk's first (default: the second half, as llama-perplexity).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line at the end.")
+@click.option("--mode", type=click.Choice(["plan", "none"]), default="plan", show_default=True,
+              help="plan: the model's AttentionPlan; none: the same weights attending densely (what llama.cpp "
+                   "runs from the GGUF export).")
 @load_options
-def perplexity_cmd(file, chunks, all_tokens, as_json, **o):
+def perplexity_cmd(file, chunks, all_tokens, as_json, mode, **o):
     """Perplexity on a text file, chunk by chunk (llama-perplexity's method)."""
     from asa_runtime.generate import Session
 
     try:
         text = read_prompt(None, file)
-        lm = load_model(o)
+        lm = load_model(o, mode=None if mode == "plan" else mode)
         ctx = o["ctx_size"] or 512                         # llama-perplexity's default context
         if ctx > lm.config.max_seq_len:
             raise GenerationError(f"--ctx-size {ctx} is above the model's max_seq_len {lm.config.max_seq_len}")
@@ -92,4 +95,5 @@ def perplexity_cmd(file, chunks, all_tokens, as_json, **o):
                f"{n_chunks * ctx / secs:.0f} tokens/s)")
     if as_json:
         click.echo(json.dumps({"ppl": ppl, "ppl_stderr": err, "mean_nll": mean, "tokens_scored": n,
-                               "chunks": n_chunks, "ctx_size": ctx, "all_tokens": all_tokens, "seconds": secs}))
+                               "chunks": n_chunks, "ctx_size": ctx, "all_tokens": all_tokens, "mode": mode,
+                               "seconds": secs}))
