@@ -606,4 +606,6 @@ def test_echo_with_logprobs_scores_the_prompt(client, lm):
         chunks = [c for c in sse(r) if c != "[DONE]"]
     first = chunks[0]["choices"][0]
     assert first["text"] == text and first["logprobs"]["tokens"] == lp["tokens"]
+    bare = client.post("/v1/completions", json={**body, "logprobs": 0}).json()["choices"][0]["logprobs"]
+    assert bare["token_logprobs"] == lp["token_logprobs"] and bare["top_logprobs"][1:] == [{}] * (len(ids) - 1)
     _error(client.post("/v1/completions", json={**body, "echo": False}), 400, "invalid_value")    # 0 needs echo

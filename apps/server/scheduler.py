@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asa_runtime.errors import USER_ERRORS, one_line
+from asa_runtime.scoring import score
 from asa_runtime.streaming import StopMatcher, StreamingDetokenizer
 
 
@@ -153,11 +154,13 @@ class Worker:
                 logits, computed = session.prepare(job.ids)
             else:                           # every position's logits: the whole prompt, no cached prefix
                 session.reset()
-                every = session.feed(job.ids, all_logits=True)
+                nll, top_lp, top_id = score(session, job.ids, top=job.prompt_logprobs)
+                logits = session.feed(job.ids[-1:])        # the last prompt token, only a target there
                 session.mark()
-                logits, computed = every[-1], len(job.ids)
+                computed = len(job.ids)
                 scored = [{"id": int(job.ids[0]), "logprob": None, "top": None}] + [
-                    _logprob(every[t - 1], job.ids[t], job.prompt_logprobs) for t in range(1, len(job.ids))]
+                    {"id": int(t), "logprob": -float(x), "top": list(zip(i.tolist(), v.tolist()))}
+                    for t, x, v, i in zip(job.ids[1:], nll.tolist(), top_lp, top_id)]
             cached = len(job.ids) - computed
             with self.cv:
                 self.prompt_tokens += len(job.ids)

@@ -18,26 +18,10 @@ import time
 import click
 
 from asa_runtime.errors import USER_ERRORS, GenerationError, one_line
+from asa_runtime.scoring import token_nll
 
 from . import main
 from .generate import load_model, load_options, read_prompt
-
-
-def chunk_nll(lm, session, ids: list[int], first: int) -> list[float]:
-    """Negative log-likelihood of ids[first + 1:], each token under the logits of the position before it,
-    fed in prefill-sized pieces on `session` (fresh)."""
-    import torch
-
-    out, step = [], session.prefill_chunk
-    for a in range(0, len(ids) - 1, step):
-        piece = ids[a: min(a + step, len(ids) - 1)]        # the last token is only a target
-        logits = session.feed(piece, all_logits=True)[:, : lm.tokenizer.vocab_size].float()
-        lp = torch.log_softmax(logits, -1)
-        nxt = torch.as_tensor(ids[a + 1: a + 1 + len(piece)])
-        nll = -lp.gather(1, nxt[:, None])[:, 0]
-        keep = [j for j in range(len(piece)) if a + j >= first]   # predicting ids[a + j + 1]
-        out.extend(nll[keep].tolist())
-    return out
 
 
 @main.command("perplexity")
@@ -77,7 +61,7 @@ def perplexity_cmd(file, chunks, all_tokens, as_json, mode, **o):
         for c in range(n_chunks):
             session = Session(lm, ctx_size=ctx, max_kv_size=o["max_kv_size"] or None,
                               prefill_chunk=o["prefill_chunk"] or None)
-            nlls.extend(chunk_nll(lm, session, ids[c * ctx: (c + 1) * ctx], first))
+            nlls.extend(token_nll(session, ids[c * ctx: (c + 1) * ctx], first).tolist())
             click.echo(f"[{c + 1}]{math.exp(sum(nlls) / len(nlls)):.4f},", nl=False)
             sys.stdout.flush()
         click.echo()

@@ -23,18 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from asa_runtime.benchmark import machine  # noqa: E402
 from exporters.common import atomic_file  # noqa: E402
 from asa_runtime.generate import load  # noqa: E402
+from asa_runtime.scoring import token_nll  # noqa: E402
 from asa_runtime.session import Session  # noqa: E402
 
 
 def nll(lm, windows) -> tuple[float, int]:
-    tot, n = 0.0, 0
-    for w in windows:
-        s = Session(lm, ctx_size=len(w) + 1)
-        logits = s.feed(w[:-1], all_logits=True).float()
-        tgt = torch.from_numpy(np.asarray(w[1:], dtype=np.int64))
-        tot += float(torch.nn.functional.cross_entropy(logits, tgt, reduction="sum"))
-        n += len(tgt)
-    return tot, n
+    scored = [token_nll(Session(lm, ctx_size=len(w) + 1), w) for w in windows]
+    return float(sum(x.sum() for x in scored)), sum(len(x) for x in scored)
 
 
 def main():

@@ -29,23 +29,15 @@ VARIANTS = {"fp32": (None, None), "int8": ("int8", None), "bf16": (None, "bfloat
 
 
 def perplexity(model, variant, ids, chunk):
-    """Held-out perplexity and weight bytes (this process; the library has no perplexity measurement)."""
-    import torch
-
+    """Held-out perplexity (asa_runtime.scoring, in this process) and weight bytes."""
     from asa_runtime.generate import Session
     from asa_runtime.quantize import weight_bytes
+    from asa_runtime.scoring import token_nll
 
     quant, dtype = VARIANTS[variant]
     lm, desc = common.build_model(model, "full", quantize=quant, dtype=dtype)
-    s = Session(lm, ctx_size=len(ids) + 2, prefill_chunk=chunk)
-    nll, n = 0.0, 0
-    for i in range(0, len(ids) - 1, chunk):
-        part = ids[i: min(i + chunk, len(ids) - 1)]
-        logits = s.feed(part, all_logits=True)[:, : s.n_vocab]
-        target = torch.tensor(ids[i + 1: i + 1 + len(part)])
-        nll += torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum").item()
-        n += len(part)
-    return {"variant": variant, "model": desc, "ppl": math.exp(nll / n), "nll_per_token": nll / n,
+    nll = token_nll(Session(lm, ctx_size=len(ids) + 2, prefill_chunk=chunk), ids).mean().item()
+    return {"variant": variant, "model": desc, "ppl": math.exp(nll), "nll_per_token": nll,
             "weight_bytes": weight_bytes(lm.model)}
 
 

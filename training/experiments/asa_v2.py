@@ -792,10 +792,7 @@ def main(argv=None):
                              f"{[n for n in MODELS if not MODELS[n].shipped]}")
         if a.serve_clamp < 0:
             raise SystemExit("--serve-clamp: must be >= 0")
-        try:
-            windows = tuple(int(w) for w in a.dense_windows.split(",") if w)
-        except ValueError:
-            windows = (0,)
+        windows = tuple(int(w) if w.strip().isdigit() else 0 for w in a.dense_windows.split(",") if w)
         if any(w <= SINKS for w in windows):
             raise SystemExit(f"--dense-windows: comma-separated integers above {SINKS} (the sinks), got "
                              f"{a.dense_windows!r}")

@@ -103,7 +103,8 @@ def long_context(results: Path = RESULTS) -> tuple[dict[str, dict[int, float]], 
     for w, runs in seeds.items():
         ctx = [c for c in LONG if all(c in r for r in runs)]
         base[f"dense twin, {w}"] = {"kv": DENSE_BASELINES[w], "seeds": len(runs),
-                                    "range": {c: (min(r[c] for r in runs), max(r[c] for r in runs)) for c in ctx},
+                                    "range": {c: (min(r[c] for r in runs), max(r[c] for r in runs)) for c in ctx
+                                              if len(runs) > 1},
                                     **{c: sum(r[c] for r in runs) / len(runs) for c in ctx}}
     return models, base
 
@@ -183,8 +184,7 @@ def long_table(pts: list[dict], base: dict[str, dict]) -> list[str]:
              + (f"; {p['long_seeds']} of {p['seeds']} seeds)" if p.get("long_seeds", p["seeds"]) != p["seeds"] else ")"),
              p["kv"], p["long"], p.get("long_range", {})) for p in pts if p["long"] and p["name"] != "dense"]
     rows += [(n + (f" ({b['seeds']} seeds)" if b.get("seeds", 1) > 1 else ""), b["kv"],
-              {c: b[c] for c in LONG if c in b}, b.get("range", {}) if b.get("seeds", 1) > 1 else {})
-             for n, b in base.items()]
+              {c: b[c] for c in LONG if c in b}, b.get("range", {})) for n, b in base.items()]
     if not rows:
         return []
     rows.sort(key=lambda r: (r[1] is None, r[1] or 0))
